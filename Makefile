@@ -1,0 +1,43 @@
+# Everything a fresh machine needs to run EdgeOps lives here.
+#   make simulate   run the whole loop on this laptop (broker, server, 10 agents)
+#   make test       run the test suite (what CI runs)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+DEVICES ?= 10
+OUT ?= runs/latest
+PYTEST_ARGS ?=
+
+.PHONY: simulate test bench install system-deps clean
+
+simulate: $(STAMP) system-deps
+	$(BIN)/edgeops simulate --devices $(DEVICES) --out $(OUT)
+
+test: $(STAMP) system-deps
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_packaging.py --quick
+
+install: $(STAMP)
+
+# torch is installed first, pinned, so pip takes the CPU wheel on disk instead of
+# resolving a several-GB CUDA build through flwr's or the project's requirements.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[all]'
+	touch $(STAMP)
+
+# Mosquitto is a system package. Install it where we may (root with apt); elsewhere
+# `edgeops simulate` stops at once and prints the command to run.
+system-deps:
+	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	      apt-get update -qq && apt-get install -y -qq mosquitto; \
+	    else echo "note: mosquitto is not installed (sudo apt-get install -y mosquitto)"; fi; }
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

@@ -1,0 +1,1 @@
+"""CLI groups of the server side: `edgeops server`, `edgeops model`, `edgeops release`."""
