@@ -1,0 +1,359 @@
+"""MQTT ingest: device statuses and telemetry from the broker into the fleet inventory.
+
+    paho network thread                      writer thread
+    ───────────────────                      ─────────────
+    on_message ──► bounded queue ──► batch (≤ batch_max_messages or batch_max_wait_s)
+                                      validate each (ingest_parse) ─► reject: count, log
+                                                                       (rate-limited)
+                                      one transaction: statuses + telemetry (inventory)
+                                      commit ─► PUBACK every message of the batch, in order
+
+Delivery guarantees
+- Persistent MQTT 5 session (clean_start False, session expiry): QoS 1 traffic that arrives
+  while the server is stopped is queued by the broker and delivered on restart.
+- Manual acknowledgement: a message is PUBACKed only after its transaction committed (or it
+  was rejected), so a crash between receipt and commit loses nothing — the broker
+  redelivers it, and storage is idempotent (telemetry by message_id; a status is an upsert).
+- While the database is unavailable the writer retries with backoff and acknowledges nothing;
+  the broker stops sending once `receive_maximum` messages are unacknowledged, which with the
+  bounded queue also bounds this process's memory.
+
+Subscriptions (decision)
+- Telemetry, the bulk of the traffic, uses the MQTT 5 shared subscription
+  `$share/<share_group>/<prefix>/devices/+/telemetry`: ingest workers in the group split it.
+- Status uses a plain subscription `<prefix>/devices/+/status` in every worker. Shared
+  subscriptions never deliver retained messages (MQTT 5 §4.8.2), and the retained status is
+  how a freshly started server learns what every device runs. Statuses are few (one per state
+  change), the upsert is idempotent, and each worker sees one topic's statuses in publish
+  order, so all workers converge on the latest status (a shared status subscription could
+  apply an older status after a newer one when two workers race). `retain_handling=1` asks
+  for the retained statuses only when the subscription is new, not on every session resume.
+
+Several workers need distinct `client_id`s; the default (`edgeops-ingest-<fleet>-<host>`) is
+stable across restarts of one worker so its session, and the traffic queued in it, is resumed.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.subscribeoptions import SubscribeOptions
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from edgeops.errors import ConfigError
+from edgeops.messages import MAX_PAYLOAD_BYTES, DeviceStatus, TelemetryBatch
+from edgeops.topics import Topics
+from server.ingest_parse import Rejected, parse_message
+from server.ingest_stats import IngestCounters, IngestStats, RateLimitedLog
+from server.inventory import apply_status, load_devices, record_telemetry
+from server.mqtt_client import new_client, reason_text, start_connecting
+from server.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Ingest", "IngestStats", "IngestTuning"]
+
+SessionFactory = Callable[[], Session]
+
+
+@dataclass(frozen=True)
+class IngestTuning:
+    batch_max_messages: int = 500
+    batch_max_wait_s: float = 0.2
+    session_expiry_s: int = 24 * 3600  # how long the broker keeps our queue while we are away
+    receive_maximum: int = 2000  # unacknowledged QoS 1 messages the broker may send us
+    share_group: str = "edgeops-ingest"
+    log_interval_s: float = 10.0  # at most one log line per rejection reason per interval
+    max_retry_delay_s: float = 5.0  # database retry backoff cap
+
+    def __post_init__(self) -> None:
+        if self.batch_max_messages < 1 or self.batch_max_wait_s <= 0:
+            raise ConfigError("ingest needs batch_max_messages >= 1 and batch_max_wait_s > 0")
+        if not 1 <= self.receive_maximum <= 65535:
+            raise ConfigError("ingest receive_maximum must be within 1..65535")
+        if self.session_expiry_s < 0:
+            raise ConfigError("ingest session_expiry_s must be >= 0")
+
+
+@dataclass(frozen=True)
+class _Received:
+    topic: str
+    payload: bytes | None  # None: dropped on arrival for its size
+    size_bytes: int
+    mid: int
+    qos: int
+    generation: int  # which connection it arrived on; acks go only to that connection
+
+
+class _StopWriting(Exception):
+    """The database is unavailable while stopping: leave the batch unacknowledged."""
+
+
+def default_client_id(settings: ServerSettings) -> str:
+    return f"edgeops-ingest-{settings.fleet}-{socket.gethostname()}"
+
+
+class Ingest:
+    """Subscribe to the fleet's status and telemetry topics and write them to the database."""
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        session_factory: SessionFactory,
+        *,
+        client_id: str | None = None,
+        tuning: IngestTuning = IngestTuning(),
+    ) -> None:
+        self._settings = settings
+        self._session_factory = session_factory
+        self._tuning = tuning
+        self._topics = Topics.for_fleet(settings.fleet, settings.topic_root)
+        self.client_id = client_id or default_client_id(settings)
+        self._counters = IngestCounters()
+        self._rejections_log = RateLimitedLog(logger, tuning.log_interval_s)
+        self._problems_log = RateLimitedLog(logger, tuning.log_interval_s)
+        self._queue: queue.Queue[_Received] = queue.Queue(maxsize=2 * tuning.receive_maximum)
+        self._stopping = threading.Event()
+        self._ready = threading.Event()
+        self._generation = 0
+        self._subscribe_mid: int | None = None
+        self._client: mqtt.Client | None = None
+        self._writer: threading.Thread | None = None
+
+    @property
+    def subscriptions(self) -> list[tuple[str, SubscribeOptions]]:
+        """(topic filter, options) this worker subscribes to; see the module docstring."""
+        return [
+            (
+                f"$share/{self._tuning.share_group}/{self._topics.all_devices('telemetry')}",
+                SubscribeOptions(qos=1),
+            ),
+            (
+                self._topics.all_devices("status"),
+                SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB),
+            ),
+        ]
+
+    # lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the writer thread and connect in the background (see `wait_ready`)."""
+        if self._client is not None:
+            raise RuntimeError("Ingest.start() called twice")
+        self._writer = threading.Thread(target=self._run_writer, name="ingest-writer", daemon=True)
+        self._writer.start()
+        client = new_client(self._settings, self.client_id, manual_ack=True)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        self._client = client
+        start_connecting(
+            client,
+            self._settings,
+            clean_start=False,
+            session_expiry_s=self._tuning.session_expiry_s,
+            receive_maximum=self._tuning.receive_maximum,
+        )
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        """True once connected and subscribed (False after `timeout_s`)."""
+        return self._ready.wait(timeout_s)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Write what was received, acknowledge it, then disconnect, keeping the session."""
+        self._stopping.set()
+        if self._writer is not None:
+            self._writer.join(timeout_s)
+            if self._writer.is_alive():
+                logger.warning("ingest writer still busy after %.1f s; unacknowledged messages "
+                               "will be redelivered on the next start", timeout_s)
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+        self._ready.clear()
+
+    def __enter__(self) -> "Ingest":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stats(self) -> IngestStats:
+        connected = self._client is not None and self._client.is_connected()
+        return self._counters.snapshot(queued=self._queue.qsize(), connected=connected)
+
+    # paho network thread -------------------------------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, _userdata: Any, flags: Any, reason_code: Any,
+                    _properties: Any) -> None:
+        if reason_code.is_failure:
+            self._problems_log.warning(
+                "connect", "MQTT broker %s:%s refused ingest client %s: %s",
+                self._settings.broker_host, self._settings.broker_port, self.client_id,
+                reason_text(reason_code),
+            )
+            return
+        self._generation += 1
+        logger.info(
+            "ingest connected to %s:%s as %s (session resumed: %s)",
+            self._settings.broker_host, self._settings.broker_port, self.client_id,
+            flags.session_present,
+        )
+        result, mid = client.subscribe(self.subscriptions)
+        if result != mqtt.MQTT_ERR_SUCCESS:
+            logger.warning("ingest subscribe failed: %s", mqtt.error_string(result))
+        self._subscribe_mid = mid
+
+    def _on_connect_fail(self, _client: mqtt.Client, _userdata: Any) -> None:
+        self._problems_log.warning(
+            "connect", "cannot reach MQTT broker %s:%s; retrying with backoff",
+            self._settings.broker_host, self._settings.broker_port,
+        )
+
+    def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason_code: Any,
+                       _properties: Any) -> None:
+        self._ready.clear()
+        if not self._stopping.is_set():
+            self._problems_log.warning(
+                "disconnect", "ingest lost the MQTT broker (%s); reconnecting with backoff",
+                reason_text(reason_code),
+            )
+
+    def _on_subscribe(self, _client: mqtt.Client, _userdata: Any, mid: int,
+                      reason_codes: Sequence[Any], _properties: Any) -> None:
+        if mid != self._subscribe_mid:
+            return
+        refused = [reason_text(rc) for rc in reason_codes if rc.is_failure]
+        if refused:
+            logger.error("broker refused ingest subscriptions %s: %s",
+                         [topic for topic, _ in self.subscriptions], refused)
+            return
+        self._ready.set()
+
+    def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        # Exceptions here would stop paho's network thread: nothing may escape.
+        try:
+            if self._stopping.is_set():
+                return  # not acknowledged: redelivered to our next session
+            try:
+                topic = message.topic
+            except UnicodeDecodeError:
+                topic = repr(message._topic)  # noqa: SLF001 - invalid UTF-8, keep it printable
+            size = len(message.payload)
+            payload = message.payload if size <= MAX_PAYLOAD_BYTES else None
+            item = _Received(topic, payload, size, message.mid, message.qos, self._generation)
+            self._counters.received()
+            while not self._stopping.is_set():
+                try:
+                    self._queue.put(item, timeout=0.5)  # full: back-pressure the broker
+                    return
+                except queue.Full:
+                    continue
+        except Exception:  # pragma: no cover - defensive
+            logger.exception("ingest dropped a message it could not queue")
+
+    # writer thread -------------------------------------------------------------------------
+
+    def _run_writer(self) -> None:
+        while not (self._stopping.is_set() and self._queue.empty()):
+            batch = self._next_batch()
+            if not batch:
+                continue
+            try:
+                self._write(batch)
+            except _StopWriting:
+                return
+            except Exception:  # never let the writer die; the batch stays unacknowledged
+                logger.exception("ingest failed to write a batch of %d messages", len(batch))
+
+    def _next_batch(self) -> list[_Received]:
+        try:
+            batch = [self._queue.get(timeout=0.1)]
+        except queue.Empty:
+            return []
+        deadline = time.monotonic() + self._tuning.batch_max_wait_s
+        while len(batch) < self._tuning.batch_max_messages:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(self._queue.get(timeout=remaining))
+            except queue.Empty:
+                break
+        return batch
+
+    def _write(self, batch: list[_Received]) -> None:
+        now = datetime.now(timezone.utc)
+        accepted: list[DeviceStatus | TelemetryBatch] = []
+        for item in batch:
+            parsed = parse_message(self._topics, item.topic, item.payload, item.size_bytes)
+            if isinstance(parsed, Rejected):
+                self._reject(parsed, item.topic)
+            else:
+                accepted.append(parsed)
+        if accepted:
+            self._store_retrying(accepted, now)
+        self._acknowledge(batch)
+
+    def _store_retrying(self, messages: list[DeviceStatus | TelemetryBatch], now: datetime) -> None:
+        delay_s = 0.1
+        while True:
+            try:
+                self._store(messages, now)
+                return
+            except (DataError, IntegrityError) as err:
+                # One bad message must not block the others: isolate it.
+                if len(messages) == 1:
+                    self._reject(Rejected("unstorable", str(err.orig)), messages[0].device_id)
+                    return
+                for message in messages:
+                    self._store_retrying([message], now)
+                return
+            except SQLAlchemyError as err:
+                self._counters.database_retry()
+                self._problems_log.warning("database", "ingest cannot write to the database "
+                                           "(retrying): %s", err)
+                if self._stopping.is_set():
+                    raise _StopWriting from err
+                self._stopping.wait(delay_s)
+                delay_s = min(2 * delay_s, self._tuning.max_retry_delay_s)
+
+    def _store(self, messages: list[DeviceStatus | TelemetryBatch], now: datetime) -> None:
+        statuses = [m for m in messages if isinstance(m, DeviceStatus)]
+        telemetry = [m for m in messages if isinstance(m, TelemetryBatch)]
+        with self._session_factory() as session, session.begin():
+            load_devices(session, (m.device_id for m in messages), now)  # lock order
+            for status in statuses:
+                apply_status(session, status, now)
+            new_rows = record_telemetry(session, telemetry, now)
+        self._counters.committed(
+            statuses=len(statuses), telemetry=new_rows, duplicates=len(telemetry) - new_rows
+        )
+
+    def _reject(self, rejected: Rejected, where: str) -> None:
+        self._counters.rejected(rejected.reason)
+        self._rejections_log.warning(
+            rejected.reason, "ingest rejected a message (%s) on %.200s: %.300s",
+            rejected.reason, where, rejected.detail,
+        )
+
+    def _acknowledge(self, batch: list[_Received]) -> None:
+        client = self._client
+        if client is None:
+            return
+        for item in batch:
+            if item.qos and item.generation == self._generation:
+                client.ack(item.mid, item.qos)

@@ -1,0 +1,207 @@
+"""The fleet router mounted in the real app (create_app), over a SQLite file and Mosquitto."""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import sessionmaker
+
+from edgeops.messages import Command, DeviceStatus, decode
+from server import inventory
+from server.api_deps import require_admin
+from server.api_fleet import fleet_router
+from server.artifact_store import ArtifactStore
+from server.commands import CommandPublisher
+from server.db import Artifact, Model, ModelVersion, Release
+from server.fleet_lifespan import fleet_lifespan
+from server.http_app import create_app
+from server.ingest import Ingest
+from server.settings import ServerSettings
+from simulations.mosquitto import MosquittoBroker
+from tests.integration.fleet_support import device_client, sqlite_database, wait_until
+
+pytestmark = [pytest.mark.skeleton, pytest.mark.integration]
+
+TOKEN = "test-admin-token"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+TARGET = "digits/3/int8/model.onnx"
+
+
+@pytest.fixture
+def settings(tmp_path: Path, mosquitto: MosquittoBroker) -> ServerSettings:
+    settings = ServerSettings(home=tmp_path, broker_port=mosquitto.port, fleet="f1")
+    settings.admin_token_file.write_text(TOKEN + "\n")
+    return settings
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[sessionmaker]:
+    with sqlite_database(tmp_path) as factory:
+        now = datetime.now(timezone.utc)
+        with factory.begin() as session:
+            for device_id in ("d1", "d2"):
+                inventory.apply_status(
+                    session, DeviceStatus(device_id=device_id, online=True, state="running"), now
+                )
+            model = Model(name="digits", task="digits")
+            session.add_all([model, Artifact(sha256="a" * 64, size_bytes=1)])
+            session.flush()
+            version = ModelVersion(model_id=model.id, version=3, format="int8",
+                                   artifact_sha256="a" * 64, size_bytes=1)
+            session.add(version)
+            session.flush()
+            session.add(Release(model_version_id=version.id, target_path=TARGET, targets_version=1))
+        yield factory
+
+
+@pytest.fixture
+def publisher(settings: ServerSettings) -> Iterator[CommandPublisher]:
+    with CommandPublisher(settings) as publisher:
+        assert publisher.wait_connected(5)
+        yield publisher
+
+
+def _client(settings: ServerSettings, db: sessionmaker, publisher: CommandPublisher,
+            ingest: Ingest | None = None) -> TestClient:
+    router = fleet_router(db, publisher, ingest, require_admin)
+    store = ArtifactStore(settings.home / "artifacts")
+    app = create_app(settings, db, store, extra_routers=[router])
+    return TestClient(app)
+
+
+def test_lists_and_gets_devices(settings: ServerSettings, db: sessionmaker,
+                                publisher: CommandPublisher) -> None:
+    http = _client(settings, db, publisher)
+
+    devices = http.get("/api/devices").json()
+    one = http.get("/api/devices/d1")
+    missing = http.get("/api/devices/nope")
+
+    assert [d["device_id"] for d in devices] == ["d1", "d2"]
+    assert set(devices[0]) >= {"device_id", "online", "state", "model", "version", "release",
+                               "reason", "telemetry_messages", "last_seen_at"}
+    assert one.status_code == 200 and one.json()["online"] is True
+    assert one.json()["last_seen_at"].endswith(("Z", "+00:00"))
+    assert missing.status_code == 404 and "nope" in missing.json()["detail"]
+
+
+def test_ingest_stats(
+    settings: ServerSettings, db: sessionmaker, publisher: CommandPublisher
+) -> None:
+    without = _client(settings, db, publisher).get("/api/ingest/stats")
+    ingest = Ingest(settings, db, client_id="stats-only")
+    with_ingest = _client(settings, db, publisher, ingest).get("/api/ingest/stats")
+
+    assert without.status_code == 503
+    assert with_ingest.status_code == 200
+    assert {"received", "stored", "duplicates", "rejected"} <= set(with_ingest.json())
+    assert with_ingest.json()["rejected"] == {}
+
+
+def test_deployment_sends_an_update_command_to_each_device(
+    settings: ServerSettings,
+    db: sessionmaker,
+    publisher: CommandPublisher,
+    mosquitto: MosquittoBroker,
+) -> None:
+    http = _client(settings, db, publisher)
+    received: queue.Queue = queue.Queue()
+
+    with device_client(mosquitto.port, "watcher", subscribe="edgeops/f1/devices/+/cmd",
+                       on_message=received.put):
+        to_all = http.post(
+            "/api/deployments", json={"target": TARGET, "devices": None}, headers=ADMIN
+        )
+        messages = [received.get(timeout=5) for _ in range(2)]
+        to_one = http.post(
+            "/api/deployments", json={"target": TARGET, "devices": ["d2"]}, headers=ADMIN
+        )
+        messages.append(received.get(timeout=5))
+
+    assert to_all.status_code == 202, to_all.text
+    assert to_all.json()["devices"] == ["d1", "d2"]
+    assert to_one.json()["devices"] == ["d2"]
+    commands = [decode(Command, m.payload) for m in messages]
+    assert {c.command_id for c in commands[:2]} == {to_all.json()["command_id"]}
+    assert all(c.kind == "update" and c.target == TARGET for c in commands)
+    assert sorted(m.topic for m in messages[:2]) == [
+        "edgeops/f1/devices/d1/cmd",
+        "edgeops/f1/devices/d2/cmd",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "in_detail"),
+    [
+        ({"target": TARGET, "devices": ["d1", "ghost-1", "ghost-2"]}, 404, "ghost-1, ghost-2"),
+        ({"target": "digits/9/int8/model.onnx"}, 404, "no release"),
+        ({"target": "../../etc/passwd"}, 422, "target"),
+        ({"target": TARGET, "devices": []}, 422, "devices"),
+        ({"target": TARGET, "devices": ["bad id!"]}, 422, "invalid device ids"),
+        ({"target": TARGET, "devices": "d1"}, 422, "devices"),
+        ({"target": TARGET, "rollout": "yolo"}, 422, "rollout"),
+        ({"devices": ["d1"]}, 422, "target"),
+        ({"target": 42}, 422, "target"),
+    ],
+)
+def test_bad_deployments_are_refused_with_a_message(
+    settings: ServerSettings, db: sessionmaker, publisher: CommandPublisher,
+    body: dict, status: int, in_detail: str,
+) -> None:
+    response = _client(settings, db, publisher).post("/api/deployments", json=body, headers=ADMIN)
+
+    assert response.status_code == status, response.text
+    assert in_detail in response.text
+
+
+def test_malformed_json_is_a_4xx(settings: ServerSettings, db: sessionmaker,
+                                 publisher: CommandPublisher) -> None:
+    response = _client(settings, db, publisher).post(
+        "/api/deployments",
+        content=b"{not json",
+        headers={**ADMIN, "Content-Type": "application/json"},
+    )
+    assert response.status_code == 422
+
+
+def test_deployments_need_the_admin_token(settings: ServerSettings, db: sessionmaker,
+                                          publisher: CommandPublisher) -> None:
+    http = _client(settings, db, publisher)
+    anonymous = http.post("/api/deployments", json={"target": TARGET})
+    wrong = http.post(
+        "/api/deployments", json={"target": TARGET}, headers={"Authorization": "Bearer x"}
+    )
+    assert (anonymous.status_code, wrong.status_code) == (401, 401)
+
+
+def test_broker_down_is_a_503(settings: ServerSettings, db: sessionmaker,
+                              publisher: CommandPublisher, mosquitto: MosquittoBroker) -> None:
+    http = _client(settings, db, publisher)
+    mosquitto.kill()
+    wait_until(lambda: not publisher.wait_connected(0), what="publisher noticed the broker is gone")
+
+    response = http.post("/api/deployments", json={"target": TARGET}, headers=ADMIN)
+
+    assert response.status_code == 503 and "not connected" in response.json()["detail"]
+
+
+def test_fleet_lifespan_starts_and_stops_mqtt_with_the_app(
+    settings: ServerSettings, db: sessionmaker
+) -> None:
+    publisher = CommandPublisher(settings)
+    ingest = Ingest(settings, db, client_id="lifespan-ingest")
+    router = fleet_router(db, publisher, ingest, require_admin)
+    store = ArtifactStore(settings.home / "artifacts")
+    app = create_app(settings, db, store, extra_routers=[router],
+                     lifespan=fleet_lifespan(publisher, ingest))
+
+    with TestClient(app) as http:
+        assert publisher.wait_connected(5) and ingest.wait_ready(5)
+        assert http.get("/api/ingest/stats").json()["connected"] is True
+
+    assert not publisher.wait_connected(0) and not ingest.wait_ready(0)
