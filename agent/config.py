@@ -1,0 +1,239 @@
+"""Agent settings: one frozen dataclass, a TOML file in the agent's home, env overrides.
+
+Library code takes an `AgentConfig`; only entry points call `load_config()`, which reads
+`<home>/agent.toml` and applies `EDGEOPS_AGENT_<FIELD>` environment variables on top
+(for example `EDGEOPS_AGENT_BROKER_PORT=1884`).
+
+The home holds everything the agent owns:
+
+    <home>/agent.toml           settings (mode 0600: it may hold the broker password)
+    <home>/tuf/root.json        trusted TUF root; ngclient's metadata cache lives beside it
+    <home>/trusted_root.json    the root the device was enrolled with (updater bootstrap)
+    <home>/downloads/           verified artifacts before they are copied into a slot
+    <home>/slots/{a,b}/         A/B model slots (see model_store)
+    <home>/active.json          pointer to the active slot (the commit point of an update)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from edgeops.atomic_io import write_bytes_atomic
+from edgeops.errors import ConfigError
+from edgeops.topics import Topics, validate_device_id
+
+CONFIG_FILE = "agent.toml"
+TUF_DIR = "tuf"
+TRUSTED_ROOT_FILE = "trusted_root.json"
+ENV_PREFIX = "EDGEOPS_AGENT_"
+DEFAULT_CLI_HTTP_PORT = 8765
+
+# Fields that describe where the config lives rather than what it says.
+_NOT_IN_FILE = {"home"}
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything one agent needs to run.
+
+    `http_port`: None disables the local HTTP API (the library default, so a simulation
+    of many agents opens no ports); 0 binds a free port (tests); any other value binds
+    that port on `http_host`. `edgeops agent init` writes 8765 unless told otherwise.
+    """
+
+    home: Path
+    device_id: str
+    server_url: str
+    broker_host: str = "127.0.0.1"
+    broker_port: int = 1883
+    broker_username: str | None = None
+    broker_password: str | None = None
+    fleet: str = "default"
+    topic_root: str = "edgeops"
+    telemetry_interval_s: float = 10.0
+    http_host: str = "127.0.0.1"
+    http_port: int | None = None
+    http_max_body_bytes: int = 1024 * 1024
+    request_timeout_s: float = 30.0  # TUF downloads: connect and gap between bytes
+    mqtt_keepalive_s: int = 30
+    mqtt_session_expiry_s: int = 7 * 24 * 3600  # cmd messages queue this long while offline
+    mqtt_reconnect_min_s: int = 1
+    mqtt_reconnect_max_s: int = 30
+    mqtt_max_queued_messages: int = 1000
+    intra_op_threads: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "home", Path(self.home))
+        validate_device_id(self.device_id)
+        url = urlparse(self.server_url)
+        if url.scheme not in ("http", "https") or not url.netloc:
+            raise ConfigError(f"server url {self.server_url!r} must be http(s)://host[:port]")
+        _check_port("broker_port", self.broker_port, allow_zero=False)
+        if self.http_port is not None:
+            _check_port("http_port", self.http_port, allow_zero=True)
+        positive = {
+            "telemetry_interval_s": self.telemetry_interval_s,
+            "request_timeout_s": self.request_timeout_s,
+            "http_max_body_bytes": self.http_max_body_bytes,
+            "mqtt_keepalive_s": self.mqtt_keepalive_s,
+            "mqtt_reconnect_min_s": self.mqtt_reconnect_min_s,
+            "intra_op_threads": self.intra_op_threads,
+        }
+        for name, value in positive.items():
+            if not (value > 0 and math.isfinite(value)):
+                raise ConfigError(f"{name} must be a positive number, got {value!r}")
+        if self.mqtt_reconnect_max_s < self.mqtt_reconnect_min_s:
+            raise ConfigError("mqtt_reconnect_max_s must be >= mqtt_reconnect_min_s")
+        for name in ("fleet", "topic_root"):
+            value = getattr(self, name)
+            if not value or any(c in value for c in "/+#"):
+                raise ConfigError(f"{name} {value!r} must be non-empty without '/', '+' or '#'")
+
+    # Derived locations -------------------------------------------------------------
+
+    @property
+    def topics(self) -> Topics:
+        return Topics.for_fleet(self.fleet, self.topic_root)
+
+    @property
+    def tuf_dir(self) -> Path:
+        return self.home / TUF_DIR
+
+    @property
+    def trusted_root_path(self) -> Path:
+        return self.home / TRUSTED_ROOT_FILE
+
+    @property
+    def downloads_dir(self) -> Path:
+        return self.home / "downloads"
+
+    @property
+    def metadata_base_url(self) -> str:
+        return f"{self.server_url.rstrip('/')}/tuf/metadata/"
+
+    @property
+    def targets_base_url(self) -> str:
+        return f"{self.server_url.rstrip('/')}/tuf/targets/"
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as plain values, with the password hidden (for logs and --json)."""
+        values = _to_plain(self)
+        if values.get("broker_password"):
+            values["broker_password"] = "***"
+        values["home"] = str(self.home)
+        return values
+
+
+def _check_port(name: str, value: int, *, allow_zero: bool) -> None:
+    low = 0 if allow_zero else 1
+    if not isinstance(value, int) or not low <= value <= 65535:
+        raise ConfigError(f"{name} must be an integer in {low}..65535, got {value!r}")
+
+
+def _to_plain(config: AgentConfig) -> dict[str, Any]:
+    return {
+        f.name: getattr(config, f.name)
+        for f in dataclasses.fields(config)
+        if f.name not in _NOT_IN_FILE and getattr(config, f.name) is not None
+    }
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    raise ConfigError(f"cannot write {type(value).__name__} to agent.toml")
+
+
+def dump_toml(config: AgentConfig) -> str:
+    """agent.toml text for `config` (flat keys; None fields are left out)."""
+    lines = ["# EdgeOps agent settings; EDGEOPS_AGENT_<KEY> environment variables override."]
+    lines += [f"{key} = {_toml_value(value)}" for key, value in _to_plain(config).items()]
+    return "\n".join(lines) + "\n"
+
+
+def _coerce(field: dataclasses.Field, raw: str) -> Any:
+    """Convert an environment string to the field's type."""
+    kind = str(field.type)
+    try:
+        if "int" in kind:
+            return None if raw.strip().lower() in ("", "none", "off") and "None" in kind else int(raw)
+        if "float" in kind:
+            return float(raw)
+    except ValueError as err:
+        raise ConfigError(f"{ENV_PREFIX}{field.name.upper()}={raw!r} is not a number") from err
+    return raw
+
+
+def load_config(home: Path, environ: Mapping[str, str] | None = None) -> AgentConfig:
+    """Read `<home>/agent.toml` and apply `EDGEOPS_AGENT_*` overrides. Entry points only."""
+    home = Path(home)
+    path = home / CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(
+            f"no agent home at {home} ({CONFIG_FILE} missing); create one with 'edgeops agent init'"
+        )
+    try:
+        values: dict[str, Any] = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"{path} is not valid TOML: {err}") from err
+    fields = {f.name: f for f in dataclasses.fields(AgentConfig) if f.name not in _NOT_IN_FILE}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"{path}: unknown settings {', '.join(unknown)}")
+    env = os.environ if environ is None else environ
+    for name, field in fields.items():
+        raw = env.get(f"{ENV_PREFIX}{name.upper()}")
+        if raw is not None:
+            values[name] = _coerce(field, raw)
+    try:
+        return AgentConfig(home=home, **values)
+    except TypeError as err:
+        raise ConfigError(f"{path}: {err}") from err
+
+
+def _check_root(trusted_root: bytes) -> None:
+    try:
+        document = json.loads(trusted_root)
+        kind = document["signed"]["_type"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"trusted root is not TUF root metadata: {err}") from err
+    if kind != "root":
+        raise ConfigError(f"trusted root file holds {kind!r} metadata, not 'root'")
+
+
+def init_agent_home(
+    home: Path, config: AgentConfig, trusted_root: bytes, *, force: bool = False
+) -> AgentConfig:
+    """Create an agent home: agent.toml and the trusted TUF root. Returns the config as saved.
+
+    Refuses to touch an existing home unless `force`; with `force` the settings and trust
+    root are replaced and the cached TUF metadata is dropped, while installed models stay.
+    """
+    home = Path(home)
+    config = dataclasses.replace(config, home=home)
+    validate_device_id(config.device_id)
+    _check_root(trusted_root)
+    if (home / CONFIG_FILE).exists() and not force:
+        raise ConfigError(f"{home} is already an agent home; pass --force to replace its settings")
+    if force and config.tuf_dir.exists():
+        shutil.rmtree(config.tuf_dir)
+    home.mkdir(parents=True, exist_ok=True)
+    # mkstemp-based atomic writes create files with mode 0600.
+    write_bytes_atomic(home / CONFIG_FILE, dump_toml(config).encode())
+    write_bytes_atomic(config.trusted_root_path, trusted_root)
+    write_bytes_atomic(config.tuf_dir / "root.json", trusted_root)
+    return config

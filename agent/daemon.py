@@ -1,0 +1,411 @@
+"""The device agent: serves the active model, applies updates, reports over MQTT.
+
+Threads of one Agent (no state is shared between agents; many can live in one process):
+
+    caller / HTTP threads   predict(): reads the current model reference, records telemetry
+    paho network thread     decodes commands and queues them (never does the work)
+    worker thread           runs commands one at a time: update, rollback
+    telemetry thread        flushes the telemetry window every `telemetry_interval_s`
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from agent.config import AgentConfig
+from agent.http_api import HttpApi
+from agent.model_store import ModelStore, SlotName, other_slot
+from agent.mqtt_link import MqttLink
+from agent.runtime import ModelRuntime, NoModelError
+from agent.telemetry import TelemetryWindow, WindowRelease
+from agent.updater import InstalledModel, ReleaseUpdater
+from edgeops import __version__
+from edgeops.errors import EdgeOpsError, PayloadError, UpdateError
+from edgeops.messages import AgentState, Command, DeviceStatus, TelemetryBatch, decode
+
+logger = logging.getLogger(__name__)
+
+_STOP = object()  # worker queue sentinel
+FOLD_INTERVAL_S = 1.0
+
+
+@dataclass(slots=True)
+class Prediction:
+    """The result of one predict call (not frozen: a frozen init costs µs on the hot path)."""
+
+    probabilities: np.ndarray  # (n, num_classes)
+    model: str
+    version: int
+
+    @property
+    def classes(self) -> np.ndarray:
+        """The most probable class of each sample, shape (n,)."""
+        return self.probabilities.argmax(axis=1)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "outputs": self.probabilities.tolist(),
+            "classes": self.classes.tolist(),
+            "model": self.model,
+            "version": self.version,
+        }
+
+
+class _ProcessStats:
+    """RSS in MB and CPU percent of this process (psutil is optional)."""
+
+    def __init__(self) -> None:
+        try:
+            import psutil
+        except ImportError:
+            self._process = None
+        else:
+            self._process = psutil.Process()
+            self._process.cpu_percent(interval=None)  # the first call only sets the baseline
+
+    def sample(self) -> tuple[float | None, float | None]:
+        if self._process is None:
+            return None, None
+        return self._process.memory_info().rss / 1e6, self._process.cpu_percent(interval=None)
+
+
+class Agent:
+    """One device agent. `start()` it, `predict()` with it, `stop()` it."""
+
+    def __init__(self, config: AgentConfig, *, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.device_id = config.device_id
+        self._clock = clock
+        self._store = ModelStore(config.home)
+        self._updater = ReleaseUpdater(config, self._store)
+        self._model: InstalledModel | None = None
+        self._state: AgentState = "starting"
+        self._reason: str | None = None
+        self._changed = threading.Condition()
+        self._window = TelemetryWindow(config.device_id, WindowRelease(), clock())
+        self._commands: queue.Queue[Any] = queue.Queue()
+        self._command_lock = threading.Lock()  # one command at a time, whoever calls
+        self._stop_event = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._link: MqttLink | None = None
+        self._http: HttpApi | None = None
+        self._started = False
+        self._process_stats = _ProcessStats()
+        self.bad_commands = 0  # malformed cmd payloads, counted and dropped
+
+    # Lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> "Agent":
+        if self._started:
+            return self
+        self._started = True
+        self._stop_event.clear()
+        self._load_active_model()
+        if self.config.http_port is not None:
+            self._http = HttpApi(
+                self, self.config.http_host, self.config.http_port, self.config.http_max_body_bytes
+            )
+            self._http.start()
+            logger.info("device %s: local API on %s", self.device_id, self._http.url)
+        self._link = MqttLink(
+            self.config, on_command=self._receive_command, status_provider=self.status
+        )
+        self._link.set_will(self.status())
+        self._link.start()  # publishes the status on every (re)connect
+        for name, target in (("worker", self._work), ("telemetry", self._telemetry_loop)):
+            thread = threading.Thread(
+                target=target, name=f"edgeops-agent-{self.device_id}-{name}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Flush telemetry, stop the threads, publish `offline` and disconnect."""
+        if not self._started:
+            return
+        self._started = False
+        self._stop_event.set()
+        self._commands.put(_STOP)
+        for thread in self._threads:
+            thread.join(timeout_s)
+        self._threads.clear()
+        if self._http is not None:
+            self._http.stop()
+            self._http = None
+        if self._link is not None:
+            self.flush_telemetry()
+            final = self.status().model_copy(update={"online": False, "state": "offline"})
+            self._link.stop(final, timeout_s=min(timeout_s, 5.0))
+            self._link = None
+        logger.info("device %s: stopped", self.device_id)
+
+    def __enter__(self) -> "Agent":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def http_url(self) -> str | None:
+        return self._http.url if self._http is not None else None
+
+    @property
+    def link(self) -> MqttLink | None:
+        return self._link
+
+    # Inference -------------------------------------------------------------------------
+
+    def predict(self, inputs: ArrayLike) -> Prediction:
+        """Class probabilities for a batch (n, *features). Bad input raises PayloadError."""
+        model = self._model
+        if model is None:
+            self._window.record_error()
+            raise NoModelError(f"device {self.device_id} has no model yet")
+        if inputs.__class__ is not np.ndarray or inputs.dtype != np.float32:  # type: ignore[union-attr]
+            try:
+                inputs = np.asarray(inputs, dtype=np.float32)
+            except (TypeError, ValueError) as err:
+                self._window.record_error()
+                raise PayloadError(f"inputs are not a numeric array: {err}") from err
+        runtime = model.runtime
+        started = time.perf_counter()
+        try:
+            probabilities = runtime.predict(inputs)  # type: ignore[arg-type]
+        except PayloadError:
+            self._window.record_error()
+            raise
+        latency_s = time.perf_counter() - started
+        # Copy: the window keeps the inputs until it folds them, and callers reuse buffers.
+        self._window.record(latency_s, inputs.copy(), probabilities)  # type: ignore[union-attr]
+        release = model.record.release
+        return Prediction(probabilities, release.model, release.version)
+
+    # Status ----------------------------------------------------------------------------
+
+    def status(self) -> DeviceStatus:
+        model = self._model
+        release = model.release if model is not None else None
+        return DeviceStatus(
+            device_id=self.device_id,
+            online=True,
+            state=self._state,
+            model=release.model if release else None,
+            version=release.version if release else None,
+            release=model.target if model is not None else None,
+            reason=self._reason,
+            agent_version=__version__,
+            timestamp=self._clock(),
+        )
+
+    @property
+    def state(self) -> AgentState:
+        return self._state
+
+    @property
+    def active_version(self) -> int | None:
+        model = self._model
+        return model.release.version if model is not None else None
+
+    def _set_state(self, state: AgentState, reason: str | None = None) -> None:
+        with self._changed:
+            self._state = state
+            self._reason = reason
+            self._changed.notify_all()
+        link = self._link
+        if link is not None:
+            link.publish_status(self.status())
+
+    def wait_for_version(self, version: int, timeout_s: float) -> bool:
+        """Block until the agent serves `version` and is running; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while not (self.active_version == version and self._state == "running"):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+        return True
+
+    def wait_for_state(self, state: AgentState, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while self._state != state:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+        return True
+
+    # Models ----------------------------------------------------------------------------
+
+    def _load_slot(self, slot: SlotName, *, smoke_test: bool = False) -> InstalledModel:
+        record = self._store.read_slot(slot)
+        runtime = ModelRuntime(
+            record.model_path, record.release, intra_op_threads=self.config.intra_op_threads
+        )
+        if smoke_test:
+            runtime.smoke_test(record.release.golden)
+        return InstalledModel(record=record, runtime=runtime)
+
+    def _install(self, model: InstalledModel | None) -> None:
+        """Serve `model` from now on; telemetry starts a new window for it."""
+        with self._changed:
+            self._model = model
+            self._changed.notify_all()
+        if self._link is not None:
+            self._link.set_will(self.status())
+        leftover = self._window.rebind(
+            WindowRelease.of(model.release if model else None), self._clock()
+        )
+        self._publish_telemetry(leftover)
+
+    def _load_active_model(self) -> None:
+        """Load the committed slot; if it is broken, fall back to the other one or idle."""
+        failures: list[str] = []
+        try:
+            pointer = self._store.active_pointer()
+        except UpdateError as err:
+            pointer = None
+            failures.append(str(err))
+        if pointer is not None:
+            candidates: list[SlotName] = [pointer.slot, other_slot(pointer.slot)]
+        else:
+            candidates = ["a", "b"] if failures else []
+        for slot in candidates:
+            # A slot that is not the committed one may hold an update that never finished:
+            # serve it only if it passes its smoke test.
+            committed = pointer is not None and slot == pointer.slot
+            try:
+                model = self._load_slot(slot, smoke_test=not committed)
+            except EdgeOpsError as err:
+                failures.append(f"slot {slot} unusable: {err}")
+                logger.error("device %s: %s", self.device_id, failures[-1])
+                continue
+            if not committed:
+                self._store.activate(slot, keep_previous=False)
+                logger.warning(
+                    "device %s: fell back to slot %s (%s)", self.device_id, slot, model.target
+                )
+            self._install(model)
+            reason = f"fell back to slot {slot}: {'; '.join(failures)}" if failures else None
+            self._set_state("running", reason)
+            return
+        self._set_state("idle", "; ".join(failures) or None)
+        if failures:
+            logger.warning("device %s: no usable model, idle", self.device_id)
+
+    # Commands --------------------------------------------------------------------------
+
+    def _receive_command(self, payload: bytes) -> None:
+        """paho's thread: validate and queue; a bad payload is counted and dropped."""
+        try:
+            command = decode(Command, payload)
+            if command.kind == "update" and not command.target:
+                raise PayloadError("update command has no target")
+        except PayloadError as err:
+            self.bad_commands += 1
+            logger.warning("device %s: dropped a bad command: %s", self.device_id, err)
+            return
+        self.submit_command(command)
+
+    def submit_command(self, command: Command) -> None:
+        """Queue `command` for the worker thread."""
+        self._commands.put(command)
+
+    def _work(self) -> None:
+        while True:
+            item = self._commands.get()
+            if item is _STOP:
+                return
+            self.handle_command(item)
+
+    def handle_command(self, command: Command) -> DeviceStatus:
+        """Carry out `command` now (on the caller's thread); never raises for its failures."""
+        with self._command_lock:
+            self._handle_command(command)
+        return self.status()
+
+    def _handle_command(self, command: Command) -> None:
+        logger.info(
+            "device %s: command %s %s (%s)",
+            self.device_id,
+            command.kind,
+            command.target or "",
+            command.command_id,
+        )
+        try:
+            if command.kind == "update":
+                self._update(command.target or "")
+            elif command.kind == "rollback":
+                self._rollback()
+            else:
+                logger.warning("device %s: command kind %r not supported yet", self.device_id, command.kind)
+        except EdgeOpsError as err:
+            logger.warning("device %s: %s failed: %s", self.device_id, command.kind, err)
+            self._set_state("update_failed", str(err))
+        except Exception as err:  # a bug: report it, keep serving, keep the worker alive
+            logger.exception("device %s: %s crashed", self.device_id, command.kind)
+            self._set_state("update_failed", f"internal error: {type(err).__name__}: {err}")
+
+    def _update(self, target: str) -> None:
+        current = self._model
+        if current is not None and current.target == target:
+            logger.info("device %s: %s is already active", self.device_id, target)
+            self._set_state("running")
+            return
+        installed = self._updater.apply(target, self._set_state)
+        self._install(installed)
+        self._set_state("running")
+
+    def _rollback(self) -> None:
+        slot = self._store.rollback_slot()
+        if slot is None:
+            logger.warning("device %s: rollback asked, but no previous model", self.device_id)
+            with self._changed:
+                self._reason = "rollback refused: no previous model"
+            if self._link is not None:
+                self._link.publish_status(self.status())
+            return
+        self._set_state("switching")
+        model = self._load_slot(slot)
+        self._store.activate(slot, keep_previous=False)
+        self._install(model)
+        logger.info("device %s: rolled back to %s (slot %s)", self.device_id, model.target, slot)
+        self._set_state("running")
+
+    # Telemetry -------------------------------------------------------------------------
+
+    def flush_telemetry(self) -> TelemetryBatch | None:
+        """Close the current window now and publish it (None if nothing happened)."""
+        rss_mb, cpu_percent = self._process_stats.sample()
+        batch = self._window.flush(self._clock(), rss_mb=rss_mb, cpu_percent=cpu_percent)
+        self._publish_telemetry(batch)
+        return batch
+
+    def _publish_telemetry(self, batch: TelemetryBatch | None) -> None:
+        if batch is not None and self._link is not None:
+            self._link.publish_telemetry(batch)
+
+    def _telemetry_loop(self) -> None:
+        """Fold pending samples every second (off the hot path); flush every interval."""
+        interval_s = self.config.telemetry_interval_s
+        next_flush = time.monotonic() + interval_s
+        while not self._stop_event.wait(min(FOLD_INTERVAL_S, max(0.0, next_flush - time.monotonic()))):
+            try:
+                if time.monotonic() >= next_flush:
+                    next_flush += interval_s
+                    self.flush_telemetry()
+                else:
+                    self._window.fold()
+            except Exception:  # keep the loop alive; the next window will try again
+                logger.exception("device %s: telemetry flush failed", self.device_id)

@@ -1,0 +1,154 @@
+"""The agent's local HTTP API (stdlib only), served from its own threads.
+
+    POST /predict   {"inputs": [[...], ...]}
+                    -> 200 {"outputs": [[...]], "classes": [...], "model": ..., "version": ...}
+                    -> 400 bad JSON or input shape, 413 body too large, 503 no model yet
+    GET  /status    -> 200 the DeviceStatus as JSON
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Protocol
+
+from edgeops.errors import PayloadError
+from edgeops.messages import DeviceStatus
+
+from agent.runtime import NoModelError
+
+logger = logging.getLogger(__name__)
+
+
+class PredictionLike(Protocol):
+    def to_json(self) -> dict[str, Any]: ...
+
+
+class AgentApi(Protocol):
+    """What the HTTP API needs from the agent."""
+
+    device_id: str
+
+    def predict(self, inputs: Any) -> PredictionLike: ...
+
+    def status(self) -> DeviceStatus: ...
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], api: AgentApi, max_body_bytes: int) -> None:
+        self.api = api
+        self.max_body_bytes = max_body_bytes
+        super().__init__(address, _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib name)
+        logger.debug("device %s http: " + format, self.server.api.device_id, *args)
+
+    def _send(self, status: HTTPStatus, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, status: HTTPStatus, message: str) -> None:
+        self._send(status, {"error": message})
+
+    def do_GET(self) -> None:  # noqa: N802 (stdlib name)
+        if self.path.split("?")[0] == "/status":
+            status = self.server.api.status()
+            self._send(HTTPStatus.OK, status.model_dump(mode="json", by_alias=True))
+        else:
+            self._error(HTTPStatus.NOT_FOUND, f"no route GET {self.path}")
+
+    def do_POST(self) -> None:  # noqa: N802 (stdlib name)
+        if self.path.split("?")[0] != "/predict":
+            self._discard_body()
+            self._error(HTTPStatus.NOT_FOUND, f"no route POST {self.path}")
+            return
+        body = self._read_body()
+        if body is None:
+            return
+        try:
+            request = json.loads(body)
+        except (UnicodeDecodeError, ValueError) as err:
+            self._error(HTTPStatus.BAD_REQUEST, f"body is not JSON: {err}")
+            return
+        if not isinstance(request, dict) or "inputs" not in request:
+            self._error(HTTPStatus.BAD_REQUEST, 'body must be a JSON object {"inputs": [[...], ...]}')
+            return
+        try:
+            prediction = self.server.api.predict(request["inputs"])
+        except PayloadError as err:
+            self._error(HTTPStatus.BAD_REQUEST, str(err))
+        except NoModelError as err:
+            self._error(HTTPStatus.SERVICE_UNAVAILABLE, str(err))
+        else:
+            self._send(HTTPStatus.OK, prediction.to_json())
+
+    def _discard_body(self) -> None:
+        self.close_connection = True
+
+    def _read_body(self) -> bytes | None:
+        """The request body, or None after answering 411/413/400."""
+        raw_length = self.headers.get("Content-Length")
+        if raw_length is None:
+            self.close_connection = True
+            self._error(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required")
+            return None
+        try:
+            length = int(raw_length)
+        except ValueError:
+            self.close_connection = True
+            self._error(HTTPStatus.BAD_REQUEST, f"bad Content-Length {raw_length!r}")
+            return None
+        limit = self.server.max_body_bytes
+        if length < 0 or length > limit:
+            self.close_connection = True  # do not read what we refuse
+            self._error(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body of {length} bytes exceeds {limit}"
+            )
+            return None
+        return self.rfile.read(length)
+
+
+class HttpApi:
+    """A ThreadingHTTPServer bound to one agent, running in a daemon thread."""
+
+    def __init__(self, api: AgentApi, host: str, port: int, max_body_bytes: int) -> None:
+        self._server = _Server((host, port), api, max_body_bytes)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            name=f"edgeops-agent-{api.device_id}-http",
+            daemon=True,
+        )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    @property
+    def url(self) -> str:
+        host, port = self.address
+        return f"http://{host}:{port}"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
