@@ -6,6 +6,7 @@ targets signature; the agent trusts nothing about a model that is not in here.
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -80,7 +81,10 @@ class ReleaseInfo(StrictModel):
     min_agent_version: str | None = None
 
     def to_custom(self) -> dict:
-        return {"edgeops": self.model_dump(mode="json", by_alias=True)}
+        """The TUF `custom` value. TUF signs canonical JSON, which has no floats, so every
+        float travels as its shortest round-trip string; `from_custom` reads it back exactly."""
+        as_json = json.dumps({"edgeops": self.model_dump(mode="json", by_alias=True)})
+        return json.loads(as_json, parse_float=str)
 
     @classmethod
     def from_custom(cls, custom: dict | None) -> "ReleaseInfo":

@@ -104,17 +104,6 @@ def install_model(home: Path, release: ReleaseInfo, data: bytes) -> None:
 # TUF repository -------------------------------------------------------------------------
 
 
-def signable_custom(release: ReleaseInfo) -> dict[str, Any]:
-    """`release.to_custom()` with floats as decimal strings.
-
-    TUF signs canonical JSON, which has no floats (securesystemslib refuses them), so the
-    raw `to_custom()` cannot be signed. `ReleaseInfo.from_custom` parses numeric strings
-    back to the same floats (repr round-trips exactly).
-    """
-    return json.loads(json.dumps(release.to_custom()), parse_float=str)
-
-
-
 def _expiry(days: int = 7) -> datetime:
     return datetime.now(timezone.utc).replace(microsecond=0) + timedelta(days=days)
 
@@ -169,7 +158,7 @@ class TufTestRepository:
         """Sign `data` as the release's target and publish. Returns the target path."""
         path = target_path(release.model, release.version, release.format)
         info = TargetFile.from_data(path, data, ["sha256"])
-        info.unrecognized_fields["custom"] = signable_custom(release)
+        info.unrecognized_fields["custom"] = release.to_custom()
         self.targets.signed.targets[path] = info
         artifact = self.artifact_path(info)
         artifact.parent.mkdir(parents=True, exist_ok=True)

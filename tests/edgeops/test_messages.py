@@ -53,3 +53,22 @@ def test_oversized_payload_is_refused_before_parsing() -> None:
 def test_device_id_in_payload_is_validated() -> None:
     with pytest.raises(PayloadError, match="device_id"):
         decode(DeviceStatus, b'{"schema":1,"device_id":"a/b","online":true,"state":"idle"}')
+
+
+def test_release_info_custom_is_signable_and_round_trips() -> None:
+    from securesystemslib.formats import encode_canonical
+
+    from edgeops.schemas import GoldenVectors, InputSchema, ReleaseInfo
+
+    info = ReleaseInfo(
+        model="digits",
+        version=3,
+        format="int8",
+        input=InputSchema(shape=[None, 2], min_value=0.0, max_value=1.0, feature_bin_edges=[0.0, 0.1, 1.0]),
+        output_name="probabilities",
+        num_classes=2,
+        golden=GoldenVectors(inputs=[[0.1, 1e-7]], outputs=[[0.3333333333333333, 0.6666666666666667]], atol=1e-4),
+    )
+    custom = info.to_custom()
+    encode_canonical(custom)  # raises on floats
+    assert ReleaseInfo.from_custom(custom) == info
