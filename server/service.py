@@ -1,0 +1,91 @@
+"""Assemble a running server from its settings: the one place that wires the parts.
+
+    build_app(settings, extra_routers=(), lifespan_hooks=()) -> FastAPI
+
+opens the database (migrating it), the artifact store and the TUF repository, and runs
+background work for the app's lifetime: today the TUF refresher that re-signs
+timestamp/snapshot/targets before they expire. MQTT ingest plugs in as another lifespan
+hook plus its routers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+
+from edgeops.errors import EdgeOpsError
+from server.artifact_store import ArtifactStore
+from server.database import open_database
+from server.http_app import create_app
+from server.settings import ServerSettings
+from server.tuf_repository import TufRepository
+
+__all__ = ["LifespanHook", "build_app", "tuf_refresher"]
+
+logger = logging.getLogger(__name__)
+
+LifespanHook = Callable[[FastAPI], AbstractAsyncContextManager[Any]]
+TUF_REFRESH_INTERVAL_S = 600.0
+
+
+def tuf_refresher(
+    repository: TufRepository, interval_s: float = TUF_REFRESH_INTERVAL_S
+) -> LifespanHook:
+    """A lifespan hook re-signing expiring TUF metadata at start and every `interval_s`."""
+
+    @asynccontextmanager
+    async def hook(_app: FastAPI) -> AsyncIterator[None]:
+        async def refresh_once() -> None:
+            try:
+                await asyncio.to_thread(repository.refresh_expiring)
+            except EdgeOpsError:
+                logger.exception("refreshing TUF metadata failed; retrying in %.0f s", interval_s)
+
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(interval_s)
+                await refresh_once()
+
+        await refresh_once()
+        task = asyncio.create_task(loop(), name="tuf-refresher")
+        try:
+            yield
+        finally:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    return hook
+
+
+def _compose(hooks: Sequence[LifespanHook]) -> LifespanHook:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            for hook in hooks:
+                await stack.enter_async_context(hook(app))
+            yield
+
+    return lifespan
+
+
+def build_app(
+    settings: ServerSettings,
+    extra_routers: Sequence[APIRouter] = (),
+    lifespan_hooks: Sequence[LifespanHook] = (),
+) -> FastAPI:
+    """The complete server app for `settings` (database migrated, TUF refresher running)."""
+    session_factory = open_database(settings.resolved_database_url)
+    artifact_store = ArtifactStore(settings.artifacts_dir)
+    repository = TufRepository(settings.tuf_dir)
+    hooks = [tuf_refresher(repository), *lifespan_hooks]
+    return create_app(
+        settings, session_factory, artifact_store, extra_routers, lifespan=_compose(hooks)
+    )
