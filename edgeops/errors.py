@@ -2,7 +2,8 @@
 
     EdgeOpsError
     ├── ConfigError            bad settings, files or arguments: fix the input, do not retry
-    │   └── TaskError          a task spec that cannot be loaded or is malformed
+    │   ├── TaskError          a task spec that cannot be loaded or is malformed
+    │   └── MissingDependencyError   a program or extra is not installed: install it
     ├── PayloadError           a wire payload that fails validation: count, log, drop
     ├── TrustError             signed data that must not be accepted (signature, expiry,
     │                          rollback, hash or length mismatch): refuse, keep what runs
@@ -28,6 +29,10 @@ class ConfigError(EdgeOpsError):
 
 class TaskError(ConfigError):
     """A task spec cannot be loaded or does not describe a valid task."""
+
+
+class MissingDependencyError(ConfigError):
+    """A program or optional package EdgeOps needs is not installed; the message says how."""
 
 
 class PayloadError(EdgeOpsError):

@@ -25,6 +25,7 @@ def exit_code_for(error: errors.EdgeOpsError) -> ExitCode:
     table: list[tuple[type[errors.EdgeOpsError], ExitCode]] = [
         (errors.QuantizationGateError, ExitCode.GATE_REFUSED),
         (errors.NotFoundError, ExitCode.NOT_FOUND),
+        (errors.MissingDependencyError, ExitCode.MISSING_DEPENDENCY),
         (errors.ConfigError, ExitCode.CONFIG),
         (errors.TrustError, ExitCode.TRUST),
         (errors.TransportError, ExitCode.TRANSPORT),

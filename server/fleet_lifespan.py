@@ -1,7 +1,5 @@
-"""A lifespan hook (see server.service.LifespanHook) running MQTT ingest and commands.
-
-    build_app(settings, extra_routers=[fleet_router(...)],
-              lifespan_hooks=[fleet_lifespan(publisher, ingest)])
+"""A lifespan hook (see server.service.LifespanHook) running MQTT ingest and commands;
+server.service.build_app installs it with the fleet router.
 
 Both connect in the background, so the server starts even while the broker is down.
 """

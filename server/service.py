@@ -3,9 +3,8 @@
     build_app(settings, extra_routers=(), lifespan_hooks=()) -> FastAPI
 
 opens the database (migrating it), the artifact store and the TUF repository, and runs
-background work for the app's lifetime: today the TUF refresher that re-signs
-timestamp/snapshot/targets before they expire. MQTT ingest plugs in as another lifespan
-hook plus its routers.
+background work for the app's lifetime: the TUF refresher that re-signs
+timestamp/snapshot/targets before they expire, MQTT ingest and the command publisher.
 """
 
 from __future__ import annotations
@@ -19,7 +18,12 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 
 from edgeops.errors import EdgeOpsError
+from server.api_deps import require_admin
+from server.api_fleet import fleet_router
 from server.artifact_store import ArtifactStore
+from server.commands import CommandPublisher
+from server.fleet_lifespan import fleet_lifespan
+from server.ingest import Ingest
 from server.database import open_database
 from server.http_app import create_app
 from server.settings import ServerSettings
@@ -80,12 +84,20 @@ def build_app(
     settings: ServerSettings,
     extra_routers: Sequence[APIRouter] = (),
     lifespan_hooks: Sequence[LifespanHook] = (),
+    *,
+    with_fleet: bool = True,
 ) -> FastAPI:
-    """The complete server app for `settings` (database migrated, TUF refresher running)."""
+    """The complete server app for `settings`: database migrated, TUF refresher running and,
+    `with_fleet`, MQTT ingest and the command publisher connected to the broker."""
     session_factory = open_database(settings.resolved_database_url)
     artifact_store = ArtifactStore(settings.artifacts_dir)
     repository = TufRepository(settings.tuf_dir)
-    hooks = [tuf_refresher(repository), *lifespan_hooks]
-    return create_app(
-        settings, session_factory, artifact_store, extra_routers, lifespan=_compose(hooks)
-    )
+    routers = list(extra_routers)
+    hooks = [tuf_refresher(repository)]
+    if with_fleet:
+        publisher = CommandPublisher(settings)
+        ingest = Ingest(settings, session_factory)
+        routers.append(fleet_router(session_factory, publisher, ingest, require_admin))
+        hooks.append(fleet_lifespan(publisher, ingest))
+    hooks.extend(lifespan_hooks)
+    return create_app(settings, session_factory, artifact_store, routers, lifespan=_compose(hooks))

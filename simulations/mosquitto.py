@@ -7,6 +7,7 @@ stops at once with the command that installs it.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -15,24 +16,23 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgeops.errors import ConfigError, TransportError
+from edgeops.errors import MissingDependencyError, TransportError
 
 INSTALL_HINT = "sudo apt-get install -y mosquitto   (macOS: brew install mosquitto)"
 # Mosquitto's default of 1,000 queued messages drops QoS 1 traffic to a slow subscriber.
 MAX_QUEUED_MESSAGES = 1_000_000
-
-
-class MosquittoNotFound(ConfigError):
-    pass
+# Debian installs the broker in sbin, which is not on a normal user's PATH.
+SBIN_DIRS = ("/usr/sbin", "/usr/local/sbin")
 
 
 def find_mosquitto() -> str:
     """Path of the mosquitto binary, or raise with the install command."""
-    found = shutil.which("mosquitto") or next(
-        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None
-    )
+    search_path = os.pathsep.join([os.environ.get("PATH", ""), *SBIN_DIRS])
+    found = shutil.which("mosquitto", path=search_path)
     if not found:
-        raise MosquittoNotFound(f"mosquitto is not installed; install it with: {INSTALL_HINT}")
+        raise MissingDependencyError(
+            f"mosquitto (the MQTT broker) is not installed; install it with: {INSTALL_HINT}"
+        )
     return found
 
 

@@ -94,7 +94,8 @@ def run(
         int | None, typer.Option(help="Override the port from server.toml.")
     ] = None,
 ) -> None:
-    """Run the HTTP server (TUF repository, registry API) until interrupted."""
+    """Run the server until interrupted: HTTP (TUF repository, registry and fleet API) and
+    MQTT ingest of device status and telemetry from the broker in server.toml."""
     import uvicorn
 
     from server.service import build_app

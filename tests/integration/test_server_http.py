@@ -44,7 +44,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     session_factory = open_database(settings.resolved_database_url)
     release = publish_package(settings, session_factory, package_dir)
     close_database(session_factory)
-    with live_server(build_app(settings)) as url:
+    with live_server(build_app(settings, with_fleet=False)) as url:
         yield LiveServer(url, settings, read_admin_token(settings), release, package_dir)
 
 

@@ -71,7 +71,7 @@ def test_create_app_needs_the_admin_token(
 
 
 def test_build_app_serves_with_its_lifespan(server_settings: ServerSettings) -> None:
-    with TestClient(build_app(server_settings)) as client:
+    with TestClient(build_app(server_settings, with_fleet=False)) as client:
         assert client.get("/healthz").status_code == 200
         assert client.get("/tuf/metadata/1.root.json").status_code == 200
 

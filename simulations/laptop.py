@@ -1,0 +1,277 @@
+"""The laptop simulation: a real broker, the real server, many real agents, one release.
+
+    broker (Mosquitto, free port) ─ server (subprocess: HTTP + TUF + ingest)
+    train + package + publish (signed) ─► deploy ─► N agents update over the air
+    ─► agents infer on their own data ─► telemetry ─► report
+
+Agents share this process (each an object with its own home, no global state).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import numpy as np
+
+from agent.config import AgentConfig
+from agent.daemon import Agent
+from agent.config import init_agent_home
+from edgeops.errors import ConfigError, TransportError
+from edgeops.packaging import package_model
+from edgeops.tasks import Task, load_task, partition_dirichlet, partition_iid
+from server.database import open_database
+from server.home import init_home
+from server.publishing import publish_package
+from server.settings import ServerSettings, load_settings
+from simulations.mosquitto import MosquittoBroker, find_mosquitto, free_port, wait_for_port
+from simulations.report import DeviceResult, SimulationResult
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str], None]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    out_dir: Path
+    devices: int = 10
+    task: str = "digits"
+    alpha: float | None = None  # None: IID local data; else Dirichlet non-IID
+    seed: int = 0
+    epochs: int = 30
+    telemetry_interval_s: float = 1.0
+    timeout_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        if self.devices < 1:
+            raise ConfigError(f"--devices must be at least 1, got {self.devices}")
+        if self.alpha is not None and self.alpha <= 0:
+            raise ConfigError(f"--alpha must be > 0, got {self.alpha}")
+
+
+def wait_until(what: str, probe: Callable[[], T | None], timeout_s: float, every_s: float = 0.2) -> T:
+    """Poll `probe` until it returns something truthy; raise TransportError naming `what`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TransportError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(every_s)
+
+
+@contextmanager
+def running_server(settings: ServerSettings, log_path: Path) -> Iterator[subprocess.Popen]:
+    """`edgeops server run` as a subprocess, as an operator would start it."""
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "edgeops.cli", "server", "run", "--home", str(settings.home)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        try:
+            wait_for_port(settings.http_host, settings.http_port, timeout_s=60)
+        except TransportError as err:
+            raise TransportError(f"the server did not start; see {log_path}") from err
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+class FleetAPI:
+    """The few server API calls the simulation makes, over real HTTP."""
+
+    def __init__(self, base_url: str, token: str) -> None:
+        self._client = httpx.Client(base_url=base_url, timeout=30)
+        self._auth = {"Authorization": f"Bearer {token}"}
+
+    def devices(self) -> list[dict[str, Any]]:
+        response = self._client.get("/api/devices")
+        response.raise_for_status()
+        return response.json()
+
+    def deploy(self, target: str, device_ids: list[str]) -> dict[str, Any]:
+        response = self._client.post(
+            "/api/deployments", json={"target": target, "devices": device_ids}, headers=self._auth
+        )
+        if response.status_code >= 400:
+            raise TransportError(f"deployment refused ({response.status_code}): {response.text}")
+        return response.json()
+
+    def ingest_stats(self) -> dict[str, Any]:
+        response = self._client.get("/api/ingest/stats")
+        return response.json() if response.status_code == 200 else {}
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def local_datasets(task: Task, config: SimulationConfig) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each device's own stream of inputs and labels, from the held-out split."""
+    data = task.load_data()
+    if config.alpha is None:
+        parts = partition_iid(len(data.y_test), config.devices, seed=config.seed)
+    else:
+        parts = partition_dirichlet(data.y_test, config.devices, config.alpha, seed=config.seed)
+    return [(data.x_test[idx], data.y_test[idx]) for idx in parts]
+
+
+def run_simulation(config: SimulationConfig, progress: Progress = lambda _msg: None) -> SimulationResult:
+    find_mosquitto()  # fail before any work if the broker cannot run
+    task = load_task(config.task)
+    out = config.out_dir.resolve()
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"output folder {out} is not empty; choose another --out or remove it")
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    stages: dict[str, float] = {}
+
+    @contextmanager
+    def stage(name: str, message: str) -> Iterator[None]:
+        progress(f"[{time.monotonic() - started:6.1f}s] {message}")
+        t0 = time.monotonic()
+        yield
+        stages[name] = round(time.monotonic() - t0, 3)
+
+    with ExitStack() as stack:
+        with stage("broker", "starting Mosquitto"):
+            broker = stack.enter_context(MosquittoBroker(workdir=out / "broker"))
+
+        with stage("server", "initialising and starting the server"):
+            settings = ServerSettings(
+                home=out / "server",
+                http_port=free_port(),
+                broker_host=broker.host,
+                broker_port=broker.port,
+            )
+            init_home(settings)
+            settings = load_settings(settings.home)
+            stack.enter_context(running_server(settings, out / "server.log"))
+            api = FleetAPI(settings.resolved_public_url, settings.admin_token_file.read_text().strip())
+            stack.callback(api.close)
+
+        with stage("package", f"training and packaging the {task.name} model (fp32 -> int8)"):
+            from edgeops.tasks import TrainConfig
+
+            report = package_model(
+                task, out / "package", train_config=TrainConfig(epochs=config.epochs, seed=config.seed)
+            )
+
+        with stage("publish", "signing and publishing the release"):
+            session_factory = open_database(settings.resolved_database_url)
+            release = publish_package(settings, session_factory, out / "package", "int8")
+            progress(f"          published {release.target_path} as v{release.version}")
+
+        with stage("agents", f"starting {config.devices} agents"):
+            trusted_root = (settings.tuf_dir / "metadata" / "1.root.json").read_bytes()
+            datasets = local_datasets(task, config)
+            agents: list[Agent] = []
+            for i in range(config.devices):
+                agent_config = AgentConfig(
+                    home=out / "agents" / f"device-{i:03d}",
+                    device_id=f"device-{i:03d}",
+                    server_url=settings.resolved_public_url,
+                    broker_host=broker.host,
+                    broker_port=broker.port,
+                    telemetry_interval_s=config.telemetry_interval_s,
+                    http_port=0,
+                )
+                init_agent_home(agent_config.home, agent_config, trusted_root)
+                agent = Agent(agent_config)
+                agent.start()
+                stack.callback(agent.stop)
+                agents.append(agent)
+            ids = [a.config.device_id for a in agents]
+            wait_until(
+                "every agent to register with the server",
+                lambda: {d["device_id"] for d in api.devices() if d["online"]} >= set(ids),
+                config.timeout_s,
+            )
+
+        with stage("rollout", f"deploying v{release.version} to {len(ids)} devices over the air"):
+            api.deploy(release.target_path, ids)
+
+            def all_updated() -> bool:
+                reported = {d["device_id"]: d for d in api.devices()}
+                return all(reported.get(i, {}).get("version") == release.version for i in ids)
+
+            wait_until(f"every device to report v{release.version}", all_updated, config.timeout_s)
+
+        with stage("inference", "devices infer on their own data"):
+            scores: dict[str, tuple[int, float | None, int]] = {}
+            for agent, (x, y) in zip(agents, datasets):
+                correct = 0
+                for row, label in zip(x, y):
+                    prediction = agent.predict(row[np.newaxis, :])
+                    correct += int(prediction.classes[0] == label)
+                scores[agent.config.device_id] = (len(y), correct / len(y) if len(y) else None, len(set(y.tolist())))
+
+        with stage("telemetry", "waiting for every device's telemetry at the server"):
+            wait_until(
+                "telemetry from every device",
+                lambda: all(
+                    d["telemetry_messages"] > 0 for d in api.devices() if d["device_id"] in set(ids)
+                )
+                and len(api.devices()) >= len(ids),
+                config.timeout_s,
+            )
+            fleet = {d["device_id"]: d for d in api.devices()}
+            ingest_stats = api.ingest_stats()
+
+    devices = [
+        DeviceResult(
+            device_id=i,
+            version=fleet[i].get("version"),
+            state=fleet[i].get("state"),
+            online=bool(fleet[i].get("online")),
+            telemetry_messages=int(fleet[i].get("telemetry_messages", 0)),
+            local_samples=scores[i][0],
+            local_accuracy=scores[i][1],
+            classes_seen=scores[i][2],
+        )
+        for i in ids
+    ]
+    package_summary = {
+        k: report_value
+        for k, report_value in _package_json(out / "package").items()
+        if k in ("sizes_bytes", "size_ratio", "accuracy", "agreement", "p50_latency_us")
+    }
+    return SimulationResult(
+        task=task.name,
+        published_version=release.version,
+        published_target=release.target_path,
+        devices=devices,
+        package=package_summary,
+        stage_seconds=stages,
+        wall_seconds=round(time.monotonic() - started, 3),
+        broker=f"mqtt://{broker.host}:{broker.port}",
+        server_url=settings.resolved_public_url,
+        out_dir=str(out),
+        ingest=ingest_stats,
+    )
+
+
+def _package_json(package_dir: Path) -> dict[str, Any]:
+    from edgeops.atomic_io import read_json
+
+    return read_json(package_dir / "report.json")
