@@ -19,10 +19,22 @@ def train_classifier(
     """Plain minibatch Adam on cross-entropy; deterministic for a given seed."""
     import torch
 
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(config.num_threads)
+    try:
+        return _train(model, x, y, config)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(model: "torch.nn.Module", x: NDArray, y: NDArray, config: TrainConfig) -> TrainResult:
+    import torch
+
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
-    features = torch.as_tensor(x, dtype=torch.float32).reshape(len(x), -1)
-    labels = torch.as_tensor(y, dtype=torch.int64)
+    # Copies: datasets are read-only arrays, which torch warns about when it shares them.
+    features = torch.tensor(x, dtype=torch.float32).reshape(len(x), -1)
+    labels = torch.tensor(y, dtype=torch.int64)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     loss_fn = torch.nn.CrossEntropyLoss()
     model.train()
@@ -36,7 +48,7 @@ def train_classifier(
             loss = loss_fn(model(features[batch]), labels[batch])
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(batch)
+            total += loss.item() * len(batch)
             seen += len(batch)
         last_epoch_loss = total / max(seen, 1)
     model.eval()
@@ -48,7 +60,7 @@ def evaluate_classifier(model: "torch.nn.Module", x: NDArray, y: NDArray) -> dic
 
     model.eval()
     with torch.no_grad():
-        logits = model(torch.as_tensor(x, dtype=torch.float32).reshape(len(x), -1))
-        loss = torch.nn.functional.cross_entropy(logits, torch.as_tensor(y, dtype=torch.int64))
+        logits = model(torch.tensor(x, dtype=torch.float32).reshape(len(x), -1))
+        loss = torch.nn.functional.cross_entropy(logits, torch.tensor(y, dtype=torch.int64))
     predictions = logits.argmax(dim=1).numpy()
     return {"loss": float(loss), "accuracy": float(np.mean(predictions == np.asarray(y)))}
