@@ -90,6 +90,7 @@ class Agent:
         self._model: InstalledModel | None = None
         self._state: AgentState = "starting"
         self._reason: str | None = None
+        self._target: str | None = None  # the update in progress or last attempted
         self._changed = threading.Condition()
         self._window = TelemetryWindow(config.device_id, WindowRelease(), clock())
         self._commands: queue.Queue[Any] = queue.Queue()
@@ -202,6 +203,7 @@ class Agent:
             model=release.model if release else None,
             version=release.version if release else None,
             release=model.target if model is not None else None,
+            target=self._target,
             reason=self._reason,
             agent_version=__version__,
             timestamp=self._clock(),
@@ -358,6 +360,8 @@ class Agent:
             self._set_state("update_failed", f"internal error: {type(err).__name__}: {err}")
 
     def _update(self, target: str) -> None:
+        with self._changed:
+            self._target = target
         current = self._model
         if current is not None and current.target == target:
             logger.info("device %s: %s is already active", self.device_id, target)

@@ -22,12 +22,19 @@ DEVICE_ID_FIELD = Field(pattern=DEVICE_ID_PATTERN.pattern)
 AgentState = Literal[
     "starting",
     "idle",  # no model yet
-    "running",  # serving the active model
+    "running",  # serving the active model, no update in progress
+    # the update of `target`, in order:
     "downloading",
     "verifying",
+    "staged",
     "smoke_testing",
     "switching",
-    "update_failed",  # the update was refused; the previous model keeps serving
+    "health_window",  # serving `target`, comparing its health with the previous model
+    "committed",  # `target` passed its health window and is the active model
+    # failure paths of the update of `target`:
+    "update_failed",  # refused before the switch; the previous model keeps serving
+    "rolling_back",
+    "rolled_back",  # switched back to the previous model; `reason` says why
     "offline",  # published by the broker as the last will
 ]
 
@@ -47,6 +54,7 @@ class DeviceStatus(WireMessage):
     model: str | None = None
     version: int | None = None
     release: str | None = None  # the target path of the active model
+    target: str | None = None  # the target path of the update in progress or last attempted
     reason: str | None = None  # why the last update failed, if it did
     agent_version: str | None = None
     timestamp: float = Field(default_factory=time.time)

@@ -46,6 +46,7 @@ class DevicePublic(BaseModel):
     model: str | None
     version: int | None
     release: str | None
+    target: str | None
     reason: str | None
     agent_version: str | None
     telemetry_messages: int
@@ -61,6 +62,7 @@ class DevicePublic(BaseModel):
             model=device.model,
             version=device.version,
             release=device.release,
+            target=device.target,
             reason=device.reason,
             agent_version=device.agent_version,
             telemetry_messages=device.telemetry_messages or 0,

@@ -119,6 +119,7 @@ class Device(Base):
     model: Mapped[str | None] = mapped_column(String(64))
     version: Mapped[int | None] = mapped_column(Integer)
     release: Mapped[str | None] = mapped_column(String(300))
+    target: Mapped[str | None] = mapped_column(String(300))  # update in progress or last tried
     reason: Mapped[str | None] = mapped_column(Text)
     agent_version: Mapped[str | None] = mapped_column(String(32))
     telemetry_messages: Mapped[int] = mapped_column(Integer, default=0)

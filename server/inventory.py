@@ -106,6 +106,7 @@ def apply_status(session: Session, status: DeviceStatus, now: datetime) -> Devic
         device.model = status.model
         device.version = status.version
         device.release = status.release
+        device.target = status.target
         device.reason = status.reason
         device.agent_version = status.agent_version
     device.last_status_at = now

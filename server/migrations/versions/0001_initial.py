@@ -37,6 +37,7 @@ def upgrade() -> None:
         sa.Column("model", sa.String(length=64), nullable=True),
         sa.Column("version", sa.Integer(), nullable=True),
         sa.Column("release", sa.String(length=300), nullable=True),
+        sa.Column("target", sa.String(length=300), nullable=True),
         sa.Column("reason", sa.Text(), nullable=True),
         sa.Column("agent_version", sa.String(length=32), nullable=True),
         sa.Column("telemetry_messages", sa.Integer(), nullable=False),
