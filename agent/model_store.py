@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -63,8 +65,9 @@ class ActivePointer:
 class ModelStore:
     """The slots and pointer under one agent home. Not thread-safe: one updater writes."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, *, fault: Callable[[str], None] | None = None) -> None:
         self.home = Path(home)
+        self._fault = fault or (lambda point: None)
 
     @property
     def pointer_path(self) -> Path:
@@ -157,14 +160,75 @@ class ModelStore:
         )
         return SlotRecord(slot, target, sha256, len(data), release, directory / MODEL_FILE)
 
-    def activate(self, slot: SlotName, *, keep_previous: bool = True) -> ActivePointer:
-        """Swap the pointer to `slot`: the commit point of an update or rollback."""
+    def incoming_path(self, slot: SlotName) -> Path:
+        """Where a download for `slot` lands before `stage_file` moves it into the slot."""
+        return self.slot_dir(slot) / f".{MODEL_FILE}.incoming"
+
+    def stage_file(
+        self,
+        slot: SlotName,
+        source: Path,
+        target: str,
+        release: ReleaseInfo,
+        sha256: str,
+        *,
+        length: int | None = None,
+    ) -> SlotRecord:
+        """Move `source` into the inactive `slot` (fsync, rename, then the record).
+
+        Without `length`, the bytes are hashed against `sha256` on the way (streamed, so a
+        50 MB model never sits in memory); with it, the caller vouches that it verified
+        the file itself just now and only the size is checked."""
+        self._refuse_active(slot)
+        with open(source, "rb") as handle:
+            if length is None:
+                digest, length = hashlib.sha256(), 0
+                while chunk := handle.read(1024 * 1024):
+                    digest.update(chunk)
+                    length += len(chunk)
+                if digest.hexdigest() != sha256:
+                    raise UpdateError(
+                        f"staged bytes of {target} hash to {digest.hexdigest()}, expected {sha256}"
+                    )
+            elif os.fstat(handle.fileno()).st_size != length:
+                raise UpdateError(f"staged file of {target} is not {length} bytes long")
+            os.fsync(handle.fileno())
+        self.clear_slot(slot)
+        directory = self.slot_dir(slot)
+        self._fault("mid_stage")
+        os.replace(source, directory / MODEL_FILE)
+        fsync_dir(directory)
+        write_json_atomic(
+            directory / RECORD_FILE,
+            {
+                "target": target,
+                "sha256": sha256,
+                "length": length,
+                "release": release.model_dump(mode="json", by_alias=True),
+            },
+        )
+        return SlotRecord(slot, target, sha256, length, release, directory / MODEL_FILE)
+
+    def activate(
+        self,
+        slot: SlotName,
+        *,
+        keep_previous: bool = True,
+        previous: SlotName | None = None,
+    ) -> ActivePointer:
+        """Swap the pointer to `slot`: the commit point of an update or rollback.
+
+        `previous` names the rollback slot explicitly (an update passes the slot that
+        served before it, so re-running a switch after a crash keeps it)."""
         record = self.read_slot(slot, verify=False)
-        try:
-            current = self.active_pointer()
-        except UpdateError:
-            current = None
-        previous = current.slot if keep_previous and current and current.slot != slot else None
+        if previous is None and keep_previous:
+            try:
+                current = self.active_pointer()
+            except UpdateError:
+                current = None
+            previous = current.slot if current and current.slot != slot else None
+        if previous == slot:
+            previous = None
         pointer = ActivePointer(slot=slot, target=record.target, previous=previous)
         write_json_atomic(
             self.pointer_path,

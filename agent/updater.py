@@ -1,17 +1,17 @@
-"""Over-the-air update of one release: fetch with TUF, stage, smoke-test, switch.
+"""The I/O steps of an over-the-air update: TUF lookup, download, stage, smoke test.
 
-The update is a chain of small explicit steps, each announced through `on_state` before
-it starts, so the daemon can publish it and a later persisted state machine can wrap
-each step:
+`update_runner` calls these in the order the state machine (`update_machine`) decides:
 
-    downloading    refresh TUF metadata, look up the target, download it (ngclient
-                   verifies length and hashes against the signed targets metadata)
-    verifying      parse the signed release info, check it names this target, copy the
-                   bytes into the inactive slot and check them again
-    smoke_testing  load the staged model and run its golden vectors
-    switching      swap the active pointer (the commit point)
+    lookup         refresh TUF metadata, find the target, parse its signed release info,
+                   and refuse what this agent cannot run (compatibility, size cap),
+                   all before a single artifact byte is fetched
+    download       fetch the artifact into the inactive slot's incoming file (ngclient
+                   verifies length and hashes against the signed targets metadata; the
+                   fetcher resumes broken or interrupted downloads with HTTP Range)
+    stage          re-hash the verified file and move it into the slot, then its record
+    smoke_test     load the staged model and run its golden vectors
 
-Any failure leaves the active pointer, and so the serving model, untouched. TUF
+None of these touches the active pointer, so the serving model is untouched. TUF
 exceptions are mapped to `edgeops.errors` where they enter: a repository error
 (signature, expiry, rollback, hash or length) becomes TrustError, a download problem
 TransportError, a broken release UpdateError or SmokeTestError.
@@ -20,27 +20,30 @@ TransportError, a broken release UpdateError or SmokeTestError.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tuf.api import exceptions as tuf_errors
-from tuf.api.metadata import TargetFile
-from tuf.ngclient import Updater, UpdaterConfig
-from tuf.ngclient.fetcher import FetcherInterface
-from tuf.ngclient.urllib3_fetcher import Urllib3Fetcher
-
+from agent.compatibility import incompatibility, supported_opset
 from agent.config import AgentConfig
 from agent.model_store import ModelStore, SlotName, SlotRecord
 from agent.runtime import ModelRuntime
 from edgeops import __version__
 from edgeops.errors import EdgeOpsError, TransportError, TrustError, UpdateError
-from edgeops.messages import AgentState
 from edgeops.schemas import ReleaseInfo, target_path
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:  # pragma: no cover
+    from tuf.api.metadata import TargetFile
+    from tuf.ngclient import Updater
+    from tuf.ngclient.fetcher import FetcherInterface
 
-StateCallback = Callable[[AgentState], None]
+    from agent.fetcher import ProgressCallback
+
+# tuf (with securesystemslib and urllib3) and our fetcher are imported where an update
+# starts, not at agent start: ~5 MB of RSS a device only pays for while it updates.
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -63,24 +66,9 @@ class InstalledModel:
         return self.record.slot
 
 
-class _Fetcher(Urllib3Fetcher):
-    """urllib3 fetcher whose errors mid-stream also surface as DownloadError."""
+def _trust_error(err: Exception, what: str) -> TrustError:
+    from tuf.api import exceptions as tuf_errors
 
-    def _fetch(self, url: str) -> Iterator[bytes]:
-        chunks = super()._fetch(url)
-
-        def guarded() -> Iterator[bytes]:
-            try:
-                yield from chunks
-            except tuf_errors.DownloadError:
-                raise
-            except Exception as err:  # urllib3 protocol/connection errors while streaming
-                raise tuf_errors.DownloadError(f"download of {url} broke off: {err}") from err
-
-        return guarded()
-
-
-def _trust_error(err: tuf_errors.RepositoryError, what: str) -> TrustError:
     reasons: list[tuple[type[Exception], str]] = [
         (tuf_errors.LengthOrHashMismatchError, "hash mismatch"),
         (tuf_errors.ExpiredMetadataError, "expired metadata"),
@@ -90,15 +78,21 @@ def _trust_error(err: tuf_errors.RepositoryError, what: str) -> TrustError:
     label = next((text for kind, text in reasons if isinstance(err, kind)), "untrusted data")
     if label == "hash mismatch" and "length" in str(err).lower():
         label = "length mismatch"
+    if label == "version rollback" and str(err).startswith("Expected"):
+        label = "version mismatch"  # metadata other than the version its parent signed
     return TrustError(f"{what} {label}: {err}")
 
 
 def map_tuf_error(err: Exception, what: str) -> EdgeOpsError:
     """The EdgeOps error for a tuf/ngclient failure while handling `what`."""
+    from tuf.api import exceptions as tuf_errors
+
     if isinstance(err, tuf_errors.RepositoryError):
         return _trust_error(err, what)
     if isinstance(err, tuf_errors.DownloadLengthMismatchError):
         return TrustError(f"{what} length mismatch: {err}")
+    if isinstance(err, tuf_errors.SlowRetrievalError):
+        return TransportError(f"{what}: download failed: slow retrieval: {err}")
     if isinstance(err, tuf_errors.DownloadHTTPError):
         return TransportError(f"{what}: server answered HTTP {err.status_code}")
     if isinstance(err, tuf_errors.DownloadError):
@@ -109,8 +103,26 @@ def map_tuf_error(err: Exception, what: str) -> EdgeOpsError:
     return UpdateError(f"{what}: {err}")
 
 
+class IncompatibleReleaseError(UpdateError):
+    """The release needs a newer agent or onnxruntime than this device has."""
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """A target found in freshly verified metadata, with its signed release info."""
+
+    updater: Updater
+    info: TargetFile
+    release: ReleaseInfo
+    fetcher: FetcherInterface | None = None
+
+    @property
+    def sha256(self) -> str:
+        return self.info.hashes["sha256"]
+
+
 class ReleaseUpdater:
-    """Applies one target to an agent home. One instance per agent; not re-entrant."""
+    """The I/O steps of an update for one agent home. One instance per agent; not re-entrant."""
 
     def __init__(
         self,
@@ -118,15 +130,38 @@ class ReleaseUpdater:
         store: ModelStore,
         *,
         fetcher: FetcherInterface | None = None,
+        fault: Callable[[str], None] | None = None,
     ) -> None:
         self._config = config
         self._store = store
         self._fetcher = fetcher
+        self._fault = fault
 
-    # The steps -----------------------------------------------------------------------
+    def _make_fetcher(self, on_progress: ProgressCallback | None) -> FetcherInterface:
+        if self._fetcher is not None:
+            return self._fetcher
+        from agent.fetcher import FetchPolicy, ResumableFetcher
 
-    def _new_tuf_updater(self) -> Updater:
+        config = self._config
+        return ResumableFetcher(
+            FetchPolicy(
+                timeout_s=config.request_timeout_s,
+                retries=config.download_retries,
+                backoff_base_s=config.download_backoff_s,
+                min_bytes_per_s=config.download_min_bytes_per_s,
+                grace_s=config.request_timeout_s,
+            ),
+            partial_dir=config.downloads_dir / "partial",
+            on_progress=on_progress,
+            user_agent=f"edgeops-agent/{__version__}",
+            fault=self._fault,
+        )
+
+    def _new_tuf_updater(self, fetcher: FetcherInterface) -> Updater:
         """A fresh ngclient Updater (it refreshes metadata once per lifetime)."""
+        from tuf.api import exceptions as tuf_errors
+        from tuf.ngclient import Updater, UpdaterConfig
+
         config = self._config
         config.downloads_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -135,10 +170,7 @@ class ReleaseUpdater:
             bootstrap = None  # fall back to the cached tuf/root.json
         except OSError as err:
             raise UpdateError(f"cannot read the trusted root: {err}") from err
-        fetcher = self._fetcher or _Fetcher(
-            socket_timeout=config.request_timeout_s,  # type: ignore[arg-type]
-            app_user_agent=f"edgeops-agent/{__version__}",
-        )
+        caps = config.max_metadata_bytes
         try:
             return Updater(
                 metadata_dir=str(config.tuf_dir),
@@ -146,15 +178,24 @@ class ReleaseUpdater:
                 target_dir=str(config.downloads_dir),
                 target_base_url=config.targets_base_url,
                 fetcher=fetcher,
-                config=UpdaterConfig(app_user_agent=f"edgeops-agent/{__version__}"),
+                config=UpdaterConfig(
+                    app_user_agent=f"edgeops-agent/{__version__}",
+                    root_max_length=min(caps, 512_000),
+                    timestamp_max_length=min(caps, 16_384),
+                    snapshot_max_length=caps,
+                    targets_max_length=caps,
+                ),
                 bootstrap=bootstrap,
             )
         except (OSError, tuf_errors.RepositoryError) as err:
             raise map_tuf_error(err, "trusted root") from err
 
-    def download(self, target: str) -> tuple[TargetFile, Path]:
-        """Refresh metadata and fetch `target`; the file returned matches the signed hashes."""
-        updater = self._new_tuf_updater()
+    # The steps -----------------------------------------------------------------------
+
+    def lookup(self, target: str, on_progress: ProgressCallback | None = None) -> Lookup:
+        """Refresh metadata and find `target`; refuse what this agent must not download."""
+        fetcher = self._make_fetcher(on_progress)
+        updater = self._new_tuf_updater(fetcher)
         try:
             updater.refresh()
             info = updater.get_targetinfo(target)
@@ -162,14 +203,6 @@ class ReleaseUpdater:
             raise map_tuf_error(err, "repository metadata") from err
         if info is None:
             raise UpdateError(f"unknown target {target!r}: not in the signed targets metadata")
-        try:
-            path = updater.download_target(info)
-        except Exception as err:
-            raise map_tuf_error(err, "artifact") from err
-        return info, Path(path)
-
-    def verify_and_stage(self, info: TargetFile, downloaded: Path) -> SlotRecord:
-        """Check the signed release info and copy the artifact into the inactive slot."""
         try:
             release = ReleaseInfo.from_custom(info.custom)
         except ValueError as err:  # pydantic's ValidationError is a ValueError
@@ -180,24 +213,72 @@ class ReleaseUpdater:
                 f"target {info.path} describes {release.model} v{release.version} "
                 f"({release.format}), whose path would be {expected_path}"
             )
-        sha256 = info.hashes.get("sha256")
-        if sha256 is None:
+        if "sha256" not in info.hashes:
             raise TrustError(f"target {info.path} is not signed with a sha256 hash")
-        try:
-            data = downloaded.read_bytes()
-        except OSError as err:
-            raise UpdateError(f"cannot read the downloaded {info.path}: {err}") from err
-        if len(data) != info.length:
-            raise TrustError(
-                f"artifact length mismatch: {len(data)} bytes on disk, {info.length} signed"
+        if info.length > self._config.max_artifact_bytes:
+            raise UpdateError(
+                f"artifact of {info.length} bytes exceeds this agent's cap of "
+                f"{self._config.max_artifact_bytes} bytes"
             )
-        slot = self._store.staging_slot()
+        reason = incompatibility(
+            release.min_agent_version, release.required_opset, __version__, self.max_opset
+        )
+        if reason is not None:
+            raise IncompatibleReleaseError(reason)
+        return Lookup(updater, info, release, fetcher)
+
+    @property
+    def max_opset(self) -> int:
+        if self._config.max_onnx_opset is not None:
+            return self._config.max_onnx_opset
+        import onnxruntime
+
+        return supported_opset(onnxruntime.__version__)
+
+    def download(self, found: Lookup, slot: SlotName) -> Path:
+        """Fetch the artifact into the slot's incoming file; it matches the signed hashes.
+
+        With our fetcher this is ngclient's `download_target` without its extra copy: the
+        same URL (consistent snapshot: `<dir>/<sha256>.<name>`), the same check
+        (`TargetFile.verify_length_and_hashes`), then the verified file is renamed."""
+        from agent.fetcher import ResumableFetcher
+
+        destination = self._store.incoming_path(slot)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        fetcher = found.fetcher
         try:
-            record = self._store.stage(slot, data, info.path, release, sha256)
+            if found.updater.find_cached_target(found.info, str(destination)) is not None:
+                return destination
+            if not isinstance(fetcher, ResumableFetcher) or not self._consistent_snapshot():
+                return Path(found.updater.download_target(found.info, str(destination)))
+            directory, sep, name = found.info.path.rpartition("/")
+            url = f"{self._config.targets_base_url}{directory}{sep}{found.sha256}.{name}"
+            return fetcher.download_verified(
+                url, found.info.length, found.info.verify_length_and_hashes, destination
+            )
+        except Exception as err:
+            raise map_tuf_error(err, "artifact") from err
+
+    def _consistent_snapshot(self) -> bool:
+        """Whether the root ngclient just verified (and cached) uses consistent snapshots."""
+        from tuf.api.metadata import Metadata
+
+        try:
+            root = Metadata.from_file(str(self._config.tuf_dir / "root.json"))
+        except Exception:  # unreadable cache: let ngclient build the URL itself
+            return False
+        return bool(getattr(root.signed, "consistent_snapshot", False))
+
+    def stage(self, found: Lookup, downloaded: Path, slot: SlotName) -> SlotRecord:
+        """Move the download, verified against the signed hashes moments ago in this
+        process, into the inactive `slot` (a rename: no second copy, no second hash)."""
+        try:
+            return self._store.stage_file(
+                slot, downloaded, found.info.path, found.release, found.sha256,
+                length=found.info.length,
+            )
         except OSError as err:
             raise UpdateError(f"cannot write slot {slot}: {err}") from err
-        downloaded.unlink(missing_ok=True)  # the slot holds the bytes now
-        return record
 
     def smoke_test(self, record: SlotRecord) -> ModelRuntime:
         runtime = ModelRuntime(
@@ -211,26 +292,3 @@ class ReleaseUpdater:
             deviation,
         )
         return runtime
-
-    def switch(self, record: SlotRecord) -> None:
-        try:
-            self._store.activate(record.slot)
-        except OSError as err:
-            raise UpdateError(f"cannot switch to slot {record.slot}: {err}") from err
-
-    # The chain -----------------------------------------------------------------------
-
-    def apply(self, target: str, on_state: StateCallback) -> InstalledModel:
-        """Run every step for `target`; raise an EdgeOpsError if any of them refuses."""
-        device = self._config.device_id
-        logger.info("device %s: updating to %s", device, target)
-        on_state("downloading")
-        info, downloaded = self.download(target)
-        on_state("verifying")
-        record = self.verify_and_stage(info, downloaded)
-        on_state("smoke_testing")
-        runtime = self.smoke_test(record)
-        on_state("switching")
-        self.switch(record)
-        logger.info("device %s: switched to %s in slot %s", device, target, record.slot)
-        return InstalledModel(record=record, runtime=runtime)

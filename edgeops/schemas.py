@@ -66,6 +66,30 @@ class GoldenVectors(StrictModel):
         return self
 
 
+class HealthPolicy(StrictModel):
+    """How the agent judges a new model after the switch, against the previous model.
+
+    The window closes when `window_s` has passed and at least `min_samples` predictions
+    were served, or when `max_window_s` has passed whatever the traffic (a quiet device
+    commits on its smoke test alone and says so). A regression beyond any threshold rolls
+    back: error rate up by more than `max_error_rate_increase` (absolute), p95 latency
+    above `max_p95_latency_ratio` x the previous model's and at least `latency_slack_ms`
+    slower, or mean top-class confidence down by more than `max_confidence_drop`.
+    """
+
+    window_s: float = Field(default=60.0, ge=0)
+    min_samples: int = Field(default=50, ge=0)
+    max_window_s: float | None = Field(default=None, ge=0)  # default: 5 x window_s
+    max_error_rate_increase: float = Field(default=0.05, ge=0, le=1)
+    max_p95_latency_ratio: float = Field(default=2.0, ge=1)
+    latency_slack_ms: float = Field(default=5.0, ge=0)
+    max_confidence_drop: float = Field(default=0.10, ge=0, le=1)
+
+    @property
+    def deadline_s(self) -> float:
+        return self.max_window_s if self.max_window_s is not None else 5 * self.window_s
+
+
 class ReleaseInfo(StrictModel):
     """The `custom` field of a release's TUF target."""
 
@@ -78,7 +102,10 @@ class ReleaseInfo(StrictModel):
     num_classes: int = Field(ge=2)
     golden: GoldenVectors
     drift_reference: list[list[int]] | None = None  # per feature, counts per bin
-    min_agent_version: str | None = None
+    min_agent_version: str | None = Field(default=None, pattern=r"^\d+(\.\d+){0,2}$")
+    # The ai.onnx opset the model needs; an agent whose onnxruntime is older refuses it.
+    required_opset: int | None = Field(default=None, ge=1)
+    health: HealthPolicy | None = None  # None: the agent's defaults
 
     def to_custom(self) -> dict:
         """The TUF `custom` value. TUF signs canonical JSON, which has no floats, so every

@@ -241,7 +241,11 @@ def publish_package(
     with repository.locked():
         version = registry.next_version(package.model)
         infos = {
-            f: package.release_infos[f].model_copy(update={"version": version}) for f in FORMATS
+            f: _with_required_opset(
+                package.release_infos[f].model_copy(update={"version": version}),
+                package.model_files[f],
+            )
+            for f in FORMATS
         }
         items = [
             NewVersion(
@@ -294,6 +298,26 @@ def publish_package(
         release_info=infos[fmt],
         version_ids={r.format: r.id for r in records},
     )
+
+
+def model_opset(model_file: Path) -> int | None:
+    """The ai.onnx opset `model_file` imports (None if it declares none)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(model_file), load_external_data=False)
+    except Exception as err:  # onnx raises DecodeError and friends
+        raise ConfigError(f"{model_file.name} is not an ONNX model: {err}") from err
+    versions = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    return max(versions) if versions else None
+
+
+def _with_required_opset(info: ReleaseInfo, model_file: Path) -> ReleaseInfo:
+    """Declare the model's opset in the release, so agents whose onnxruntime is older
+    refuse it before downloading (a package may state it itself; it is kept then)."""
+    if info.required_opset is not None:
+        return info
+    return info.model_copy(update={"required_opset": model_opset(model_file)})
 
 
 def _parent_id(registry: Registry, package: ModelPackage, fmt: ModelFormat) -> int | None:

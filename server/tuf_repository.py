@@ -2,7 +2,12 @@
 
 Layout under `<home>/tuf/`:
 
-    keys/<role>.pem             ed25519 private keys (PKCS#8 PEM, mode 0600), one per role
+    keys/<role>[.<n>].pem       ed25519 private keys (PKCS#8 PEM, mode 0600): by default
+                                three root keys (threshold 2: root.pem, root.2.pem,
+                                root.3.pem) and one key each for targets, snapshot and
+                                timestamp; `server/tuf_keys.py` adds, rotates and revokes
+                                them, and root keys may be moved offline
+    keys/revoked/               keys removed from the root, kept for the record
     metadata/1.root.json        every root version, N.root.json, and root.json (the latest)
     metadata/N.targets.json     consistent snapshots: versioned targets and snapshot files
     metadata/N.snapshot.json
@@ -19,8 +24,10 @@ TUF signs canonical JSON, which has no floating-point numbers, so floats in a ta
 `custom` field are stored as their shortest round-trip strings (`0.1` -> `"0.1"`);
 `ReleaseInfo.from_custom` (pydantic, lax mode) reads them back as the same floats.
 
-Every role key is online here (the one-laptop default); production keeps the root key
-offline and re-signs root by hand.
+Every key is online here by default (the one-laptop setup); production moves the root
+keys offline (`edgeops server keys` exports an unsigned root to sign elsewhere). Online
+signing uses every key of a role found in `keys/`, and refuses if fewer than the role's
+threshold are there.
 """
 
 from __future__ import annotations
@@ -71,6 +78,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
+DEFAULT_ROOT_KEYS = 3
+DEFAULT_ROOT_THRESHOLD = 2
 HASH_ALGORITHM = "sha256"
 CONFIG_FILE = "repository.json"
 TARGET_SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -143,13 +152,38 @@ def _serialize(metadata: Metadata) -> bytes:
     return metadata.to_bytes(JSONSerializer(compact=False))
 
 
+def key_filename(role: str, index: int) -> str:
+    """`root.pem`, `root.2.pem`, ...: the file of the `index`-th (1-based) key of `role`."""
+    return f"{role}.pem" if index == 1 else f"{role}.{index}.pem"
+
+
+def write_private_key(keys_dir: Path, role: str, signer: CryptoSigner) -> Path:
+    """Save `signer`'s private key under the first free `<role>[.<n>].pem` (mode 0600)."""
+    index = 1
+    while (keys_dir / key_filename(role, index)).exists():
+        index += 1
+    path = keys_dir / key_filename(role, index)
+    write_bytes_atomic(path, signer.private_bytes)
+    os.chmod(path, 0o600)
+    return path
+
+
 def init_repository(
-    tuf_dir: Path, expiry: TufExpiry = TufExpiry(), now: datetime | None = None
+    tuf_dir: Path,
+    expiry: TufExpiry = TufExpiry(),
+    now: datetime | None = None,
+    *,
+    root_keys: int = DEFAULT_ROOT_KEYS,
+    root_threshold: int = DEFAULT_ROOT_THRESHOLD,
 ) -> None:
     """Create keys and the first signed root, targets, snapshot and timestamp in `tuf_dir`.
 
-    Refuses (ConfigError) if `tuf_dir` already holds keys or metadata.
+    Root gets `root_keys` keys with threshold `root_threshold` (2 of 3 by default); the
+    other roles one key each. Refuses (ConfigError) if `tuf_dir` already holds keys or
+    metadata, or if the threshold is not in 1..root_keys.
     """
+    if not 1 <= root_threshold <= root_keys:
+        raise ConfigError(f"root threshold {root_threshold} must be in 1..{root_keys}")
     tuf_dir = Path(tuf_dir)
     keys_dir, metadata_dir = tuf_dir / "keys", tuf_dir / "metadata"
     if keys_dir.exists() or metadata_dir.exists():
@@ -162,21 +196,28 @@ def init_repository(
     metadata_dir.mkdir(parents=True)
 
     signers = {role: CryptoSigner.generate_ed25519() for role in ROLES}
+    root_signers = [signers["root"]] + [
+        CryptoSigner.generate_ed25519() for _ in range(root_keys - 1)
+    ]
     for role, signer in signers.items():
-        key_path = keys_dir / f"{role}.pem"
-        write_bytes_atomic(key_path, signer.private_bytes)
-        os.chmod(key_path, 0o600)
+        write_private_key(keys_dir, role, signer)
+    for signer in root_signers[1:]:
+        write_private_key(keys_dir, "root", signer)
 
     root = Root(expires=now + expiry.delta("root"), consistent_snapshot=True)
     for role, signer in signers.items():
         root.add_key(signer.public_key, role)
+    for signer in root_signers[1:]:
+        root.add_key(signer.public_key, "root")
+    root.roles["root"].threshold = root_threshold
     targets = Targets(expires=now + expiry.delta("targets"))
     snapshot = Snapshot(expires=now + expiry.delta("snapshot"))
     timestamp = Timestamp(expires=now + expiry.delta("timestamp"))
 
     write_json_atomic(tuf_dir / CONFIG_FILE, {"expiry_days": asdict(expiry)})
     root_md = Metadata(root)
-    root_md.sign(signers["root"])
+    for signer in root_signers:
+        root_md.sign(signer, append=True)
     root_bytes = _serialize(root_md)
     write_bytes_atomic(metadata_dir / "1.root.json", root_bytes)
     write_bytes_atomic(metadata_dir / "root.json", root_bytes)
@@ -288,20 +329,39 @@ class TufRepository:
 
     # ---- signing and writing ------------------------------------------------------------
 
-    def _signer(self, root: Root, role: str) -> Signer:
+    def local_signers(self) -> dict[str, tuple[Path, CryptoSigner]]:
+        """Every private key in `keys/` (not `keys/revoked/`), by keyid."""
+        found: dict[str, tuple[Path, CryptoSigner]] = {}
+        for path in sorted(self.keys_dir.glob("*.pem")):
+            try:
+                signer = CryptoSigner(load_pem_private_key(path.read_bytes(), password=None))
+            except (OSError, ValueError, TypeError) as err:
+                raise ConfigError(f"cannot load the key {path}: {err}") from err
+            found[signer.public_key.keyid] = (path, signer)
+        return found
+
+    def signers_for(self, root: Root, role: str, *, threshold: int | None = None) -> list[Signer]:
+        """The local keys of `role` in `root`; ConfigError if fewer than its threshold."""
+        needed = root.roles[role].threshold if threshold is None else threshold
         keyids = root.roles[role].keyids
-        path = self.keys_dir / f"{role}.pem"
-        try:
-            private_key = load_pem_private_key(path.read_bytes(), password=None)
-            signer = CryptoSigner(private_key)
-        except (OSError, ValueError, TypeError) as err:
-            raise ConfigError(f"cannot load the {role} key {path}: {err}") from err
-        if signer.public_key.keyid not in keyids:
-            raise ConfigError(f"the key in {path} is not a {role} key of the current root")
-        return signer
+        local = self.local_signers()
+        signers = [signer for keyid, (_p, signer) in local.items() if keyid in keyids]
+        if len(signers) < needed:
+            strays = [
+                f"the key in {path} is not a {role} key of the current root"
+                for keyid, (path, _s) in local.items()
+                if path.name.split(".")[0] == role and keyid not in keyids
+            ]
+            raise ConfigError(
+                f"only {len(signers)} of the {needed} {role} keys needed are in {self.keys_dir}"
+                + (f" ({'; '.join(strays)})" if strays else "")
+            )
+        return signers
 
     def _sign_and_write(self, metadata: Metadata, root: Root, filename: str) -> None:
-        metadata.sign(self._signer(root, metadata.signed.type), append=False)
+        metadata.signatures.clear()
+        for signer in self.signers_for(root, metadata.signed.type):
+            metadata.sign(signer, append=True)
         write_bytes_atomic(self.metadata_dir / filename, _serialize(metadata))
 
     def _bump(self, metadata: Metadata, now: datetime) -> None:

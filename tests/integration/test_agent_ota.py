@@ -49,6 +49,8 @@ class OtaEnv:
             telemetry_interval_s=60.0,
             mqtt_reconnect_min_s=1,
             mqtt_reconnect_max_s=1,
+            health_window_s=0.2,  # the health window itself is tested in tests/ota
+            health_min_samples=0,
         )
         values.update(overrides)
         return AgentConfig(**values)  # type: ignore[arg-type]
@@ -103,16 +105,19 @@ def test_update_command_over_mqtt_switches_and_retains_new_version(env: OtaEnv, 
     statuses.publish(f"edgeops/default/devices/{DEVICE}/cmd", encode(Command(kind="update", target=target)))
 
     assert agent.wait_for_version(2, timeout_s=15)
-    statuses.wait_for(lambda p: status_of(p).version == 2 and status_of(p).state == "running")
+    statuses.wait_for(lambda p: status_of(p).version == 2 and status_of(p).state == "committed")
     states = [status_of(p).state for _, p, _ in statuses.messages]
-    chain = ["downloading", "verifying", "smoke_testing", "switching", "running"]
+    states = [s for i, s in enumerate(states) if i == 0 or states[i - 1] != s]  # progress repeats
+    chain = [
+        "downloading", "verifying", "staged", "smoke_testing", "switching", "health_window", "committed"
+    ]
     start = states.index("downloading")
     assert [s for s in states[start:] if s in chain][: len(chain)] == chain
     statuses.close()
     # A fresh subscriber sees the retained status with the new version.
     fresh = env.subscriber("status")
     retained = status_of(fresh.wait_for(lambda p: True))
-    assert (retained.version, retained.release, retained.state) == (2, target, "running")
+    assert (retained.version, retained.release, retained.state) == (2, target, "committed")
     fresh.close()
     x = np.random.default_rng(0).uniform(0, 16, (3, NUM_FEATURES)).astype(np.float32)
     prediction = agent.predict(x)
@@ -155,10 +160,11 @@ def test_unknown_target_is_reported(env: OtaEnv, agent: Agent) -> None:
 def test_rollback_returns_to_previous_slot(env: OtaEnv, agent: Agent) -> None:
     agent.handle_command(Command(kind="update", target=env.publish_release(2)))
     assert predict_version(agent) == 2
+    assert agent.wait_for_state("committed", timeout_s=10)
 
     status = agent.handle_command(Command(kind="rollback"))
 
-    assert (status.state, status.version) == ("running", 1)
+    assert (status.state, status.version) == ("rolled_back", 1)
     assert predict_version(agent) == 1
     # Nothing further back: a second rollback is refused and changes nothing.
     again = agent.handle_command(Command(kind="rollback"))

@@ -1,0 +1,302 @@
+"""A tuf.ngclient fetcher for bad links: timeouts, retries with backoff and jitter, resume.
+
+`ResumableFetcher` implements ngclient's `FetcherInterface` (`_fetch(url) -> Iterator[bytes]`)
+with the standard library's HTTP client, and overrides `download_file` for artifacts:
+
+- **Resume.** An artifact URL names its content (`<dir>/<sha256>.<name>`, consistent
+  snapshots), so its bytes never change: they accumulate in `<partial_dir>/<key>.part`,
+  and a broken stream, or a restart of the agent, continues with `Range: bytes=N-`.
+  ngclient still checks the whole file's length and hashes before anything uses it; a
+  partial that fails that check is deleted. Versioned metadata (`N.targets.json`) is
+  immutable too and resumes in memory; `timestamp.json` and `root.json` never resume.
+- **Caps.** ngclient passes the most a file may hold (the signed target length, or the
+  metadata caps of `UpdaterConfig`); a byte past it raises `DownloadLengthMismatchError`.
+- **Timeouts.** `timeout_s` bounds the connect and every gap between bytes; after
+  `grace_s` the average rate must stay above `min_bytes_per_s` (a server trickling one
+  byte per second never trips a gap timeout, this catches it: slow retrieval).
+- **Retries.** Connection errors, timeouts, HTTP 5xx/429 and broken streams are retried
+  up to `retries` times, sleeping `uniform(0, min(backoff_max_s, backoff_base_s * 2**n))`
+  (full jitter). HTTP 4xx is final.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import random
+import re
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from tuf.api import exceptions as tuf_errors
+from tuf.ngclient.fetcher import FetcherInterface
+
+__all__ = ["FetchPolicy", "ProgressCallback", "ResumableFetcher", "is_immutable_url"]
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int], None]  # (bytes received, bytes expected at most)
+FaultHook = Callable[[str], None]
+
+_HASHED_TARGET = re.compile(r"/[0-9a-f]{64}\.[^/]+$")
+_VERSIONED_METADATA = re.compile(r"/\d+\.[^/]+\.json$")
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+_RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    """How hard the fetcher tries, and how long it waits."""
+
+    timeout_s: float = 30.0
+    retries: int = 4
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 30.0
+    min_bytes_per_s: float = 1024.0
+    grace_s: float = 10.0
+    chunk_bytes: int = 1024 * 1024
+
+    def backoff_s(self, attempt: int, rng: random.Random) -> float:
+        return rng.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2**attempt))
+
+
+def is_immutable_url(url: str) -> bool:
+    """True for URLs whose bytes never change: hash-named targets and versioned metadata."""
+    return bool(_HASHED_TARGET.search(url) or _VERSIONED_METADATA.search(url))
+
+
+class _Retryable(Exception):
+    """A failure worth another attempt; `slow` marks a timeout or trickle."""
+
+    def __init__(self, message: str, *, slow: bool = False) -> None:
+        super().__init__(message)
+        self.slow = slow
+
+
+class ResumableFetcher(FetcherInterface):
+    """ngclient fetcher with resume, caps, timeouts and retries. One per update; not shared."""
+
+    def __init__(
+        self,
+        policy: FetchPolicy = FetchPolicy(),
+        *,
+        partial_dir: Path | None = None,
+        on_progress: ProgressCallback | None = None,
+        user_agent: str = "edgeops-agent",
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+        fault: FaultHook | None = None,
+    ) -> None:
+        self.policy = policy
+        self._partial_dir = Path(partial_dir) if partial_dir is not None else None
+        self._on_progress = on_progress
+        self._user_agent = user_agent
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._fault = fault
+        self.requests = 0  # HTTP requests made (tests count resumes with it)
+        self.resumed_from: list[int] = []  # offsets of Range requests
+
+    # FetcherInterface ---------------------------------------------------------------
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        response, skip = self._connect(url, 0)  # connection errors surface here
+        return self._stream(url, 0, response, skip)
+
+    @contextmanager
+    def download_file(self, url: str, max_length: int) -> Iterator[IO[bytes]]:
+        """Like ngclient's, but artifacts accumulate in a partial file that survives restarts."""
+        if self._partial_dir is None or not _HASHED_TARGET.search(url):
+            with super().download_file(url, max_length) as handle:
+                yield handle
+            return
+        self._partial_dir.mkdir(parents=True, exist_ok=True)
+        part = self._partial_dir / (hashlib.sha256(url.encode()).hexdigest()[:32] + ".part")
+        have = part.stat().st_size if part.exists() else 0
+        if have > max_length:
+            part.unlink()
+            have = 0
+        keep = True
+        try:
+            if have < max_length:
+                self._append(url, part, have, max_length)
+            with open(part, "rb") as handle:
+                yield handle
+            keep = False  # verified and copied (or moved) by the caller: done with it
+        except tuf_errors.DownloadError as err:
+            # A broken link keeps what arrived; too many bytes do not.
+            keep = not isinstance(err, tuf_errors.DownloadLengthMismatchError)
+            raise
+        except BaseException:
+            keep = False  # hash or length mismatch: never resume from these bytes
+            raise
+        finally:
+            if not keep:
+                part.unlink(missing_ok=True)
+
+    def download_verified(
+        self,
+        url: str,
+        max_length: int,
+        verify: Callable[[IO[bytes]], None],
+        destination: Path,
+    ) -> Path:
+        """Download `url` (resumably), `verify` the whole file, then move it to `destination`.
+
+        The same steps as ngclient's `download_target`, minus its copy: the verified
+        partial file itself is renamed into place (a 50 MB model is written once)."""
+        if self._partial_dir is None:
+            raise ValueError("download_verified needs a partial_dir")
+        with self.download_file(url, max_length) as handle:
+            verify(handle)
+            part = Path(handle.name)  # type: ignore[arg-type]
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(part, destination)
+        return destination
+
+    # Internals ---------------------------------------------------------------------
+
+    def _append(self, url: str, part: Path, have: int, max_length: int) -> None:
+        received = have
+        halfway = max_length // 2
+        with open(part, "ab") as out:
+            if self._on_progress is not None:
+                self._on_progress(received, max_length)
+            response, skip = self._connect(url, have)
+            for chunk in self._stream(url, have, response, skip):
+                before = received
+                received += len(chunk)
+                if received > max_length:
+                    raise tuf_errors.DownloadLengthMismatchError(
+                        f"Downloaded {received} bytes exceeding the maximum allowed length "
+                        f"of {max_length}"
+                    )
+                out.write(chunk)
+                if self._on_progress is not None:
+                    self._on_progress(received, max_length)
+                if self._fault is not None and before < halfway <= received:
+                    out.flush()
+                    os.fsync(out.fileno())
+                    self._fault("mid_download")
+
+    def _request(self, url: str, offset: int) -> urllib.request.Request:
+        headers = {"User-Agent": self._user_agent, "Accept-Encoding": "identity"}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        return urllib.request.Request(url, headers=headers)
+
+    def _connect_once(self, url: str, offset: int) -> tuple[http.client.HTTPResponse, int]:
+        """Open `url` from `offset`: the response and how many leading bytes to skip."""
+        self.requests += 1
+        if offset:
+            self.resumed_from.append(offset)
+        try:
+            response = urllib.request.urlopen(  # noqa: S310 (http(s) URLs from the config)
+                self._request(url, offset), timeout=self.policy.timeout_s
+            )
+        except urllib.error.HTTPError as err:
+            err.close()
+            if err.code in _RETRY_STATUS:
+                raise _Retryable(f"HTTP {err.code}") from err
+            raise tuf_errors.DownloadHTTPError(
+                f"HTTP error occurred with status {err.code}", err.code
+            ) from err
+        except (TimeoutError, socket.timeout) as err:
+            raise _Retryable(f"timed out connecting to {url}", slow=True) from err
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+            reason = getattr(err, "reason", err)
+            slow = isinstance(reason, (TimeoutError, socket.timeout))
+            raise _Retryable(f"cannot reach {url}: {reason}", slow=slow) from err
+        if not offset:
+            return response, 0
+        if response.status == 206:
+            match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
+            if match is None or int(match[1]) != offset:
+                response.close()
+                raise tuf_errors.DownloadError(
+                    f"{url}: server answered Range bytes={offset}- with "
+                    f"{response.headers.get('Content-Range')!r}"
+                )
+            return response, 0
+        return response, offset  # 200: the server ignored Range; skip what we have
+
+    def _connect(self, url: str, offset: int) -> tuple[http.client.HTTPResponse, int]:
+        attempt = 0
+        while True:
+            try:
+                return self._connect_once(url, offset)
+            except _Retryable as err:
+                attempt = self._backoff(url, attempt, err)
+
+    def _backoff(self, url: str, attempt: int, err: _Retryable) -> int:
+        """Sleep before the next attempt, or raise the final error when they are used up."""
+        if attempt >= self.policy.retries:
+            if err.slow:
+                raise tuf_errors.SlowRetrievalError(f"{url}: {err}") from err
+            raise tuf_errors.DownloadError(f"{url}: {err} (after {attempt + 1} attempts)") from err
+        delay = self.policy.backoff_s(attempt, self._rng)
+        logger.info("fetching %s: %s; retry %d in %.2f s", url, err, attempt + 1, delay)
+        self._sleep(delay)
+        return attempt + 1
+
+    def _stream(
+        self, url: str, offset: int, response: http.client.HTTPResponse, skip: int
+    ) -> Iterator[bytes]:
+        """Yield the body from `offset` on, reconnecting with Range when the link breaks."""
+        resumable = is_immutable_url(url)
+        position = offset  # bytes of the file yielded so far (counting `offset`)
+        attempt = 0
+        policy = self.policy
+        while True:
+            started = time.monotonic()
+            got = 0  # bytes of this response passed on
+            body = 0  # bytes of this response read, skipped ones included
+            try:
+                try:
+                    while True:
+                        chunk = response.read1(policy.chunk_bytes)
+                        if not chunk:
+                            length = response.headers.get("Content-Length")
+                            if length is not None and body < int(length):
+                                raise _Retryable(f"{url}: stream ended after {body} of {length} bytes")
+                            return
+                        body += len(chunk)
+                        if skip:
+                            drop = min(skip, len(chunk))
+                            chunk, skip = chunk[drop:], skip - drop
+                            if not chunk:
+                                continue
+                        got += len(chunk)
+                        position += len(chunk)
+                        yield chunk
+                        elapsed = time.monotonic() - started
+                        if elapsed > policy.grace_s and got / elapsed < policy.min_bytes_per_s:
+                            raise _Retryable(
+                                f"{url}: {got / elapsed:.0f} B/s is below the minimum "
+                                f"{policy.min_bytes_per_s:.0f} B/s",
+                                slow=True,
+                            )
+                except (TimeoutError, socket.timeout) as err:
+                    raise _Retryable(f"{url}: no data for {policy.timeout_s:g} s", slow=True) from err
+                except (OSError, http.client.HTTPException) as err:
+                    raise _Retryable(f"{url}: connection broke: {err}") from err
+                finally:
+                    response.close()
+            except _Retryable as err:
+                if position > 0 and not resumable:
+                    if err.slow:
+                        raise tuf_errors.SlowRetrievalError(str(err)) from err
+                    raise tuf_errors.DownloadError(str(err)) from err
+                if got >= 64 * 1024 and not err.slow:
+                    attempt = 0  # real progress: a fresh budget for the next break
+                attempt = self._backoff(url, attempt, err)
+                response, skip = self._connect(url, position)

@@ -1,0 +1,236 @@
+"""OTA cost: fetch, verify and install a 1, 10 and 50 MB model through the real server (HTTP +
+TUF) and the real agent updater, as a ratio to a plain HTTP download + SHA-256 of the same
+file in the same run; and the agent's peak RSS during the updates.
+
+    python benchmarks/bench_ota.py --quick     # < 1 minute: one update per size
+    python benchmarks/bench_ota.py             # three updates per size, best of each
+
+The server (uvicorn, TUF repository, artifact store) runs in this process; the agent runs
+in a child process (this script with --agent) whose RSS is sampled every 5 ms with psutil.
+"Install" ends when the new model serves (the switch); the health window is set to zero.
+The last line printed is one JSON object: ratio_1mb, ratio_10mb, ratio_50mb, rss_mb.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SIZES_MB = (1, 10, 50)
+
+
+def build_model(weights: np.ndarray, pad_bytes: int) -> bytes:
+    """The tests' tiny classifier plus an initializer of `pad_bytes` (what makes it big)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    pad = np.random.default_rng(0).standard_normal(max(1, pad_bytes // 4)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["input", "W"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+            helper.make_node("ReduceSum", ["pad"], ["pad_sum"], keepdims=0),
+        ],
+        "padded",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 64])],
+        [
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 10]),
+            helper.make_tensor_value_info("pad_sum", TensorProto.FLOAT, []),
+        ],
+        initializer=[numpy_helper.from_array(weights, "W"), numpy_helper.from_array(pad, "pad")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+# The agent side (child process) -----------------------------------------------------------
+
+
+def plain_download(url: str) -> float:
+    started = time.perf_counter()
+    digest = hashlib.sha256()
+    with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310
+        while chunk := response.read(1024 * 1024):
+            digest.update(chunk)
+    digest.hexdigest()
+    return time.perf_counter() - started
+
+
+def agent_main(spec_path: Path) -> None:
+    from agent import Agent
+    from edgeops.messages import Command
+
+    spec = json.loads(spec_path.read_text())
+    # Warm up imports and lazily built validators on a throwaway home (same code path,
+    # its own metadata cache), so the timed updates measure steady-state work.
+    from agent.config import load_config as _load
+    from agent.model_store import ModelStore
+    from agent.updater import ReleaseUpdater
+
+    warm = _load(Path(spec["warmup_home"]))
+    ReleaseUpdater(warm, ModelStore(warm.home)).lookup(next(iter(spec["sizes"].values()))["target"])
+    plain_download(next(iter(spec["sizes"].values()))["url"])
+    results: dict[str, Any] = {}
+    for size, item in spec["sizes"].items():
+        plain, ota = [], []
+        for home in item["homes"]:
+            plain.append(plain_download(item["url"]))
+            from agent.config import load_config
+
+            agent = Agent(load_config(Path(home))).start()
+            try:
+                started = time.perf_counter()
+                status = agent.handle_command(Command(kind="update", target=item["target"]))
+                ota.append(time.perf_counter() - started)
+                if status.state not in ("health_window", "committed"):
+                    raise SystemExit(f"update failed: {status.reason}")
+            finally:
+                agent.stop(timeout_s=1)
+        results[size] = {"plain_s": min(plain), "ota_s": min(ota)}
+    print(json.dumps(results), flush=True)
+
+
+# The server side and the measurement -------------------------------------------------------
+
+
+def run(quick: bool) -> dict[str, Any]:
+    import psutil
+    import uvicorn
+
+    from agent import AgentConfig, init_agent_home
+    from edgeops.schemas import GoldenVectors, InputSchema, ReleaseInfo, target_path
+    from server.artifact_store import ArtifactStore
+    from server.home import init_home
+    from server.service import build_app
+    from server.settings import ServerSettings
+    from server.tuf_repository import TufRepository
+
+    repeats = 1 if quick else 3
+    work = Path(tempfile.mkdtemp(prefix="bench-ota-"))
+    settings = ServerSettings(home=work / "server")
+    init_home(settings)
+    repository, store = TufRepository(settings.tuf_dir), ArtifactStore(settings.artifacts_dir)
+
+    def release(version: int, pad_bytes: int) -> tuple[str, Path, str]:
+        weights = np.random.default_rng(version).normal(0, 0.3, (64, 10)).astype(np.float32)
+        data = build_model(weights, pad_bytes)
+        inputs = np.random.default_rng(version).uniform(0, 16, (2, 64)).astype(np.float32)
+        logits = inputs.astype(np.float64) @ weights
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        info = ReleaseInfo(
+            model="bench", version=version, format="fp32",
+            input=InputSchema(shape=[None, 64], min_value=0, max_value=16, feature_bin_edges=[0.0, 8.0, 16.0]),
+            output_name="probabilities", num_classes=10,
+            golden=GoldenVectors(inputs=inputs.tolist(), outputs=probs.tolist(), atol=1e-4),
+        )
+        path = work / f"model-{version}.onnx"
+        path.write_bytes(data)
+        sha, _ = store.put_file(path)
+        target = target_path("bench", version, "fp32")
+        repository.add_target(target, path, info.to_custom())
+        return target, path, sha
+
+    base_target, base_path, _ = release(1, 0)
+    sizes: dict[str, Any] = {}
+    for i, size_mb in enumerate(SIZES_MB):
+        target, _path, sha = release(10 + i, size_mb * 1024 * 1024)
+        sizes[f"{size_mb}mb"] = {"target": target, "sha": sha, "homes": []}
+
+    port_holder: dict[str, Any] = {}
+    app = build_app(settings, with_fleet=False)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    port_holder["url"] = url
+    root = (settings.tuf_dir / "metadata" / "1.root.json").read_bytes()
+    for key, item in sizes.items():
+        directory, _, name = item["target"].rpartition("/")
+        item["url"] = f"{url}/tuf/targets/{directory}/{item['sha']}.{name}"
+        for r in range(repeats):
+            home = work / f"agent-{key}-{r}"
+            config = AgentConfig(
+                home=home, device_id=f"bench-{key}-{r}", server_url=url, broker_port=9,
+                health_window_s=0.0, health_min_samples=0,
+            )
+            init_agent_home(home, config, root)
+            from agent.model_store import ModelStore
+
+            store_ = ModelStore(home)
+            data = base_path.read_bytes()
+            from edgeops.schemas import ReleaseInfo as _RI
+
+            info = _RI.from_custom(next(t for t in repository.targets() if t.path == base_target).custom)
+            store_.stage("a", data, base_target, info, hashlib.sha256(data).hexdigest())
+            store_.activate("a")
+            item["homes"].append(str(home))
+    warmup_home = work / "agent-warmup"
+    init_agent_home(
+        warmup_home,
+        AgentConfig(home=warmup_home, device_id="bench-warmup", server_url=url, broker_port=9),
+        root,
+    )
+    spec = work / "spec.json"
+    spec.write_text(json.dumps({"sizes": sizes, "warmup_home": str(warmup_home)}))
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--agent", str(spec)],
+        stdout=subprocess.PIPE, cwd=REPO_ROOT, text=True,
+    )
+    process, peak = psutil.Process(child.pid), 0
+    while child.poll() is None:
+        try:
+            peak = max(peak, process.memory_info().rss)
+        except psutil.Error:
+            break
+        time.sleep(0.005)
+    output = child.stdout.read() if child.stdout else ""
+    server.should_exit = True
+    thread.join(10)
+    if child.returncode != 0:
+        raise SystemExit(f"agent child failed ({child.returncode})")
+    timings = json.loads(output.strip().splitlines()[-1])
+    for key, value in timings.items():
+        print(
+            f"{key:>5}: OTA {value['ota_s'] * 1e3:8.1f} ms   plain HTTP + SHA-256 "
+            f"{value['plain_s'] * 1e3:8.1f} ms   ratio {value['ota_s'] / value['plain_s']:.2f}"
+        )
+    result = {f"ratio_{k}": round(v["ota_s"] / v["plain_s"], 3) for k, v in timings.items()}
+    result["rss_mb"] = round(peak / 1e6, 1)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="one update per size (< 1 minute)")
+    parser.add_argument("--agent", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.agent is not None:
+        if os.environ.get("BENCH_OTA_PROFILE"):
+            import cProfile
+
+            cProfile.runctx("agent_main(args.agent)", globals(), {"args": args}, os.environ["BENCH_OTA_PROFILE"])
+        else:
+            agent_main(args.agent)
+        return
+    print(json.dumps(run(args.quick)))
+
+
+if __name__ == "__main__":
+    main()

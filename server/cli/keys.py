@@ -1,0 +1,141 @@
+"""`edgeops server keys`: the TUF signing keys of a server home.
+
+    list                         roles, thresholds, keys, and which are on this machine
+    create --role R              add a key to R (a new root version)
+    rotate --role R [--keyid K]  replace a key; root signed by the old and new thresholds
+    revoke --keyid K             remove a key everywhere; metadata signed only by it is refused
+    sign-root FILE --key PEM     add a signature to an exported root (on the offline machine)
+    import-root FILE             verify an offline-signed root and install it
+
+`--offline --out FILE` on create/rotate/revoke writes the new root, signed by whatever
+root keys are here, instead of installing it: take it to the machines with the other
+root keys, `sign-root` there, and `import-root` it back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from edgeops.cli import emit
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    name="keys",
+    help="Manage TUF keys: list, create, rotate, revoke; sign a root offline.",
+    no_args_is_help=True,
+)
+
+HomeOption = Annotated[Path, typer.Option("--home", help="The server home folder.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")]
+OfflineOut = Annotated[
+    Path | None,
+    typer.Option("--offline-out", "--out", help="Write the unsigned-by-all new root here instead of installing it."),
+]
+
+
+def _repo(home: Path) -> Any:
+    from server.settings import load_settings
+    from server.tuf_repository import TufRepository
+
+    return TufRepository(load_settings(home).tuf_dir)
+
+
+def _summary(result: dict[str, Any]) -> str:
+    if result.get("installed"):
+        return f"installed root v{result['root_version']}"
+    return (
+        f"wrote root v{result['root_version']} to {result['exported']}: sign it with "
+        f"'edgeops server keys sign-root', then 'edgeops server keys import-root'"
+    )
+
+
+@app.command("list")
+def list_(home: HomeOption, as_json: JsonOption = False) -> None:
+    """Show every role's threshold and keys, marking keys whose private half is here."""
+    from server.tuf_keys import list_keys
+
+    result = list_keys(_repo(home))
+    lines = [f"root v{result['root_version']} (expires {result['root_expires']})"]
+    for role, info in result["roles"].items():
+        lines.append(f"{role:<10} threshold {info['threshold']} of {len(info['keyids'])}")
+    for key in result["keys"]:
+        where = "online" if key["online"] else "offline"
+        lines.append(f"  {key['keyid'][:16]}  {','.join(key['roles']):<20} {where}")
+    emit(result, as_json, "\n".join(lines))
+
+
+@app.command("create")
+def create(
+    home: HomeOption,
+    role: Annotated[str, typer.Option("--role", help="root, targets, snapshot or timestamp")],
+    out: OfflineOut = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Generate a key and add it to ROLE in a new root version."""
+    from server.tuf_keys import create_key
+
+    result = create_key(_repo(home), role, offline_out=out)
+    emit(result, as_json, f"new {role} key {result['keyid'][:16]}; {_summary(result)}")
+
+
+@app.command("rotate")
+def rotate(
+    home: HomeOption,
+    role: Annotated[str, typer.Option("--role", help="root, targets, snapshot or timestamp")],
+    keyid: Annotated[str | None, typer.Option("--keyid", help="Prefix of the key to replace")] = None,
+    out: OfflineOut = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Replace a key of ROLE with a new one (the old key is revoked)."""
+    from server.tuf_keys import rotate_key
+
+    result = rotate_key(_repo(home), role, keyid, offline_out=out)
+    emit(
+        result,
+        as_json,
+        f"{role} key {result['replaced'][:16]} -> {result['keyid'][:16]}; {_summary(result)}",
+    )
+
+
+@app.command("revoke")
+def revoke(
+    home: HomeOption,
+    keyid: Annotated[str, typer.Option("--keyid", help="Prefix of the key to revoke")],
+    out: OfflineOut = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Remove a key from every role; clients with the new root refuse what it signs."""
+    from server.tuf_keys import revoke_key
+
+    result = revoke_key(_repo(home), keyid, offline_out=out)
+    emit(result, as_json, f"revoked {result['revoked'][:16]} ({', '.join(result['roles'])}); {_summary(result)}")
+
+
+@app.command("sign-root")
+def sign_root(
+    root_file: Annotated[Path, typer.Argument(help="Root metadata exported with --out")],
+    key: Annotated[Path, typer.Option("--key", help="A root private key (PEM)")],
+    as_json: JsonOption = False,
+) -> None:
+    """Add one signature to an exported root. Runs anywhere: needs no server home."""
+    from server.tuf_keys import sign_root_file
+
+    keyid = sign_root_file(root_file, key)
+    emit({"file": str(root_file), "signed_by": keyid}, as_json, f"signed {root_file} with {keyid[:16]}")
+
+
+@app.command("import-root")
+def import_root_(
+    home: HomeOption,
+    root_file: Annotated[Path, typer.Argument(help="The signed root metadata")],
+    as_json: JsonOption = False,
+) -> None:
+    """Verify a root signed offline (old and new thresholds) and install it."""
+    from server.tuf_keys import import_root, load_root_file
+
+    version = import_root(_repo(home), load_root_file(root_file))
+    emit({"root_version": version, "installed": True}, as_json, f"installed root v{version}")

@@ -1,0 +1,107 @@
+"""The resumable ngclient fetcher against a real HTTP server that breaks links."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tuf.api import exceptions as tuf_errors
+
+from agent.compatibility import incompatibility, supported_opset
+from agent.fetcher import FetchPolicy, ResumableFetcher, is_immutable_url
+from tests.ota.support import RepoServer, break_after
+
+pytestmark = [pytest.mark.ota]
+
+DATA = bytes(range(256)) * 4096  # 1 MiB
+NAME = "/tuf/targets/m/1/" + "ab" * 32 + ".model.onnx"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RepoServer]:
+    path = tmp_path / NAME.lstrip("/")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(DATA)
+    (tmp_path / "tuf" / "metadata").mkdir(parents=True)
+    (tmp_path / "tuf" / "metadata" / "timestamp.json").write_bytes(b"x" * 1000)
+    with RepoServer(tmp_path) as running:
+        yield running
+
+
+def fetcher(tmp_path: Path, **policy: object) -> tuple[ResumableFetcher, list[float]]:
+    sleeps: list[float] = []
+    values = dict(timeout_s=2.0, retries=3, backoff_base_s=0.1, chunk_bytes=64 * 1024)
+    values.update(policy)
+    return (
+        ResumableFetcher(
+            FetchPolicy(**values),  # type: ignore[arg-type]
+            partial_dir=tmp_path / "partial",
+            sleep=sleeps.append,
+            rng=random.Random(1),
+        ),
+        sleeps,
+    )
+
+
+def test_a_broken_link_resumes_with_range(server: RepoServer, tmp_path: Path) -> None:
+    server.behaviours[r"\.model\.onnx$"] = break_after(300_000, times=2)
+    fetch, sleeps = fetcher(tmp_path)
+
+    with fetch.download_file(server.url + NAME, len(DATA)) as handle:
+        assert handle.read() == DATA
+
+    assert fetch.resumed_from and fetch.resumed_from[0] == 300_000
+    assert [r for _p, r in server.requests][1] == "bytes=300000-"
+    assert len(sleeps) == 2 and all(0 <= s <= 0.2 for s in sleeps)  # full jitter
+    assert not list((tmp_path / "partial").glob("*.part"))  # cleaned after success
+
+
+def test_a_partial_download_survives_a_restart(server: RepoServer, tmp_path: Path) -> None:
+    server.behaviours[r"\.model\.onnx$"] = break_after(400_000, times=10)
+    first, _ = fetcher(tmp_path, retries=0)
+    with pytest.raises(tuf_errors.DownloadError):
+        with first.download_file(server.url + NAME, len(DATA)):
+            pass
+    assert [p.stat().st_size for p in (tmp_path / "partial").glob("*.part")] == [400_000]
+    server.behaviours.clear()
+
+    second, _ = fetcher(tmp_path)  # a new process would build a new fetcher
+    with second.download_file(server.url + NAME, len(DATA)) as handle:
+        assert handle.read() == DATA
+    assert second.resumed_from == [400_000]
+
+
+def test_http_4xx_is_final_and_5xx_is_retried(server: RepoServer, tmp_path: Path) -> None:
+    fetch, sleeps = fetcher(tmp_path)
+    with pytest.raises(tuf_errors.DownloadHTTPError):
+        fetch.download_bytes(server.url + "/tuf/targets/missing", 100)
+    assert sleeps == []
+    server.behaviours[r"timestamp"] = lambda handler, _data: handler.send_error(503)
+    with pytest.raises(tuf_errors.DownloadError):
+        fetch.download_bytes(server.url + "/tuf/metadata/timestamp.json", 16384)
+    assert len(sleeps) == 3
+
+
+def test_length_caps(server: RepoServer, tmp_path: Path) -> None:
+    fetch, _ = fetcher(tmp_path)
+    with pytest.raises(tuf_errors.DownloadLengthMismatchError):
+        fetch.download_bytes(server.url + "/tuf/metadata/timestamp.json", 999)
+    with pytest.raises(tuf_errors.DownloadLengthMismatchError):
+        with fetch.download_file(server.url + NAME, len(DATA) - 1):
+            pass
+    assert not list((tmp_path / "partial").glob("*.part"))
+
+
+def test_only_content_addressed_or_versioned_urls_resume() -> None:
+    assert is_immutable_url("http://h/tuf/targets/m/1/" + "0" * 64 + ".model.onnx")
+    assert is_immutable_url("http://h/tuf/metadata/3.targets.json")
+    assert not is_immutable_url("http://h/tuf/metadata/timestamp.json")
+
+
+def test_compatibility_rules() -> None:
+    assert supported_opset("1.20.1") == 21 and supported_opset("9.0") >= 23
+    assert incompatibility("0.1", 17, "0.1.0", 21) is None
+    assert "needs agent >= 0.2" in (incompatibility("0.2", None, "0.1.0", 21) or "")
+    assert "opset 22" in (incompatibility(None, 22, "0.1.0", 21) or "")
