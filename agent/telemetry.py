@@ -133,7 +133,9 @@ class TelemetryWindow:
             histograms = feature_histograms(inputs, self._release.bin_edges)
             self._features = histograms if self._features is None else self._features + histograms
 
-    def _summary(self, now: float, rss_mb: float | None, cpu_percent: float | None) -> TelemetryBatch | None:
+    def _summary(
+        self, now: float, rss_mb: float | None, cpu_percent: float | None, **extra: object
+    ) -> TelemetryBatch | None:
         self._fold()
         if not self._count and not self._errors:
             return None
@@ -165,16 +167,29 @@ class TelemetryWindow:
             feature_histograms=self._features.tolist() if self._features is not None else [],
             rss_mb=rss_mb,
             cpu_percent=cpu_percent,
+            **{k: v for k, v in extra.items() if v is not None},  # type: ignore[arg-type]
         )
 
     # Window boundaries -------------------------------------------------------------
 
     def flush(
-        self, now: float, *, rss_mb: float | None = None, cpu_percent: float | None = None
+        self,
+        now: float,
+        *,
+        rss_mb: float | None = None,
+        cpu_percent: float | None = None,
+        outbox_dropped: int | None = None,
+        message_id: str | None = None,
     ) -> TelemetryBatch | None:
-        """Close the window at `now`: the batch, or None when nothing happened in it."""
+        """Close the window at `now`: the batch, or None when nothing happened in it.
+
+        `message_id` (default: a fresh uuid) lets a caller that replays a window after a
+        crash give it the same id, so ingest stores it once.
+        """
         with self._lock:
-            batch = self._summary(now, rss_mb, cpu_percent)
+            batch = self._summary(
+                now, rss_mb, cpu_percent, outbox_dropped=outbox_dropped, message_id=message_id
+            )
             self._reset(self._release, now)
             return batch
 

@@ -12,8 +12,9 @@
     │   └── SmokeTestError     the new model disagrees with its golden vectors
     ├── PackagingError         a model that cannot be packaged
     │   └── QuantizationGateError   int8 accuracy fell past the budget: nothing published
-    └── RegistryError          the registry refuses (duplicate version, unknown model)
-        └── NotFoundError      the thing asked for does not exist
+    ├── RegistryError          the registry refuses (duplicate version, unknown model)
+    │   └── NotFoundError      the thing asked for does not exist
+    └── TrainingError          federated training produced no new model: nothing registered
 """
 
 from __future__ import annotations
@@ -36,7 +37,12 @@ class MissingDependencyError(ConfigError):
 
 
 class PayloadError(EdgeOpsError):
-    """A wire payload failed validation."""
+    """A wire payload failed validation. `reason` is one machine-readable word for
+    counters: "oversized", "malformed" (not JSON) or "invalid_schema"."""
+
+    def __init__(self, message: str, reason: str = "invalid_schema") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class TrustError(EdgeOpsError):
@@ -69,3 +75,8 @@ class RegistryError(EdgeOpsError):
 
 class NotFoundError(RegistryError):
     """A model, version, release or device does not exist."""
+
+
+class TrainingError(EdgeOpsError):
+    """Training ran but produced no new model (halted SecAgg+, DP with failures, every client
+    failing); nothing was registered. The message lists each round's outcome."""

@@ -6,7 +6,6 @@ raises `PayloadError`, which callers count and log; it never crashes a process.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from typing import Literal, TypeVar
@@ -56,6 +55,7 @@ class DeviceStatus(WireMessage):
     release: str | None = None  # the target path of the active model
     target: str | None = None  # the target path of the update in progress or last attempted
     reason: str | None = None  # why the last update failed, if it did
+    progress: float | None = Field(default=None, ge=0, le=1)  # of the download in progress
     agent_version: str | None = None
     timestamp: float = Field(default_factory=time.time)
 
@@ -90,6 +90,8 @@ class TelemetryBatch(WireMessage):
     feature_histograms: list[list[int]] = Field(default_factory=list)  # per feature, per bin
     rss_mb: float | None = None
     cpu_percent: float | None = None
+    # Batches the agent's outbox dropped (oldest first, when full) since it was created.
+    outbox_dropped: int | None = Field(default=None, ge=0)
 
 
 class Command(WireMessage):
@@ -112,16 +114,18 @@ def decode(message_type: type[MessageT], payload: bytes) -> MessageT:
     """Parse and validate `payload`; raise PayloadError naming what was wrong."""
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise PayloadError(
-            f"{message_type.__name__} payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}"
+            f"{message_type.__name__} payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}",
+            reason="oversized",
         )
     try:
-        raw = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise PayloadError(f"{message_type.__name__} payload is not JSON: {err}") from err
-    try:
-        return message_type.model_validate(raw)
+        # pydantic-core parses and validates in one pass: ingest's hottest path.
+        return message_type.model_validate_json(payload)
     except ValidationError as err:
         first = err.errors()[0]
+        if first["type"] in ("json_invalid", "json_type"):
+            raise PayloadError(
+                f"{message_type.__name__} payload is not JSON: {first['msg']}", reason="malformed"
+            ) from err
         where = ".".join(str(p) for p in first["loc"]) or "payload"
         raise PayloadError(
             f"{message_type.__name__} payload invalid at {where}: {first['msg']}"

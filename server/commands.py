@@ -24,7 +24,7 @@ import paho.mqtt.client as mqtt
 from edgeops.errors import TransportError
 from edgeops.messages import Command, encode
 from edgeops.topics import Topics
-from server.mqtt_client import new_client, reason_text, start_connecting
+from server.mqtt_client import new_client, reason_text, server_client_id, start_connecting
 from server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,9 @@ class CommandPublisher:
         self._settings = settings
         self._topics = Topics.for_fleet(settings.fleet, settings.topic_root)
         self._timeout_s = timeout_s
-        self.client_id = client_id or f"edgeops-commands-{settings.fleet}-{uuid.uuid4().hex[:8]}"
+        self.client_id = client_id or server_client_id(
+            settings, "commands", f"edgeops-commands-{settings.fleet}-{uuid.uuid4().hex[:8]}"
+        )
         self._connected = threading.Event()
         self._stopping = False
         self._client: mqtt.Client | None = None

@@ -56,7 +56,7 @@ from edgeops.topics import Topics
 from server.ingest_parse import Rejected, parse_message
 from server.ingest_stats import IngestCounters, IngestStats, RateLimitedLog
 from server.inventory import apply_status, load_devices, record_telemetry
-from server.mqtt_client import new_client, reason_text, start_connecting
+from server.mqtt_client import new_client, reason_text, server_client_id, start_connecting
 from server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,10 @@ class _StopWriting(Exception):
 
 
 def default_client_id(settings: ServerSettings) -> str:
-    return f"edgeops-ingest-{settings.fleet}-{socket.gethostname()}"
+    """Stable per host; on a secured broker, the server's ingest identity (see mqtt_client)."""
+    return server_client_id(
+        settings, "ingest", f"edgeops-ingest-{settings.fleet}-{socket.gethostname()}"
+    )
 
 
 class Ingest:
@@ -317,7 +320,8 @@ class Ingest:
             except (DataError, IntegrityError) as err:
                 # One bad message must not block the others: isolate it.
                 if len(messages) == 1:
-                    self._reject(Rejected("unstorable", str(err.orig)), messages[0].device_id)
+                    kind = "status" if isinstance(messages[0], DeviceStatus) else "telemetry"
+                    self._reject(Rejected("unstorable", str(err.orig), kind), messages[0].device_id)
                     return
                 for message in messages:
                     self._store_retrying([message], now)
@@ -335,16 +339,16 @@ class Ingest:
         statuses = [m for m in messages if isinstance(m, DeviceStatus)]
         telemetry = [m for m in messages if isinstance(m, TelemetryBatch)]
         with self._session_factory() as session, session.begin():
-            load_devices(session, (m.device_id for m in messages), now)  # lock order
+            devices = load_devices(session, (m.device_id for m in messages), now)  # lock order
             for status in statuses:
                 apply_status(session, status, now)
-            new_rows = record_telemetry(session, telemetry, now)
+            new_rows = record_telemetry(session, telemetry, now, devices)
         self._counters.committed(
             statuses=len(statuses), telemetry=new_rows, duplicates=len(telemetry) - new_rows
         )
 
     def _reject(self, rejected: Rejected, where: str) -> None:
-        self._counters.rejected(rejected.reason)
+        self._counters.rejected(rejected.reason, rejected.kind)
         self._rejections_log.warning(
             rejected.reason, "ingest rejected a message (%s) on %.200s: %.300s",
             rejected.reason, where, rejected.detail,

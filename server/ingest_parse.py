@@ -8,15 +8,13 @@ authenticated identity; a payload naming another device is forged or broken).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
-from pydantic import ValidationError
 
 from edgeops.errors import PayloadError
 from edgeops.messages import MAX_PAYLOAD_BYTES, DeviceStatus, TelemetryBatch, decode
 from edgeops.topics import Topics
-from server.ingest_stats import RejectReason
+from server.ingest_stats import MessageKind, RejectReason
 
 __all__ = ["Rejected", "parse_message"]
 
@@ -25,15 +23,11 @@ __all__ = ["Rejected", "parse_message"]
 class Rejected:
     reason: RejectReason
     detail: str
+    kind: MessageKind = "unknown"
 
 
 def _reason_for(err: PayloadError) -> RejectReason:
-    cause = err.__cause__
-    if isinstance(cause, (UnicodeDecodeError, json.JSONDecodeError)):
-        return "malformed"
-    if isinstance(cause, ValidationError):
-        return "invalid_schema"
-    return "oversized"  # decode's only other refusal
+    return err.reason  # type: ignore[return-value]  # decode() sets one of RejectReason's words
 
 
 def parse_message(
@@ -47,17 +41,18 @@ def parse_message(
     if kind == "cmd":
         return Rejected("bad_topic", f"topic {topic!r} is a command topic, not ingested")
     if payload is None or size_bytes > MAX_PAYLOAD_BYTES:
-        return Rejected("oversized", f"{size_bytes} bytes exceeds {MAX_PAYLOAD_BYTES}")
+        return Rejected("oversized", f"{size_bytes} bytes exceeds {MAX_PAYLOAD_BYTES}", kind)
     if not payload:
-        return Rejected("empty", "zero-length payload")
+        return Rejected("empty", "zero-length payload", kind)
     message_type = DeviceStatus if kind == "status" else TelemetryBatch
     try:
         message: DeviceStatus | TelemetryBatch = decode(message_type, payload)
     except PayloadError as err:
-        return Rejected(_reason_for(err), str(err))
+        return Rejected(_reason_for(err), str(err), kind)
     if message.device_id != device_id:
         return Rejected(
             "device_mismatch",
             f"payload device_id {message.device_id!r} differs from topic device {device_id!r}",
+            kind,
         )
     return message

@@ -13,7 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["IngestCounters", "IngestStats", "RateLimitedLog", "RejectReason"]
+__all__ = ["IngestCounters", "IngestStats", "MessageKind", "Outcome", "RateLimitedLog", "RejectReason"]
+
+MessageKind = Literal["status", "telemetry", "unknown"]  # unknown: the topic is not ours
+Outcome = Literal["stored", "duplicate", "rejected"]
 
 RejectReason = Literal[
     "bad_topic",  # not <prefix>/devices/<id>/{status,telemetry}
@@ -40,6 +43,8 @@ class IngestStats:
     database_retries: int = 0
     queued: int = 0  # received, not yet written
     connected: bool = False
+    # (kind, outcome) -> messages; the source of edgeops_ingest_messages_total
+    outcomes: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 class IngestCounters:
@@ -54,14 +59,21 @@ class IngestCounters:
         self._rejected: dict[str, int] = {}
         self._batches = 0
         self._database_retries = 0
+        self._outcomes: dict[tuple[str, str], int] = {}
+
+    def _count(self, kind: MessageKind, outcome: Outcome, n: int = 1) -> None:
+        if n:
+            key = (kind, outcome)
+            self._outcomes[key] = self._outcomes.get(key, 0) + n
 
     def received(self) -> None:
         with self._lock:
             self._received += 1
 
-    def rejected(self, reason: RejectReason) -> None:
+    def rejected(self, reason: RejectReason, kind: MessageKind = "unknown") -> None:
         with self._lock:
             self._rejected[reason] = self._rejected.get(reason, 0) + 1
+            self._count(kind, "rejected")
 
     def committed(self, *, statuses: int, telemetry: int, duplicates: int) -> None:
         with self._lock:
@@ -69,6 +81,9 @@ class IngestCounters:
             self._statuses += statuses
             self._telemetry += telemetry
             self._duplicates += duplicates
+            self._count("status", "stored", statuses)
+            self._count("telemetry", "stored", telemetry)
+            self._count("telemetry", "duplicate", duplicates)
 
     def database_retry(self) -> None:
         with self._lock:
@@ -87,6 +102,7 @@ class IngestCounters:
                 database_retries=self._database_retries,
                 queued=queued,
                 connected=connected,
+                outcomes=dict(self._outcomes),
             )
 
 

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, insert, select
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -114,11 +114,17 @@ def apply_status(session: Session, status: DeviceStatus, now: datetime) -> Devic
     return device
 
 
-def record_telemetry(session: Session, batches: Sequence[TelemetryBatch], now: datetime) -> int:
+def record_telemetry(
+    session: Session,
+    batches: Sequence[TelemetryBatch],
+    now: datetime,
+    devices: dict[str, Device] | None = None,
+) -> int:
     """Store telemetry batches received at `now`; return how many rows were new.
 
     Idempotent by `message_id`: a batch already stored (or repeated in `batches`) is skipped,
-    not an error, and does not count towards the device's `telemetry_messages`.
+    not an error, and does not count towards the device's `telemetry_messages`. `devices`
+    are the rows the caller already loaded with `load_devices` in this transaction.
     """
     unique: dict[str, TelemetryBatch] = {}
     for batch in batches:
@@ -143,15 +149,23 @@ def record_telemetry(session: Session, batches: Sequence[TelemetryBatch], now: d
     inserted = _insert_ignoring(session, _TELEMETRY, "message_id", rows)
     new_per_device = Counter(unique[message_id].device_id for message_id in inserted)
     seen = sorted({batch.device_id for batch in unique.values()})
-    devices = load_devices(session, seen, now)
+    if devices is None or not devices.keys() >= set(seen):
+        devices = load_devices(session, seen, now)
+    session.flush()  # pending ORM changes go first; the counters are updated in Core below
+    # One executemany, incremented in SQL (not read-modify-write: correct without the lock).
+    counters = (
+        update(_DEVICES)
+        .where(_DEVICES.c.device_id == bindparam("seen_id"))
+        .values(
+            telemetry_messages=_DEVICES.c.telemetry_messages + bindparam("new_rows"),
+            last_seen_at=now,
+        )
+    )
+    session.execute(
+        counters, [{"seen_id": d, "new_rows": new_per_device[d]} for d in seen]
+    )
     for device_id in seen:
-        device = devices[device_id]
-        if new_per_device[device_id]:
-            # In SQL, not read-modify-write: correct even without the row lock.
-            increment = Device.telemetry_messages + new_per_device[device_id]
-            device.telemetry_messages = increment  # type: ignore[assignment]
-        device.last_seen_at = now
-    session.flush()
+        session.expire(devices[device_id], ["telemetry_messages", "last_seen_at"])
     return len(inserted)
 
 

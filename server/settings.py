@@ -32,6 +32,11 @@ class ServerSettings:
     broker_password: str = ""
     fleet: str = "default"
     topic_root: str = "edgeops"
+    # Device identity and broker security (docs/fleet-identity.md).
+    broker_tls: bool = False  # connect to the broker with TLS and a client cert from the CA
+    broker_identity: str = "edgeops-server"  # CN prefix of the server's MQTT client certs
+    device_auth: str = "certificate"  # "certificate", or "password" (simulations only)
+    allow_password_auth: bool = False  # password mode is refused unless this is true
 
     @property
     def resolved_database_url(self) -> str:
@@ -56,6 +61,13 @@ class ServerSettings:
 
 def _coerce(name: str, raw: Any, target_type: type) -> Any:
     try:
+        if target_type is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(text)
+            return text in ("1", "true", "yes", "on")
         if target_type is int:
             return int(raw)
         return str(raw)
@@ -82,11 +94,14 @@ def load_settings(home: Path, environ: Mapping[str, str] | None = None) -> Serve
         env_value = environ.get(ENV_PREFIX + name.upper())
         if env_value is not None:
             values[name] = env_value
-    typed = {
-        name: _coerce(name, value, int if known[name] in (int, "int") else str)
-        for name, value in values.items()
-    }
-    return replace(ServerSettings(home=home), **typed)
+    typed = {name: _coerce(name, value, _TYPES.get(str(known[name]), str)) for name, value in values.items()}
+    settings = replace(ServerSettings(home=home), **typed)
+    if settings.device_auth not in ("certificate", "password"):
+        raise ConfigError(f"device_auth must be 'certificate' or 'password', not {settings.device_auth!r}")
+    return settings
+
+
+_TYPES: dict[str, type] = {"int": int, "<class 'int'>": int, "bool": bool, "<class 'bool'>": bool}
 
 
 def save_settings(settings: ServerSettings) -> None:

@@ -3,6 +3,10 @@
 Used by `edgeops simulate` and by the test fixtures. The embedded Python brokers speak
 only MQTT 3.1.1 and lose session state, so there is no fallback: a missing `mosquitto`
 stops at once with the command that installs it.
+
+The config is rendered by `server.broker_config` (the same generator as
+`edgeops server broker-config`); `MosquittoBroker.secured()` starts the production setup
+(TLS, client certificates from the fleet CA, ACLs) on a free local port.
 """
 
 from __future__ import annotations
@@ -17,10 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeops.errors import MissingDependencyError, TransportError
+from server.broker_config import (
+    MAX_QUEUED_MESSAGES,
+    BrokerAuth,
+    BrokerSpec,
+    TlsFiles,
+    render_mosquitto_conf,
+    write_broker_config,
+)
+from server.settings import ServerSettings
 
 INSTALL_HINT = "sudo apt-get install -y mosquitto   (macOS: brew install mosquitto)"
-# Mosquitto's default of 1,000 queued messages drops QoS 1 traffic to a slow subscriber.
-MAX_QUEUED_MESSAGES = 1_000_000
+__all__ = ["MAX_QUEUED_MESSAGES", "MosquittoBroker", "find_mosquitto", "free_port", "wait_for_port"]
 # Debian installs the broker in sbin, which is not on a normal user's PATH.
 SBIN_DIRS = ("/usr/sbin", "/usr/local/sbin")
 
@@ -57,8 +69,9 @@ def wait_for_port(host: str, port: int, timeout_s: float) -> None:
 class MosquittoBroker:
     """One Mosquitto process with its own config, data and log in `workdir`.
 
-    `extra_config` lines are appended to the listener config (ACLs, TLS, password file).
-    The port stays the same across stop/kill/restart so clients can reconnect.
+    `extra_config` lines are appended to the listener config. `auth`, `tls`, `acl_file` and
+    `password_file` secure it (see `secured`). The port stays the same across
+    stop/kill/restart so clients can reconnect.
     """
 
     workdir: Path
@@ -67,6 +80,28 @@ class MosquittoBroker:
     extra_config: list[str] = field(default_factory=list)
     allow_anonymous: bool = True
     process: subprocess.Popen | None = None
+    auth: BrokerAuth | None = None  # None: "anonymous" if allow_anonymous else "password"
+    tls: TlsFiles | None = None
+    acl_file: Path | None = None
+    password_file: Path | None = None
+
+    @classmethod
+    def secured(
+        cls, workdir: Path, settings: ServerSettings, *, host: str = "127.0.0.1", port: int = 0
+    ) -> "MosquittoBroker":
+        """A broker configured as `edgeops server broker-config` would for `settings`
+        (TLS, client certificates or passwords, ACLs), listening on a free local port."""
+        workdir = Path(workdir)
+        port = port or free_port(host)
+        files = write_broker_config(
+            settings, workdir, port=port, bind_host=host, hosts=(host, "localhost"),
+            data_dir=workdir, log_file=workdir / "mosquitto.log",
+        )
+        spec = files.spec
+        return cls(
+            workdir=workdir, host=host, port=port, auth=spec.auth, tls=spec.tls,
+            acl_file=spec.acl_file, password_file=spec.password_file,
+        )
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
@@ -80,25 +115,32 @@ class MosquittoBroker:
     def log_path(self) -> Path:
         return self.workdir / "mosquitto.log"
 
+    @property
+    def spec(self) -> BrokerSpec:
+        auth = self.auth or ("anonymous" if self.allow_anonymous else "password")
+        return BrokerSpec(
+            port=self.port,
+            bind_host=self.host,
+            auth=auth,
+            tls=self.tls,
+            acl_file=self.acl_file,
+            password_file=self.password_file,
+            data_dir=self.workdir,
+            log_file=self.log_path,
+            max_queued_messages=MAX_QUEUED_MESSAGES,
+            # Run as root, Mosquitto drops to the `mosquitto` user, which cannot read our
+            # private workdir (log, persistence, TLS key): keep the caller's user instead.
+            extra=(*(("user root",) if os.geteuid() == 0 else ()), *self.extra_config),
+        )
+
     def write_config(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        lines = [
-            "per_listener_settings false",
-            f"listener {self.port} {self.host}",
-            f"allow_anonymous {'true' if self.allow_anonymous else 'false'}",
-            "persistence true",
-            f"persistence_location {self.workdir}/",
-            f"log_dest file {self.log_path}",
-            "log_type error",
-            "log_type warning",
-            "log_type notice",
-            f"max_queued_messages {MAX_QUEUED_MESSAGES}",
-            "max_inflight_messages 0",
-            "max_connections -1",
-            "set_tcp_nodelay true",
-            *self.extra_config,
-        ]
-        self.config_path.write_text("\n".join(lines) + "\n")
+        self.config_path.write_text(render_mosquitto_conf(self.spec))
+
+    def reload(self) -> None:
+        """SIGHUP: Mosquitto rereads its password and ACL files."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGHUP)
 
     def start(self, timeout_s: float = 10.0) -> "MosquittoBroker":
         binary = find_mosquitto()

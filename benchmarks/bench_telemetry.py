@@ -1,0 +1,367 @@
+"""Telemetry benchmarks: ingest throughput, many agents on one broker, agent footprint.
+
+    .venv/bin/python benchmarks/bench_telemetry.py --quick     (under a minute)
+    .venv/bin/python benchmarks/bench_telemetry.py --full
+
+(a) Ingest throughput through Mosquitto with batched telemetry. Both consumers get a
+    persistent session, then N telemetry batches are published while they are away (the
+    broker queues them); each consumer then drains its queue alone: first a bare paho
+    subscriber that only counts messages, then the real `Ingest` writing to SQLite.
+    `ingest_ratio` = ingest readings/s ÷ bare subscriber readings/s (target >= 0.5).
+(b) Agents connected from one process: 1,000 (10,000 with --full) `MqttLink`s in a child
+    process, against one Mosquitto, with a real `Ingest` in this process; broker and
+    server (this process) RSS.
+(c) Agent footprint: RSS of a process running a real `Agent` with the model loaded (MQTT
+    connected, local HTTP API on) ÷ RSS of a bare process importing onnxruntime, numpy,
+    paho-mqtt and cryptography and loading the same model (target <= 1.15). In the agent
+    process: `Agent.predict` p50 minus bare `session.run` p50 on the same input
+    (target <= 20 µs) and the local HTTP API's p50 (target <= 1 ms).
+
+The last line of output is one JSON object with every number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+READINGS_PER_BATCH = 100
+
+
+def _rss_mb(pid: int) -> float:
+    import psutil
+
+    return psutil.Process(pid).memory_info().rss / 1e6
+
+
+# (a) ingest throughput -------------------------------------------------------------------
+
+
+def bench_ingest(workdir: Path, messages: int) -> dict[str, float]:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from edgeops.messages import TelemetryBatch, encode
+    from edgeops.topics import Topics
+    from server.database import close_database, open_database
+    from server.ingest import Ingest, IngestTuning
+    from server.settings import ServerSettings
+    from simulations.mosquitto import MosquittoBroker
+
+    broker = MosquittoBroker(workdir=workdir / "broker-a").start()
+    settings = ServerSettings(home=workdir, broker_port=broker.port, fleet="bench")
+    topics = Topics.for_fleet("bench")
+    db = open_database(f"sqlite:///{workdir / 'ingest.db'}")
+    try:
+        counted = threading.Event()
+        received = [0]
+
+        def on_message(_c: object, _u: object, _m: object) -> None:
+            received[0] += 1
+            if received[0] >= messages:
+                counted.set()
+
+        def bare_client() -> mqtt.Client:
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bare-counter",
+                                 protocol=mqtt.MQTTv5)
+            client.on_message = on_message
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = 3600
+            client.connect("127.0.0.1", broker.port, clean_start=False, properties=properties)
+            return client
+
+        # Sessions first (so the broker queues for both), then away.
+        bare = bare_client()
+        bare.loop_start()
+        bare.subscribe(topics.all_devices("telemetry"), qos=1)
+        ingest = Ingest(settings, db, client_id="bench-ingest", tuning=IngestTuning())
+        ingest.start()
+        assert ingest.wait_ready(10), "ingest did not subscribe"
+        ingest.stop()
+        time.sleep(0.3)
+        bare.disconnect()
+        bare.loop_stop()
+
+        publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-pub",
+                                protocol=mqtt.MQTTv5)
+        publisher.max_inflight_messages_set(1000)
+        publisher.connect("127.0.0.1", broker.port)
+        publisher.loop_start()
+        devices = [f"dev-{i}" for i in range(100)]
+        last = None
+        for i in range(messages):
+            device = devices[i % len(devices)]
+            batch = TelemetryBatch(device_id=device, window_start=i, window_end=i + 1,
+                                   count=READINGS_PER_BATCH, errors=0,
+                                   predicted_classes=[READINGS_PER_BATCH] + [0] * 9)
+            last = publisher.publish(topics.telemetry(device), encode(batch), qos=1)
+            if i % 1000 == 999:
+                last.wait_for_publish(30)
+        assert last is not None
+        last.wait_for_publish(60)
+        publisher.disconnect()
+        publisher.loop_stop()
+
+        started = time.perf_counter()
+        bare = bare_client()
+        bare.loop_start()
+        assert counted.wait(120), f"bare subscriber got {received[0]} of {messages}"
+        bare_s = time.perf_counter() - started
+        bare.disconnect()
+        bare.loop_stop()
+
+        started = time.perf_counter()
+        ingest = Ingest(settings, db, client_id="bench-ingest", tuning=IngestTuning())
+        ingest.start()
+        deadline = time.monotonic() + 300
+        while ingest.stats().telemetry < messages and time.monotonic() < deadline:
+            time.sleep(0.01)
+        ingest_s = time.perf_counter() - started
+        stored = ingest.stats().telemetry
+        ingest.stop()
+        assert stored == messages, f"ingest stored {stored} of {messages}"
+    finally:
+        close_database(db)
+        broker.kill()
+    readings = messages * READINGS_PER_BATCH
+    return {
+        "ingest_messages": messages,
+        "bare_readings_per_s": readings / bare_s,
+        "ingest_readings_per_s": readings / ingest_s,
+        "ingest_messages_per_s": messages / ingest_s,
+        "ingest_ratio": bare_s / ingest_s,
+    }
+
+
+# (b) many agents -------------------------------------------------------------------------
+
+_AGENTS_CHILD = """
+import sys, threading, time
+threading.stack_size(256 * 1024)
+from pathlib import Path
+from agent.config import AgentConfig
+from agent.mqtt_link import MqttLink
+from edgeops.messages import DeviceStatus
+count, port, home = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+links = []
+for i in range(count):
+    config = AgentConfig(home=home, device_id=f"agent-{i}", server_url="http://127.0.0.1:9",
+                         broker_port=port, fleet="bench", mqtt_keepalive_s=300,
+                         mqtt_reconnect_min_s=1, mqtt_reconnect_max_s=5)
+    status = DeviceStatus(device_id=config.device_id, online=True, state="running")
+    link = MqttLink(config, on_command=lambda payload: None,
+                    status_provider=lambda status=status: status)
+    link.start()
+    links.append(link)
+deadline = time.monotonic() + 60 + count / 50
+while time.monotonic() < deadline:
+    connected = sum(link.connected for link in links)
+    if connected == count:
+        break
+    time.sleep(0.2)
+print(sum(link.connected for link in links), flush=True)
+sys.stdin.readline()
+"""
+
+
+def bench_agents(workdir: Path, count: int) -> dict[str, float]:
+    from server.database import close_database, open_database
+    from server.ingest import Ingest
+    from server.settings import ServerSettings
+    from simulations.mosquitto import MosquittoBroker
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, count * 2 + 1000)), hard))
+    broker = MosquittoBroker(workdir=workdir / "broker-b").start()
+    settings = ServerSettings(home=workdir, broker_port=broker.port, fleet="bench")
+    db = open_database(f"sqlite:///{workdir / 'agents.db'}")
+    ingest = Ingest(settings, db, client_id="bench-ingest-b")
+    child = None
+    try:
+        ingest.start()
+        assert ingest.wait_ready(10)
+        started = time.perf_counter()
+        child = subprocess.Popen(
+            [sys.executable, "-c", _AGENTS_CHILD, str(count), str(broker.port), str(workdir)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
+        )
+        assert child.stdout is not None and child.stdin is not None
+        connected = int(child.stdout.readline().strip() or 0)
+        connect_s = time.perf_counter() - started
+        deadline = time.monotonic() + 60
+        while ingest.stats().statuses < connected and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert broker.process is not None
+        result = {
+            "agents_connected": connected,
+            "agents_connect_s": connect_s,
+            "agents_statuses_stored": ingest.stats().statuses,
+            "broker_rss_mb": _rss_mb(broker.process.pid),
+            "server_rss_mb": _rss_mb(os.getpid()),
+            "agents_process_rss_mb": _rss_mb(child.pid),
+        }
+        child.stdin.close()
+        child.wait(60)
+        return result
+    finally:
+        if child is not None and child.poll() is None:
+            child.kill()
+        ingest.stop()
+        close_database(db)
+        broker.kill()
+
+
+# (c) agent footprint and latency ----------------------------------------------------------
+
+_BARE = """
+import sys, time
+import numpy as np, onnxruntime as ort
+import paho.mqtt.client
+import cryptography.x509, cryptography.hazmat.primitives.asymmetric.ec
+options = ort.SessionOptions(); options.intra_op_num_threads = 1; options.inter_op_num_threads = 1
+session = ort.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"])
+x = np.ones((1, 64), dtype=np.float32)
+session.run(None, {session.get_inputs()[0].name: x})
+print("ready", flush=True)
+sys.stdin.readline()
+"""
+
+_AGENT = """
+import http.client, json, sys, time
+from urllib.parse import urlparse
+import numpy as np
+from pathlib import Path
+from agent.config import AgentConfig
+from agent.daemon import Agent
+home, port = Path(sys.argv[1]), int(sys.argv[2])
+config = AgentConfig(home=home, device_id="footprint", server_url="http://127.0.0.1:9",
+                     broker_port=port, http_port=0, fleet="bench")
+agent = Agent(config).start()
+assert agent.link.wait_connected(10)
+x = np.random.default_rng(0).uniform(0, 16, (1, 64)).astype(np.float32)
+for _ in range(200):
+    agent.predict(x)
+agent.flush_telemetry()
+time.sleep(1.5)  # a telemetry fold and flush have run: steady state
+print("ready", flush=True)
+sys.stdin.readline()
+# Latency, after the RSS reading.
+runtime = agent._model.runtime  # noqa: SLF001 - the same session the agent uses
+session, name = runtime._session, runtime._input_name  # noqa: SLF001
+def p50(fn, n=3000):
+    samples = []
+    for _ in range(n):
+        t = time.perf_counter(); fn(); samples.append(time.perf_counter() - t)
+    samples.sort(); return samples[len(samples) // 2]
+bares, fulls = [], []
+for _ in range(3):  # interleave to share any drift; keep the best of each
+    bares.append(p50(lambda: session.run(None, {name: x}), 2000))
+    fulls.append(p50(lambda: agent.predict(x), 2000))
+bare, full = min(bares), min(fulls)
+body = json.dumps({"inputs": x.tolist()}).encode()
+url = urlparse(agent.http_url)
+connection = http.client.HTTPConnection(url.hostname, url.port)  # keep-alive, as a local app
+def http_predict():
+    connection.request("POST", "/predict", body, {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    response.read()
+    assert response.status == 200, response.status
+http_p50 = p50(http_predict, 1000)
+print(json.dumps({"bare_run_us": bare * 1e6, "predict_us": full * 1e6,
+                  "http_p50_ms": http_p50 * 1e3}), flush=True)
+agent.stop()
+"""
+
+
+def _start_and_measure(argv: list[str]) -> tuple[subprocess.Popen, float]:
+    process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                               cwd=REPO)
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert line.strip() == "ready", line
+    return process, _rss_mb(process.pid)
+
+
+def bench_footprint(workdir: Path) -> dict[str, float]:
+    from simulations.mosquitto import MosquittoBroker
+    from tests.agent.support import build_model, install_model, make_release, model_weights
+
+    weights = model_weights(1)
+    model = build_model(weights)
+    model_path = workdir / "model.onnx"
+    model_path.write_bytes(model)
+    home = workdir / "agent-home"
+    install_model(home, make_release(1, weights), model)
+    broker = MosquittoBroker(workdir=workdir / "broker-c").start()
+    try:
+        bare, bare_rss = _start_and_measure([sys.executable, "-c", _BARE, str(model_path)])
+        bare.communicate("\n", timeout=30)
+        agent, agent_rss = _start_and_measure(
+            [sys.executable, "-c", _AGENT, str(home), str(broker.port)])
+        out, _ = agent.communicate("\n", timeout=120)
+        latency = json.loads(out.strip().splitlines()[-1])
+    finally:
+        broker.kill()
+    return {
+        "agent_rss_mb": agent_rss,
+        "bare_rss_mb": bare_rss,
+        "agent_rss_ratio": agent_rss / bare_rss,
+        "bare_run_us": latency["bare_run_us"],
+        "predict_us": latency["predict_us"],
+        "predict_overhead_us": latency["predict_us"] - latency["bare_run_us"],
+        "http_p50_ms": latency["http_p50_ms"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="small sizes, under a minute")
+    mode.add_argument("--full", action="store_true", help="50k-message ingest, 10,000 agents")
+    args = parser.parse_args()
+    full = args.full
+    messages, agents = (50_000, 10_000) if full else (10_000, 1_000)
+    with tempfile.TemporaryDirectory(prefix="bench-telemetry-") as tmp:
+        workdir = Path(tmp)
+        results: dict[str, float] = {}
+        for name, step in (
+            ("ingest", lambda: bench_ingest(workdir, messages)),
+            ("agents", lambda: bench_agents(workdir, agents)),
+            ("footprint", lambda: bench_footprint(workdir)),
+        ):
+            started = time.perf_counter()
+            part = step()
+            results.update(part)
+            shown = ", ".join(f"{k}={v:.3g}" for k, v in part.items())
+            print(f"[{name} {time.perf_counter() - started:.1f} s] {shown}", file=sys.stderr)
+    summary = {
+        "ingest_ratio": round(results["ingest_ratio"], 3),
+        "ingest_readings_per_s": round(results["ingest_readings_per_s"]),
+        "agents_connected": int(results["agents_connected"]),
+        "agent_rss_ratio": round(results["agent_rss_ratio"], 3),
+        "agent_rss_mb": round(results["agent_rss_mb"], 1),
+        "predict_overhead_us": round(results["predict_overhead_us"], 1),
+        "http_p50_ms": round(results["http_p50_ms"], 3),
+        "bare_readings_per_s": round(results["bare_readings_per_s"]),
+        "broker_rss_mb": round(results["broker_rss_mb"], 1),
+        "server_rss_mb": round(results["server_rss_mb"], 1),
+        "bare_rss_mb": round(results["bare_rss_mb"], 1),
+        "mode": "full" if full else "quick",
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
