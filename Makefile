@@ -31,13 +31,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[all]'
 	touch $(STAMP)
 
-# Mosquitto is a system package. Install it where we may (root with apt); elsewhere
-# `edgeops simulate` stops at once and prints the command to run.
+# Mosquitto and Chromium are system packages. Install them where we may (root with apt);
+# elsewhere `edgeops simulate` stops at once and prints the command to run, and the console's
+# browser test (Playwright driving Debian's chromium) skips saying why.
 system-deps:
 	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || \
 	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	      apt-get update -qq && apt-get install -y -qq mosquitto; \
 	    else echo "note: mosquitto is not installed (sudo apt-get install -y mosquitto)"; fi; }
+	@command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	      apt-get update -qq && apt-get install -y -qq chromium; \
+	    else echo "note: chromium is not installed; the console browser test will skip" \
+	      "(sudo apt-get install -y chromium)"; fi; }
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

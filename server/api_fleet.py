@@ -14,9 +14,9 @@ import re
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime, timezone
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -25,8 +25,9 @@ from edgeops.errors import NotFoundError
 from edgeops.messages import Command
 from edgeops.topics import DEVICE_ID_PATTERN
 from server import inventory
+from server.api_deps import require_viewer
 from server.commands import CommandPublisher
-from server.db import Device, Release
+from server.db import Device, DeviceLabel, Release
 from server.ingest import Ingest
 
 __all__ = ["DeploymentCreate", "DeploymentPublic", "DevicePublic", "fleet_router"]
@@ -52,10 +53,14 @@ class DevicePublic(BaseModel):
     telemetry_messages: int
     last_status_at: datetime | None
     last_seen_at: datetime | None
+    group: str = "default"
+    tags: list[str] = []
 
     @classmethod
-    def of(cls, device: Device) -> "DevicePublic":
+    def of(cls, device: Device, label: DeviceLabel | None = None) -> "DevicePublic":
         return cls(
+            group=label.group_name if label is not None else "default",
+            tags=list(label.tags or []) if label is not None else [],
             device_id=device.device_id,
             online=bool(device.online),
             state=device.state,
@@ -134,17 +139,37 @@ def fleet_router(
     """
     router = APIRouter(prefix="/api", tags=["fleet"])
 
-    @router.get("/devices", response_model=list[DevicePublic])
-    def list_devices() -> list[DevicePublic]:
+    @router.get(
+        "/devices", response_model=list[DevicePublic], dependencies=[Depends(require_viewer)]
+    )
+    def list_devices(
+        group: Annotated[str | None, Query(max_length=64)] = None,
+        tag: Annotated[list[str] | None, Query(max_length=20)] = None,
+    ) -> list[DevicePublic]:
+        """Every device, with its group and tags; filter by group and by tags (all given)."""
         with session_factory() as session:
-            return [DevicePublic.of(d) for d in inventory.list_devices(session)]
+            labels = {label.device_id: label for label in session.scalars(select(DeviceLabel))}
+            result = []
+            for d in inventory.list_devices(session):
+                public = DevicePublic.of(d, labels.get(d.device_id))
+                if group is not None and public.group != group:
+                    continue
+                if tag and not set(tag) <= set(public.tags):
+                    continue
+                result.append(public)
+            return result
 
-    @router.get("/devices/{device_id}", response_model=DevicePublic)
+    @router.get(
+        "/devices/{device_id}",
+        response_model=DevicePublic,
+        dependencies=[Depends(require_viewer)],
+    )
     def get_device(device_id: str) -> DevicePublic:
         with session_factory() as session:
-            return DevicePublic.of(inventory.get_device(session, device_id))
+            device = inventory.get_device(session, device_id)
+            return DevicePublic.of(device, session.get(DeviceLabel, device_id))
 
-    @router.get("/ingest/stats")
+    @router.get("/ingest/stats", dependencies=[Depends(require_viewer)])
     def ingest_stats() -> dict[str, Any]:
         if ingest is None:
             raise HTTPException(503, detail="no MQTT ingest runs in this server process")

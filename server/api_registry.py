@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from server.api_deps import AdminDep, RegistryDep, SettingsDep
-from server.registry import ReleaseRecord
+from server.registry import Registry, ReleaseRecord
 from server.tuf_repository import TufRepository
 
 __all__ = ["ModelCreate", "ModelPublic", "ReleasePublic", "VersionPublic", "router"]
 
 router = APIRouter(prefix="/api", tags=["registry"])
+MODEL_NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 
 
 class VersionPublic(BaseModel):
@@ -41,7 +42,7 @@ class ModelPublic(BaseModel):
 class ModelCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    name: str = Field(pattern=MODEL_NAME)
     task: str = Field(min_length=1, max_length=200)
 
 
@@ -79,32 +80,44 @@ def release_public(record: ReleaseRecord) -> ReleasePublic:
     )
 
 
+def _versions(registry: Registry, model_name: str) -> list[VersionPublic]:
+    return [
+        VersionPublic(
+            id=v.id,
+            version=v.version,
+            format=v.format,
+            artifact_sha256=v.artifact_sha256,
+            size_bytes=v.size_bytes,
+            metrics=v.metrics,
+            parent_version_id=v.lineage.parent_version_id,
+            training_run_id=v.lineage.training_run_id,
+            data_fingerprint=v.lineage.data_fingerprint,
+            code_version=v.lineage.code_version,
+            created_at=v.created_at,
+        )
+        for v in registry.list_versions(model_name)
+    ]
+
+
 @router.get("/models", response_model=list[ModelPublic])
 def list_models(registry: RegistryDep) -> list[ModelPublic]:
     result = []
     for model in registry.list_models():
-        versions = [
-            VersionPublic(
-                id=v.id,
-                version=v.version,
-                format=v.format,
-                artifact_sha256=v.artifact_sha256,
-                size_bytes=v.size_bytes,
-                metrics=v.metrics,
-                parent_version_id=v.lineage.parent_version_id,
-                training_run_id=v.lineage.training_run_id,
-                data_fingerprint=v.lineage.data_fingerprint,
-                code_version=v.lineage.code_version,
-                created_at=v.created_at,
-            )
-            for v in registry.list_versions(model.name)
-        ]
+        versions = _versions(registry, model.name)
         result.append(
             ModelPublic(
                 name=model.name, task=model.task, created_at=model.created_at, versions=versions
             )
         )
     return result
+
+
+@router.get("/models/{name}/versions", response_model=list[VersionPublic])
+def list_model_versions(
+    name: Annotated[str, Path(pattern=MODEL_NAME)], registry: RegistryDep
+) -> list[VersionPublic]:
+    """Every version of one model, in both formats, with metrics and lineage."""
+    return _versions(registry, name)
 
 
 @router.post("/models", response_model=ModelPublic, status_code=201, dependencies=[AdminDep])

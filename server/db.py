@@ -145,6 +145,111 @@ class TelemetryRecord(Base):
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+# Operator side (migration 0002): tokens, audit log, device labels, rollouts -----------------
+
+
+class ApiToken(Base):
+    """A bearer token for the REST API and console; only its SHA-256 is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))  # "viewer" | "operator" | "admin"
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column()
+
+
+class AuditEntry(Base):
+    """One mutating API or console call: who, what, when, outcome."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str | None] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(16))  # HTTP method
+    resource: Mapped[str] = mapped_column(String(300))  # path
+    status_code: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(16))  # "ok" | "denied" | "refused" | "error"
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
+class DeviceLabel(Base):
+    """The group and tags an operator gave a device (rollout target selection)."""
+
+    __tablename__ = "device_labels"
+
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    group_name: Mapped[str] = mapped_column(String(64), default="default", index=True)
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DeviceEvent(Base):
+    """A change of a device's reported status, as the server observed it (status history)."""
+
+    __tablename__ = "device_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(64), index=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    online: Mapped[bool] = mapped_column(Boolean)
+    state: Mapped[str | None] = mapped_column(String(32))
+    release: Mapped[str | None] = mapped_column(String(300))
+    target: Mapped[str | None] = mapped_column(String(300))
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+class Rollout(Base):
+    """A staged rollout of one release to a group of devices (server.rollouts)."""
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    target: Mapped[str] = mapped_column(String(300))  # the release's TUF target path
+    group_name: Mapped[str | None] = mapped_column(String(64))  # None: the whole fleet
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    policy: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))
+    # The group key while active, NULL once finished: a unique index allows one active
+    # rollout per group, race-free on SQLite and PostgreSQL.
+    active_scope: Mapped[str | None] = mapped_column(String(64), unique=True)
+    current_wave: Mapped[int] = mapped_column(Integer, default=0)
+    wave_started_at: Mapped[float | None] = mapped_column(Float)
+    soak_started_at: Mapped[float | None] = mapped_column(Float)
+    reason: Mapped[str | None] = mapped_column(Text)
+    revision: Mapped[int] = mapped_column(Integer, default=0)  # optimistic concurrency
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[float | None] = mapped_column(Float)
+
+
+class RolloutDevice(Base):
+    """One device's assignment in a rollout: its wave, phase and the commands sent to it.
+
+    Written (and committed) before a command is published, so a restarted server never
+    updates a device twice."""
+
+    __tablename__ = "rollout_devices"
+
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id"), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)
+    wave: Mapped[int] = mapped_column(Integer)
+    phase: Mapped[str] = mapped_column(String(16))
+    command_id: Mapped[str | None] = mapped_column(String(64))
+    sent_at: Mapped[float | None] = mapped_column(Float)
+    resolved_at: Mapped[float | None] = mapped_column(Float)
+    rollback_command_id: Mapped[str | None] = mapped_column(String(64))
+    rollback_sent_at: Mapped[float | None] = mapped_column(Float)
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
 def make_engine(database_url: str) -> Engine:
     """An engine for `database_url`; SQLite gets WAL, a busy timeout and foreign keys."""
     is_sqlite = database_url.startswith("sqlite")

@@ -13,12 +13,14 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import sessionmaker
 
 from edgeops import __version__, errors
 from server import api_registry, api_tuf
+from server.api_deps import require_viewer
+from server.audit import audit_middleware
 from server.artifact_store import ArtifactStore
 from server.home import read_admin_token
 from server.registry import Registry
@@ -72,13 +74,14 @@ def create_app(
     app.state.registry = Registry(session_factory, artifact_store)
     app.state.admin_token = read_admin_token(settings)
     app.add_exception_handler(errors.EdgeOpsError, error_response)
+    app.middleware("http")(audit_middleware)  # every mutating /api and /console call
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
     app.include_router(api_tuf.router)
-    app.include_router(api_registry.router)
+    app.include_router(api_registry.router, dependencies=[Depends(require_viewer)])
     for router in extra_routers:
         app.include_router(router)
     return app

@@ -19,6 +19,7 @@ from fastapi import APIRouter, FastAPI
 
 from edgeops.errors import EdgeOpsError
 from server.api_deps import require_admin
+from server.api_enroll import enroll_router
 from server.api_fleet import fleet_router
 from server.artifact_store import ArtifactStore
 from server.commands import CommandPublisher
@@ -26,6 +27,11 @@ from server.fleet_lifespan import fleet_lifespan
 from server.ingest import Ingest
 from server.database import open_database
 from server.http_app import create_app
+from server.metrics import FleetCollector, IngestCollector, create_registry, metrics_router
+from server.metrics import register as register_metrics
+from server.operator_routes import operator_routers
+from server.rollouts.metrics import RolloutCollector
+from server.rollouts.runner import RolloutRunner, rollout_lifespan
 from server.settings import ServerSettings
 from server.tuf_repository import TufRepository
 
@@ -92,12 +98,24 @@ def build_app(
     session_factory = open_database(settings.resolved_database_url)
     artifact_store = ArtifactStore(settings.artifacts_dir)
     repository = TufRepository(settings.tuf_dir)
-    routers = list(extra_routers)
+    metrics_registry = create_registry()  # per app; others register on app.state.metrics_registry
+    routers = [*extra_routers, enroll_router(), metrics_router(metrics_registry)]
+    routers.extend(operator_routers())  # rollouts, devices, tokens, audit, training, console
+    runner: RolloutRunner | None = None
     hooks = [tuf_refresher(repository)]
+    register_metrics(metrics_registry, FleetCollector(session_factory))
     if with_fleet:
         publisher = CommandPublisher(settings)
         ingest = Ingest(settings, session_factory)
         routers.append(fleet_router(session_factory, publisher, ingest, require_admin))
         hooks.append(fleet_lifespan(publisher, ingest))
+        register_metrics(metrics_registry, IngestCollector(ingest))
+        runner = RolloutRunner(session_factory, publisher)
+        hooks.append(rollout_lifespan(runner))  # after fleet_lifespan: the publisher runs
+    register_metrics(
+        metrics_registry, RolloutCollector(session_factory, runner.stats if runner else None)
+    )
     hooks.extend(lifespan_hooks)
-    return create_app(settings, session_factory, artifact_store, routers, lifespan=_compose(hooks))
+    app = create_app(settings, session_factory, artifact_store, routers, lifespan=_compose(hooks))
+    app.state.metrics_registry = metrics_registry
+    return app

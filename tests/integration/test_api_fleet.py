@@ -78,9 +78,10 @@ def test_lists_and_gets_devices(settings: ServerSettings, db: sessionmaker,
                                 publisher: CommandPublisher) -> None:
     http = _client(settings, db, publisher)
 
-    devices = http.get("/api/devices").json()
-    one = http.get("/api/devices/d1")
-    missing = http.get("/api/devices/nope")
+    devices = http.get("/api/devices", headers=ADMIN).json()
+    one = http.get("/api/devices/d1", headers=ADMIN)
+    missing = http.get("/api/devices/nope", headers=ADMIN)
+    anonymous = http.get("/api/devices")
 
     assert [d["device_id"] for d in devices] == ["d1", "d2"]
     assert set(devices[0]) >= {"device_id", "online", "state", "model", "version", "release",
@@ -88,14 +89,15 @@ def test_lists_and_gets_devices(settings: ServerSettings, db: sessionmaker,
     assert one.status_code == 200 and one.json()["online"] is True
     assert one.json()["last_seen_at"].endswith(("Z", "+00:00"))
     assert missing.status_code == 404 and "nope" in missing.json()["detail"]
+    assert anonymous.status_code == 401  # reads need a token too (viewer or above)
 
 
 def test_ingest_stats(
     settings: ServerSettings, db: sessionmaker, publisher: CommandPublisher
 ) -> None:
-    without = _client(settings, db, publisher).get("/api/ingest/stats")
+    without = _client(settings, db, publisher).get("/api/ingest/stats", headers=ADMIN)
     ingest = Ingest(settings, db, client_id="stats-only")
-    with_ingest = _client(settings, db, publisher, ingest).get("/api/ingest/stats")
+    with_ingest = _client(settings, db, publisher, ingest).get("/api/ingest/stats", headers=ADMIN)
 
     assert without.status_code == 503
     assert with_ingest.status_code == 200
@@ -202,6 +204,6 @@ def test_fleet_lifespan_starts_and_stops_mqtt_with_the_app(
 
     with TestClient(app) as http:
         assert publisher.wait_connected(5) and ingest.wait_ready(5)
-        assert http.get("/api/ingest/stats").json()["connected"] is True
+        assert http.get("/api/ingest/stats", headers=ADMIN).json()["connected"] is True
 
     assert not publisher.wait_connected(0) and not ingest.wait_ready(0)

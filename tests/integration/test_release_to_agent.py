@@ -56,8 +56,8 @@ def fleet(tmp_path: Path, mosquitto: MosquittoBroker) -> Iterator[dict[str, Any]
             telemetry_interval_s=0.5,
         )
         init_agent_home(config.home, config, (settings.tuf_dir / "metadata" / "1.root.json").read_bytes())
+        token = settings.admin_token_file.read_text().strip()
         with Agent(config) as agent, httpx.Client(base_url=url, timeout=10) as http:
-            token = settings.admin_token_file.read_text().strip()
             yield {
                 "settings": settings,
                 "releases": releases,
@@ -68,18 +68,18 @@ def fleet(tmp_path: Path, mosquitto: MosquittoBroker) -> Iterator[dict[str, Any]
     close_database(session_factory)
 
 
-def device(http: httpx.Client) -> dict[str, Any]:
-    response = http.get("/api/devices/device-1")
+def device(http: httpx.Client, auth: dict[str, str]) -> dict[str, Any]:
+    response = http.get("/api/devices/device-1", headers=auth)
     return response.json() if response.status_code == 200 else {}
 
 
 def test_deploy_updates_the_agent_and_tampered_artifact_is_refused(fleet: dict[str, Any]) -> None:
     http, agent, (v1, v2) = fleet["http"], fleet["agent"], fleet["releases"]
-    wait_for(lambda: device(http).get("online"))
+    wait_for(lambda: device(http, fleet["auth"]).get("online"))
 
     deployed = http.post("/api/deployments", json={"target": v1.target_path}, headers=fleet["auth"])
     assert deployed.status_code == 202, deployed.text
-    wait_for(lambda: device(http).get("version") == v1.version)
+    wait_for(lambda: device(http, fleet["auth"]).get("version") == v1.version)
     sample = np.zeros((1, 64), dtype=np.float32)
     before = agent.predict(sample).probabilities.copy()
 
@@ -91,13 +91,13 @@ def test_deploy_updates_the_agent_and_tampered_artifact_is_refused(fleet: dict[s
 
     deployed = http.post("/api/deployments", json={"target": v2.target_path}, headers=fleet["auth"])
     assert deployed.status_code == 202, deployed.text
-    failed = wait_for(lambda: (d := device(http)).get("state") == "update_failed" and d)
+    failed = wait_for(lambda: (d := device(http, fleet["auth"])).get("state") == "update_failed" and d)
     assert "hash" in failed["reason"].lower()
     assert failed["version"] == v1.version
     prediction = agent.predict(sample)
     assert prediction.version == v1.version
     assert np.array_equal(prediction.probabilities, before)
-    wait_for(lambda: device(http).get("telemetry_messages", 0) >= 1)
+    wait_for(lambda: device(http, fleet["auth"]).get("telemetry_messages", 0) >= 1)
 
 
 def test_deploy_requires_the_admin_token(fleet: dict[str, Any]) -> None:

@@ -168,15 +168,17 @@ def test_path_traversal_and_unknown_files_are_404(server: LiveServer, path: str)
 
 
 def test_registry_api_lists_models_and_releases(server: LiveServer, client: httpx.Client) -> None:
-    [model] = client.get("/api/models").json()
+    auth = {"Authorization": f"Bearer {server.token}"}
+    assert client.get("/api/models").status_code == 401  # reads need a token (viewer or above)
+    [model] = client.get("/api/models", headers=auth).json()
     assert model["name"] == "digits"
     assert [(v["version"], v["format"]) for v in model["versions"]] == [(1, "fp32"), (1, "int8")]
 
-    [release] = client.get("/api/releases").json()
+    [release] = client.get("/api/releases", headers=auth).json()
     assert release["target_path"] == "digits/1/model.int8.onnx"
     assert release["download_path"] == _artifact_url(server)
     assert client.get(release["download_path"]).status_code == 200
-    assert client.get("/api/releases", params={"model": "other"}).json() == []
+    assert client.get("/api/releases", params={"model": "other"}, headers=auth).json() == []
 
 
 def test_mutating_routes_need_the_admin_token(server: LiveServer, client: httpx.Client) -> None:

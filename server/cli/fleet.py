@@ -1,0 +1,99 @@
+"""`edgeops fleet`: the devices, their groups and tags, and API tokens."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from edgeops.cli import emit
+from server.cli.api_client import HomeOption, JsonOption, ServerOption, TokenOption, connect
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    name="fleet",
+    help="The fleet as the server sees it: devices, groups and tags, API tokens.",
+    no_args_is_help=True,
+)
+tokens_app = typer.Typer(name="tokens", help="API tokens with roles (admin only).",
+                         no_args_is_help=True)
+app.add_typer(tokens_app)
+
+
+@app.command("ls")
+def ls(
+    group: Annotated[str | None, typer.Option(help="Only this group.")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="Only devices with this tag (repeat).")] = None,
+    home: HomeOption = None,
+    server: ServerOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List devices: presence, state, release, group and tags."""
+    params: dict[str, object] = {}
+    if group:
+        params["group"] = group
+    if tag:
+        params["tag"] = tag
+    devices = connect(home, server, token).get("/api/devices", params=params)
+    online = sum(1 for d in devices if d["online"])
+    lines = [
+        f"{d['device_id']:<24} {'online' if d['online'] else 'offline':<8} "
+        f"{(d['state'] or '-'):<14} {(d['release'] or '-'):<40} {d.get('group', 'default')}"
+        + (f" [{', '.join(d['tags'])}]" if d.get("tags") else "")
+        for d in devices
+    ]
+    lines.append(f"{len(devices)} devices, {online} online, {len(devices) - online} offline")
+    emit({"devices": devices}, as_json, "\n".join(lines))
+
+
+@app.command("label")
+def label(
+    device_id: Annotated[str, typer.Argument(help="The device id.")],
+    group: Annotated[str, typer.Option(help="The device's group.")] = "default",
+    tag: Annotated[list[str] | None, typer.Option(help="A tag (repeat); replaces the old ones.")] = None,
+    home: HomeOption = None,
+    server: ServerOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Put a device in a group and give it tags (operator)."""
+    client = connect(home, server, token)
+    result = client.request("PUT", f"/api/devices/{device_id}/labels",
+                            json={"group": group, "tags": tag or []})
+    emit(result, as_json, f"{device_id}: group {result['group']}, tags {result['tags']}")
+
+
+@tokens_app.command("create")
+def create_token(
+    name: Annotated[str, typer.Argument(help="Who or what holds the token.")],
+    role: Annotated[str, typer.Option(help="viewer, operator or admin.")] = "viewer",
+    home: HomeOption = None,
+    server: ServerOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Create a token; its secret is printed once."""
+    result = connect(home, server, token).post("/api/tokens", json={"name": name, "role": role})
+    emit(result, as_json, f"token {name} ({role}): {result['token']}\nstore it now: it is not "
+                          "shown again")
+
+
+@tokens_app.command("list")
+def list_tokens(home: HomeOption = None, server: ServerOption = None, token: TokenOption = None,
+                as_json: JsonOption = False) -> None:
+    """Tokens (never their secrets)."""
+    rows = connect(home, server, token).get("/api/tokens")
+    lines = [f"{t['name']:<24} {t['role']:<9} {'revoked' if t['revoked_at'] else 'live'}"
+             for t in rows]
+    emit({"tokens": rows}, as_json, "\n".join(lines) if lines else "no tokens")
+
+
+@tokens_app.command("revoke")
+def revoke_token(name: Annotated[str, typer.Argument()], home: HomeOption = None,
+                 server: ServerOption = None, token: TokenOption = None,
+                 as_json: JsonOption = False) -> None:
+    """Revoke a token at once."""
+    result = connect(home, server, token).request("DELETE", f"/api/tokens/{name}")
+    emit(result, as_json, f"token {name} revoked")

@@ -1,0 +1,182 @@
+"""`edgeops rollout`: start, watch, pause, resume, abort and list staged rollouts."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Annotated, Any
+
+import click
+import typer
+
+from edgeops.cli import emit
+from edgeops.exit_codes import ExitCode
+from server.cli.api_client import HomeOption, JsonOption, ServerOption, TokenOption, connect
+
+__all__ = ["app", "render_rollout"]
+
+app = typer.Typer(
+    name="rollout",
+    help="Staged rollouts of a release to the fleet: waves (1%, 10%, 50%, 100% by default) "
+    "with a soak time, automatic abort and rollback when too many devices fail their "
+    "health window.",
+    no_args_is_help=True,
+)
+
+ACTIVE = ("running", "paused", "aborting")
+BAR_WIDTH = 30
+
+
+def _bar(done: int, failed: int, total: int) -> str:
+    total = max(total, 1)
+    ok = round(BAR_WIDTH * done / total)
+    bad = min(BAR_WIDTH - ok, round(BAR_WIDTH * failed / total))
+    return "[" + "#" * ok + "x" * bad + "." * (BAR_WIDTH - ok - bad) + "]"
+
+
+def render_rollout(r: dict[str, Any]) -> str:
+    """A rollout as the text an operator reads (pure; used by status and --watch)."""
+    scope = r.get("group") or "the whole fleet"
+    lines = [
+        f"rollout {r['id']}  {r['target']} -> {scope}  [{r['status']}]"
+        + (f"  {r['reason']}" if r.get("reason") else ""),
+        f"  {_bar(r['done'], r['failed'], r['devices'])} {r['done']}/{r['devices']} committed "
+        f"({r['progress_pct']}%), {r['failed']} failed, wave {r['current_wave']} of "
+        f"{r['wave_count']}",
+    ]
+    for w in r.get("waves", []):
+        lines.append(
+            f"  wave {w['index']:<2} {_bar(w['done'], w['failed'], w['devices'])} "
+            f"{w['done']:>5}/{w['devices']:<5} {w['status']}"
+        )
+    other = {k: v for k, v in r.get("phases", {}).items() if k not in ("succeeded", "queued")}
+    if other:
+        lines.append("  " + ", ".join(f"{k} {v}" for k, v in sorted(other.items())))
+    return "\n".join(lines)
+
+
+def _waves(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError as err:
+        raise typer.BadParameter(f"--waves must be comma-separated percentages: {err}") from err
+
+
+def _watch(client: Any, rollout_id: int, interval_s: float, as_json: bool) -> dict[str, Any]:
+    """Redraw the rollout every `interval_s` until it finishes; return its last state."""
+    shown = 0
+    while True:
+        r = client.get(f"/api/rollouts/{rollout_id}")
+        if as_json:
+            click.echo(__import__("json").dumps(r, sort_keys=True))
+        else:
+            text = render_rollout(r)
+            if shown and sys.stdout.isatty():
+                click.echo(f"\x1b[{shown}F\x1b[J", nl=False)  # back up and clear
+            click.echo(text)
+            shown = text.count("\n") + 1
+        if r["status"] not in ACTIVE:
+            return r
+        time.sleep(interval_s)
+
+
+def _finish(r: dict[str, Any]) -> None:
+    if r["status"] == "aborted":
+        raise typer.Exit(ExitCode.UPDATE)
+
+
+@app.command("start")
+def start(
+    release: Annotated[str, typer.Option("--release", help="TUF target path of the release.")],
+    group: Annotated[str | None, typer.Option(help="Device group (default: the whole fleet).")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="Only devices with this tag (repeat).")] = None,
+    waves: Annotated[str, typer.Option(help="Cumulative % of devices per wave.")] = "1,10,50,100",
+    soak_s: Annotated[float, typer.Option("--soak", help="Seconds to wait after a wave passed.")] = 60.0,
+    success_pct: Annotated[float, typer.Option(help="% of a wave that must commit.")] = 90.0,
+    failure_threshold: Annotated[float, typer.Option(help="Abort when this % of updated devices failed...")] = 10.0,
+    failure_min: Annotated[int, typer.Option(help="...and at least this many.")] = 1,
+    device_timeout_s: Annotated[float, typer.Option("--device-timeout", help="Seconds a device has to commit.")] = 600.0,
+    watch: Annotated[bool, typer.Option("--watch", help="Follow progress until it finishes.")] = False,
+    home: HomeOption = None,
+    server: ServerOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Start rolling RELEASE out. Devices are chosen now (group, tags), in id order."""
+    client = connect(home, server, token)
+    body = {
+        "target": release, "group": group, "tags": tag or [], "waves_pct": _waves(waves),
+        "soak_s": soak_s, "success_pct": success_pct, "failure_threshold_pct": failure_threshold,
+        "failure_min_count": failure_min, "device_timeout_s": device_timeout_s,
+    }
+    r = client.post("/api/rollouts", json=body)
+    if watch:
+        _finish(_watch(client, r["id"], 1.0, as_json))
+        return
+    emit(r, as_json, f"started rollout {r['id']}: {r['target']} to {r['devices']} devices in "
+                     f"{r['wave_count']} waves\nfollow it with: edgeops rollout status {r['id']} --watch")
+
+
+@app.command("status")
+def status(
+    rollout_id: Annotated[int, typer.Argument(help="The rollout id.")],
+    watch: Annotated[bool, typer.Option("--watch", help="Redraw until it finishes.")] = False,
+    interval_s: Annotated[float, typer.Option("--interval", help="Seconds between redraws.")] = 1.0,
+    home: HomeOption = None,
+    server: ServerOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show a rollout's waves and progress; with --watch follow it live (exit code 7 if it
+    ends aborted)."""
+    client = connect(home, server, token)
+    if watch:
+        _finish(_watch(client, rollout_id, interval_s, as_json))
+        return
+    r = client.get(f"/api/rollouts/{rollout_id}")
+    emit(r, as_json, render_rollout(r))
+
+
+def _action(what: str, rollout_id: int, home: Any, server: Any, token: Any, as_json: bool) -> None:
+    r = connect(home, server, token).post(f"/api/rollouts/{rollout_id}/{what}")
+    emit(r, as_json, render_rollout(r))
+
+
+@app.command("pause")
+def pause(rollout_id: Annotated[int, typer.Argument()], home: HomeOption = None,
+          server: ServerOption = None, token: TokenOption = None, as_json: JsonOption = False) -> None:
+    """Stop starting waves; devices already updating carry on."""
+    _action("pause", rollout_id, home, server, token, as_json)
+
+
+@app.command("resume")
+def resume(rollout_id: Annotated[int, typer.Argument()], home: HomeOption = None,
+           server: ServerOption = None, token: TokenOption = None, as_json: JsonOption = False) -> None:
+    """Continue a paused rollout."""
+    _action("resume", rollout_id, home, server, token, as_json)
+
+
+@app.command("abort")
+def abort(rollout_id: Annotated[int, typer.Argument()], home: HomeOption = None,
+          server: ServerOption = None, token: TokenOption = None, as_json: JsonOption = False) -> None:
+    """Stop, and roll back every device this rollout updated."""
+    _action("abort", rollout_id, home, server, token, as_json)
+
+
+@app.command("list")
+def list_rollouts(
+    status_filter: Annotated[str | None, typer.Option("--status", help="Only this status.")] = None,
+    home: HomeOption = None,
+    server: ServerOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Rollouts, newest first."""
+    params = {"status": status_filter} if status_filter else {}
+    rows = connect(home, server, token).get("/api/rollouts", params=params)
+    lines = [
+        f"{r['id']:>4}  {r['status']:<9} {r['done']:>6}/{r['devices']:<6} {r['progress_pct']:>5}%  "
+        f"{r['target']}  ({r.get('group') or 'fleet'})"
+        for r in rows
+    ]
+    emit({"rollouts": rows}, as_json, "\n".join(lines) if lines else "no rollouts yet")

@@ -1,0 +1,38 @@
+"""Staged fleet rollouts: waves, soak, automatic abort and rollback, resumable.
+
+    controller   the pure state machine: plan_waves, decide, apply_request
+    store        rollouts and assignments in the database
+    runner       the I/O shell: tick (decide, persist, publish) and its lifespan hook
+    metrics      rollout and fleet gauges for /metrics
+"""
+
+from server.rollouts.controller import (
+    Decision,
+    DeviceAssignment,
+    DeviceObservation,
+    RolloutPolicy,
+    RolloutState,
+    apply_request,
+    decide,
+    plan_waves,
+)
+from server.rollouts.errors import RolloutConflictError, RolloutError, RolloutStateError
+from server.rollouts.runner import RolloutRunner, rollout_lifespan
+from server.rollouts.store import RolloutSpec
+
+__all__ = [
+    "Decision",
+    "DeviceAssignment",
+    "DeviceObservation",
+    "RolloutConflictError",
+    "RolloutError",
+    "RolloutPolicy",
+    "RolloutRunner",
+    "RolloutSpec",
+    "RolloutState",
+    "RolloutStateError",
+    "apply_request",
+    "decide",
+    "plan_waves",
+    "rollout_lifespan",
+]

@@ -1,0 +1,489 @@
+"""The rollout controller: a pure state machine over a rollout and what devices report.
+
+    plan_waves(device_count, waves_pct) -> cumulative device counts per wave
+    decide(rollout, observations, now) -> Decision(rollout, changed devices, commands, events)
+    apply_request(rollout, request, actor, now) -> RolloutState   (pause / resume / abort)
+
+No I/O, no clock, no randomness: the shell (server.rollouts.runner) loads the state and the
+device observations, calls `decide`, persists the result *before* it publishes the commands
+the decision asks for, and ticks again.
+
+Rollout statuses (the transition table, `TRANSITIONS`):
+
+    running ──pause──► paused ──resume──► running
+    running ──every wave passed, no device left to catch up──► completed
+    running | paused ──abort (operator) or failures over threshold──► aborting
+    aborting ──every updated device rolled back (or given up on)──► aborted
+
+Device phases within a rollout:
+
+    queued ─(its wave starts)─► sent | waiting (offline) | already (runs the target)
+    waiting ─(comes online while running)─► sent ; ─(never, by the end)─► missed
+    sent ─► succeeded (reports the target committed) | failed (update_failed/rolled_back for
+           the target) | timed_out (no verdict within `device_timeout_s`)
+    succeeded ─(later reports a rollback of the target)─► failed
+    aborting: queued/waiting ─► skipped ; succeeded ─► rollback_sent ─► rolled_back
+              (or rollback_failed when it still runs the target after `device_timeout_s`)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from server.rollouts.errors import RolloutStateError
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "COMMITTED_STATES",
+    "CommandAction",
+    "Decision",
+    "DeviceAssignment",
+    "DeviceObservation",
+    "FAILED_STATES",
+    "Phase",
+    "RolloutPolicy",
+    "RolloutState",
+    "RolloutStatus",
+    "TRANSITIONS",
+    "apply_request",
+    "decide",
+    "plan_waves",
+]
+
+RolloutStatus = Literal["running", "paused", "aborting", "completed", "aborted"]
+Phase = Literal[
+    "queued",
+    "waiting",
+    "already",
+    "sent",
+    "succeeded",
+    "failed",
+    "timed_out",
+    "missed",
+    "skipped",
+    "rollback_sent",
+    "rolled_back",
+    "rollback_failed",
+]
+Request = Literal["pause", "resume", "abort"]
+
+ACTIVE_STATUSES: frozenset[str] = frozenset({"running", "paused", "aborting"})
+TRANSITIONS: Mapping[str, frozenset[str]] = {
+    "running": frozenset({"paused", "aborting", "completed"}),
+    "paused": frozenset({"running", "aborting"}),
+    "aborting": frozenset({"aborted"}),
+    "completed": frozenset(),
+    "aborted": frozenset(),
+}
+# A device runs the target and its health window is over. "running" is the steady state an
+# agent reports after a restart (or an agent without a health window) with the same release.
+COMMITTED_STATES: frozenset[str] = frozenset({"committed", "running"})
+FAILED_STATES: frozenset[str] = frozenset({"update_failed", "rolled_back"})
+# States in which a device is still busy with an update or a rollback.
+BUSY_STATES: frozenset[str] = frozenset(
+    {"downloading", "verifying", "staged", "smoke_testing", "switching", "health_window",
+     "rolling_back", "starting"}
+)
+UPDATED_PHASES: frozenset[str] = frozenset({"sent", "succeeded", "failed", "timed_out"})
+DEFAULT_WAVES_PCT: tuple[float, ...] = (1.0, 10.0, 50.0, 100.0)
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutPolicy:
+    """How a rollout proceeds and when it gives up. Percentages are 0-100."""
+
+    waves_pct: tuple[float, ...] = DEFAULT_WAVES_PCT  # cumulative share of the target devices
+    soak_s: float = 60.0  # wait after a wave passed before the next one starts
+    success_pct: float = 90.0  # of a wave's reachable devices that must commit for it to pass
+    failure_threshold_pct: float = 10.0  # abort when failures reach this share of updated...
+    failure_min_count: int = 1  # ...and at least this many devices failed
+    device_timeout_s: float = 600.0  # a sent device with no verdict by then has timed out
+
+    def __post_init__(self) -> None:
+        waves = tuple(float(p) for p in self.waves_pct)
+        if not waves or any(not 0 < p <= 100 for p in waves) or list(waves) != sorted(set(waves)):
+            raise ValueError("waves_pct must be increasing percentages in (0, 100]")
+        if waves[-1] != 100.0:
+            waves = (*waves, 100.0)
+        object.__setattr__(self, "waves_pct", waves)
+        if self.soak_s < 0 or self.device_timeout_s <= 0:
+            raise ValueError("soak_s must be >= 0 and device_timeout_s > 0")
+        if not 0 < self.success_pct <= 100 or not 0 < self.failure_threshold_pct <= 100:
+            raise ValueError("success_pct and failure_threshold_pct must be in (0, 100]")
+        if self.failure_min_count < 1:
+            raise ValueError("failure_min_count must be at least 1")
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "waves_pct": list(self.waves_pct),
+            "soak_s": self.soak_s,
+            "success_pct": self.success_pct,
+            "failure_threshold_pct": self.failure_threshold_pct,
+            "failure_min_count": self.failure_min_count,
+            "device_timeout_s": self.device_timeout_s,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, object]) -> "RolloutPolicy":
+        return cls(**{k: (tuple(v) if k == "waves_pct" else v) for k, v in raw.items()})  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceObservation:
+    """What the fleet inventory says about one device (times are epoch seconds)."""
+
+    online: bool
+    state: str | None = None
+    release: str | None = None
+    target: str | None = None
+    reason: str | None = None
+    status_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceAssignment:
+    device_id: str
+    wave: int
+    phase: Phase = "queued"
+    command_id: str | None = None
+    sent_at: float | None = None
+    resolved_at: float | None = None
+    rollback_command_id: str | None = None
+    rollback_sent_at: float | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutState:
+    id: int
+    target: str
+    status: RolloutStatus
+    policy: RolloutPolicy
+    devices: Mapping[str, DeviceAssignment]
+    current_wave: int = 0
+    wave_started_at: float | None = None
+    soak_started_at: float | None = None
+    reason: str | None = None
+    finished_at: float | None = None
+
+    @property
+    def wave_count(self) -> int:
+        return 1 + max((a.wave for a in self.devices.values()), default=0)
+
+    def counts(self) -> dict[str, int]:
+        result: dict[str, int] = {}
+        for assignment in self.devices.values():
+            result[assignment.phase] = result.get(assignment.phase, 0) + 1
+        return result
+
+
+@dataclass(frozen=True, slots=True)
+class CommandAction:
+    kind: Literal["update", "rollback"]
+    target: str
+    device_ids: tuple[str, ...]
+    command_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    rollout: RolloutState
+    changed: Mapping[str, DeviceAssignment] = field(default_factory=dict)
+    commands: tuple[CommandAction, ...] = ()
+    events: tuple[str, ...] = ()
+
+    @property
+    def status_changed(self) -> bool:
+        return bool(self.events)
+
+
+def plan_waves(device_count: int, waves_pct: Sequence[float]) -> list[int]:
+    """Cumulative device counts per wave: each wave adds at least one device; waves that
+    would add none (small fleets) are dropped. `plan_waves(200, (1, 10, 50, 100))` is
+    `[2, 20, 100, 200]`."""
+    if device_count <= 0:
+        return []
+    counts: list[int] = []
+    for pct in waves_pct:
+        wanted = min(device_count, max(1, math.ceil(device_count * pct / 100 - 1e-9)))
+        if counts and wanted <= counts[-1]:
+            wanted = counts[-1] + 1
+        if wanted > device_count:
+            break
+        counts.append(wanted)
+    if counts[-1] != device_count:
+        counts.append(device_count)
+    return counts
+
+
+def assign_waves(device_ids: Sequence[str], waves_pct: Sequence[float]) -> list[DeviceAssignment]:
+    """Devices in the given order, cut into waves by `plan_waves`."""
+    cumulative = plan_waves(len(device_ids), waves_pct)
+    result: list[DeviceAssignment] = []
+    wave = 0
+    for position, device_id in enumerate(device_ids):
+        while position >= cumulative[wave]:
+            wave += 1
+        result.append(DeviceAssignment(device_id=device_id, wave=wave))
+    return result
+
+
+def apply_request(rollout: RolloutState, request: Request, actor: str, now: float) -> RolloutState:
+    """An operator's pause, resume or abort; RolloutStateError if the status forbids it."""
+    wanted: dict[Request, tuple[frozenset[str], RolloutStatus]] = {
+        "pause": (frozenset({"running"}), "paused"),
+        "resume": (frozenset({"paused"}), "running"),
+        "abort": (frozenset({"running", "paused"}), "aborting"),
+    }
+    allowed_from, new_status = wanted[request]
+    if rollout.status not in allowed_from:
+        raise RolloutStateError(
+            f"cannot {request} rollout {rollout.id}: it is {rollout.status} "
+            f"(allowed from {', '.join(sorted(allowed_from))})"
+        )
+    reason = f"{request}d by {actor}" if request != "abort" else f"aborted by {actor}"
+    return replace(rollout, status=new_status, reason=reason if request != "resume" else None)
+
+
+# The pure core ----------------------------------------------------------------------------
+
+
+class _Tick:
+    """Accumulates one decision: changed devices, commands and events."""
+
+    def __init__(self, rollout: RolloutState, observations: Mapping[str, DeviceObservation],
+                 now: float) -> None:
+        self.rollout = rollout
+        self.observations = observations
+        self.now = now
+        self.devices: dict[str, DeviceAssignment] = dict(rollout.devices)
+        self.changed: dict[str, DeviceAssignment] = {}
+        self.events: list[str] = []
+        self.updates: list[str] = []
+        self.rollbacks: list[str] = []
+
+    def set(self, assignment: DeviceAssignment, **changes: object) -> DeviceAssignment:
+        new = replace(assignment, **changes)  # type: ignore[arg-type]
+        self.devices[new.device_id] = new
+        self.changed[new.device_id] = new
+        return new
+
+    def fresh(self, obs: DeviceObservation | None, since: float | None) -> bool:
+        """`obs` was reported after `since` (a report from before a command says nothing)."""
+        return obs is not None and obs.status_at is not None and (
+            since is None or obs.status_at >= since
+        )
+
+    def send_update(self, assignment: DeviceAssignment) -> None:
+        self.set(assignment, phase="sent", sent_at=self.now,
+                 command_id=self.command_id("update"), reason=None)
+        self.updates.append(assignment.device_id)
+
+    def send_rollback(self, assignment: DeviceAssignment) -> None:
+        self.set(assignment, phase="rollback_sent", rollback_sent_at=self.now,
+                 rollback_command_id=self.command_id("rollback"))
+        self.rollbacks.append(assignment.device_id)
+
+    def command_id(self, kind: str) -> str:
+        return f"rollout-{self.rollout.id}-{kind}-{int(self.now * 1000)}"
+
+    def decision(self, rollout: RolloutState) -> Decision:
+        rollout = replace(rollout, devices=self.devices)
+        commands = []
+        if self.updates:
+            commands.append(CommandAction("update", rollout.target, tuple(self.updates),
+                                          self.command_id("update")))
+        if self.rollbacks:
+            commands.append(CommandAction("rollback", rollout.target, tuple(self.rollbacks),
+                                          self.command_id("rollback")))
+        return Decision(rollout, self.changed, tuple(commands), tuple(self.events))
+
+
+def decide(
+    rollout: RolloutState, observations: Mapping[str, DeviceObservation], now: float
+) -> Decision:
+    """One step of the rollout: judge what devices reported, then act on it."""
+    if rollout.status not in ACTIVE_STATUSES:
+        return Decision(rollout)
+    tick = _Tick(rollout, observations, now)
+    _judge_sent(tick)
+    if rollout.status in ("running", "paused"):
+        abort_reason = _failure_threshold_crossed(tick)
+        if abort_reason is not None:
+            rollout = replace(rollout, status="aborting", reason=abort_reason)
+            tick.events.append(f"aborting: {abort_reason}")
+    if rollout.status == "running":
+        rollout = _run(tick, rollout)
+    if rollout.status == "aborting":
+        rollout = _abort(tick, rollout)
+    return tick.decision(rollout)
+
+
+def _judge_sent(tick: _Tick) -> None:
+    """Turn fresh reports of sent (and succeeded) devices into verdicts."""
+    target = tick.rollout.target
+    timeout_s = tick.rollout.policy.device_timeout_s
+    for assignment in list(tick.devices.values()):
+        obs = tick.observations.get(assignment.device_id)
+        if assignment.phase == "sent":
+            if tick.fresh(obs, assignment.sent_at):
+                assert obs is not None
+                if obs.release == target and obs.state in COMMITTED_STATES:
+                    tick.set(assignment, phase="succeeded", resolved_at=tick.now)
+                    continue
+                if obs.target == target and obs.state in FAILED_STATES:
+                    tick.set(assignment, phase="failed", resolved_at=tick.now,
+                             reason=f"{obs.state}: {obs.reason or 'no reason given'}")
+                    continue
+            if assignment.sent_at is not None and tick.now - assignment.sent_at > timeout_s:
+                state = obs.state if obs is not None else "unknown"
+                tick.set(assignment, phase="timed_out", resolved_at=tick.now,
+                         reason=f"no verdict within {timeout_s:.0f} s (last state {state})")
+        elif assignment.phase == "succeeded" and obs is not None:
+            if obs.target == target and obs.state in FAILED_STATES and obs.release != target:
+                tick.set(assignment, phase="failed", resolved_at=tick.now,
+                         reason=f"{obs.state} after commit: {obs.reason or 'no reason given'}")
+
+
+def _failure_threshold_crossed(tick: _Tick) -> str | None:
+    policy = tick.rollout.policy
+    updated = sum(1 for a in tick.devices.values() if a.phase in UPDATED_PHASES)
+    failed = sum(1 for a in tick.devices.values() if a.phase in ("failed", "timed_out"))
+    if failed >= policy.failure_min_count and failed * 100 >= policy.failure_threshold_pct * max(
+        updated, 1
+    ):
+        return (
+            f"{failed} of {updated} updated devices failed "
+            f"(threshold {policy.failure_threshold_pct:g}%, minimum {policy.failure_min_count})"
+        )
+    return None
+
+
+def _start_device(tick: _Tick, assignment: DeviceAssignment) -> None:
+    obs = tick.observations.get(assignment.device_id)
+    if obs is not None and obs.release == tick.rollout.target and obs.state in COMMITTED_STATES:
+        tick.set(assignment, phase="already", resolved_at=tick.now)
+    elif obs is not None and obs.online:
+        tick.send_update(assignment)
+    elif assignment.phase != "waiting":
+        tick.set(assignment, phase="waiting")
+
+
+def _run(tick: _Tick, rollout: RolloutState) -> RolloutState:
+    policy = rollout.policy
+    # Catch up: devices of started waves that were offline and are back.
+    for assignment in list(tick.devices.values()):
+        if assignment.phase == "waiting":
+            _start_device(tick, assignment)
+    if rollout.wave_started_at is None:  # a fresh rollout: start the first wave
+        return _start_wave(tick, rollout, 0)
+    wave = rollout.current_wave
+    members = [a for a in tick.devices.values() if a.wave == wave]
+    if any(a.phase == "sent" for a in members):
+        return rollout
+    waiting = sum(1 for a in members if a.phase == "waiting")
+    succeeded = sum(1 for a in members if a.phase in ("succeeded", "already"))
+    reachable = len(members) - waiting
+    needed = math.ceil(reachable * policy.success_pct / 100 - 1e-9)
+    if reachable == 0:
+        assert rollout.wave_started_at is not None
+        if tick.now - rollout.wave_started_at < policy.device_timeout_s:
+            return rollout  # nobody of this wave is online yet
+    elif succeeded < max(1, needed):
+        reason = (
+            f"wave {wave + 1} settled with {succeeded} of {reachable} reachable devices "
+            f"committed (needs {policy.success_pct:g}%)"
+        )
+        tick.events.append(f"aborting: {reason}")
+        return replace(rollout, status="aborting", reason=reason)
+    if rollout.soak_started_at is None:
+        tick.events.append(f"wave {wave + 1} passed; soaking {policy.soak_s:g} s")
+        return replace(rollout, soak_started_at=tick.now)
+    if tick.now - rollout.soak_started_at < policy.soak_s:
+        return rollout
+    if wave + 1 < rollout.wave_count:
+        return _start_wave(tick, rollout, wave + 1)
+    return _finish_when_caught_up(tick, rollout)
+
+
+def _start_wave(tick: _Tick, rollout: RolloutState, wave: int) -> RolloutState:
+    for assignment in list(tick.devices.values()):
+        if assignment.wave == wave and assignment.phase == "queued":
+            _start_device(tick, assignment)
+    tick.events.append(f"wave {wave + 1} of {rollout.wave_count} started")
+    return replace(rollout, current_wave=wave, wave_started_at=tick.now, soak_started_at=None)
+
+
+def _finish_when_caught_up(tick: _Tick, rollout: RolloutState) -> RolloutState:
+    """After the last wave: wait for offline devices until their timeout, then report them
+    missed and complete."""
+    timeout_s = rollout.policy.device_timeout_s
+    assert rollout.wave_started_at is not None
+    for assignment in list(tick.devices.values()):
+        if assignment.phase == "waiting" and tick.now - rollout.wave_started_at >= timeout_s:
+            tick.set(assignment, phase="missed", resolved_at=tick.now,
+                     reason=f"offline for {timeout_s:.0f} s after the last wave started")
+    if any(a.phase in ("waiting", "sent", "queued") for a in tick.devices.values()):
+        return rollout
+    missed = sum(1 for a in tick.devices.values() if a.phase == "missed")
+    tick.events.append("completed" + (f" ({missed} devices missed)" if missed else ""))
+    return replace(rollout, status="completed", finished_at=tick.now)
+
+
+def _abort(tick: _Tick, rollout: RolloutState) -> RolloutState:
+    """Stop sending updates; roll back every device this rollout put on the target."""
+    target = rollout.target
+    timeout_s = rollout.policy.device_timeout_s
+    for assignment in list(tick.devices.values()):
+        obs = tick.observations.get(assignment.device_id)
+        if assignment.phase in ("queued", "waiting"):
+            tick.set(assignment, phase="skipped", reason="rollout aborted before its update")
+        elif assignment.phase in ("sent", "failed", "timed_out", "succeeded"):
+            # Roll back only a device that settled on the target: one still busy finishes
+            # first (its own health window may roll it back), one elsewhere needs nothing.
+            on_target = (
+                obs is not None
+                and obs.release == target
+                and obs.state not in BUSY_STATES
+                and tick.fresh(obs, assignment.sent_at)
+            )
+            if on_target:
+                tick.send_rollback(assignment)
+        elif assignment.phase == "rollback_sent":
+            if tick.fresh(obs, assignment.rollback_sent_at):
+                assert obs is not None
+                if obs.release != target and obs.state not in BUSY_STATES:
+                    tick.set(assignment, phase="rolled_back", resolved_at=tick.now)
+                    continue
+            sent_at = assignment.rollback_sent_at or tick.now
+            if tick.now - sent_at > timeout_s:
+                tick.set(assignment, phase="rollback_failed", resolved_at=tick.now,
+                         reason=f"still on {target} {timeout_s:.0f} s after rollback was sent")
+    if _abort_settled(tick, rollout):
+        tick.events.append("aborted")
+        return replace(rollout, status="aborted", finished_at=tick.now)
+    return rollout
+
+
+def _abort_settled(tick: _Tick, rollout: RolloutState) -> bool:
+    """Nothing left that may still land on the target or is being rolled back."""
+    timeout_s = rollout.policy.device_timeout_s
+    for assignment in tick.devices.values():
+        if assignment.phase == "rollback_sent":
+            return False
+        if assignment.phase in ("sent", "succeeded", "failed", "timed_out"):
+            obs = tick.observations.get(assignment.device_id)
+            if obs is not None and obs.release == rollout.target:
+                return False  # on the target, its rollback goes out when it settles
+            busy = obs is not None and obs.state in BUSY_STATES and obs.online
+            recent = assignment.sent_at is not None and tick.now - assignment.sent_at <= timeout_s
+            if busy and recent:
+                return False
+            if assignment.phase == "sent" and recent and (obs is None or not tick.fresh(
+                obs, assignment.sent_at
+            )):
+                return False  # has not answered yet: it may still apply the update
+    return True

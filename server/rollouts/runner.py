@@ -1,0 +1,217 @@
+"""The I/O shell around the rollout controller: tick, persist, then publish.
+
+    runner = RolloutRunner(session_factory, publisher)
+    runner.tick()                       # one step of every active rollout
+    rollout_lifespan(runner, 0.5)       # a build_app lifespan hook ticking in a thread
+
+Each tick, in one transaction: read every device's last status (and record status changes
+as device events: the console's status history), load each active rollout, `decide`, and
+write the decision — the per-device assignment and the command id included. Only after the
+commit are the commands published, so a server killed at any instant never sends a device
+the same rollout's update twice: after a restart the assignment says it was sent.
+
+A command the broker did not confirm is put back (update: the device waits for its next
+turn; rollback: it is re-sent next tick), with a new command id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from edgeops.errors import EdgeOpsError
+from edgeops.messages import Command
+from server.commands import CommandDeliveryError, CommandPublisher
+from server.db import DeviceEvent, Rollout
+from server.rollouts import store
+from server.rollouts.controller import (
+    ACTIVE_STATUSES,
+    CommandAction,
+    DeviceObservation,
+    decide,
+)
+
+__all__ = ["RolloutRunner", "RunnerStats", "rollout_lifespan"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TICK_S = 0.5
+_Snapshot = tuple[bool, str | None, str | None, str | None, str | None]
+
+
+@dataclass
+class RunnerStats:
+    """Counters since this process started (exported at /metrics)."""
+
+    ticks: int = 0
+    tick_errors: int = 0
+    commands_sent: dict[str, int] = field(default_factory=lambda: {"update": 0, "rollback": 0})
+    commands_failed: int = 0
+    rollouts_finished: dict[str, int] = field(
+        default_factory=lambda: {"completed": 0, "aborted": 0}
+    )
+    last_tick_s: float = 0.0
+
+
+class RolloutRunner:
+    """Ticks every active rollout: decide, persist, publish."""
+
+    def __init__(
+        self,
+        session_factory: sessionmaker,
+        publisher: CommandPublisher,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._session_factory = session_factory
+        self._publisher = publisher
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._seen: dict[str, _Snapshot] | None = None
+        self.stats = RunnerStats()
+
+    def tick(self) -> int:
+        """One step of every active rollout; returns how many commands were published."""
+        if not self._publisher.wait_connected(0):
+            return 0  # nothing can be acted on; decide again once the broker is back
+        with self._lock:
+            started = time.perf_counter()
+            now = self._clock()
+            with self._session_factory.begin() as session:
+                observations = store.observe_devices(session)
+                self._record_history(session, observations, now)
+                commands = self._decide_all(session, observations, now)
+            sent = sum(self._publish(action, now) for action in commands)
+            self.stats.ticks += 1
+            self.stats.last_tick_s = time.perf_counter() - started
+            return sent
+
+    # One transaction -------------------------------------------------------------------
+
+    def _decide_all(
+        self, session: Session, observations: dict[str, DeviceObservation], now: float
+    ) -> list[tuple[int, CommandAction]]:
+        commands: list[tuple[int, CommandAction]] = []
+        active = session.scalars(
+            select(Rollout).where(Rollout.status.in_(sorted(ACTIVE_STATUSES))).order_by(Rollout.id)
+        ).all()
+        for rollout in active:
+            state = store.load_state(session, rollout)
+            decision = decide(state, observations, now)
+            unchanged = not decision.changed and replace(
+                decision.rollout, devices=state.devices
+            ) == state
+            if unchanged:
+                continue
+            if not store.save_decision(session, decision, rollout.revision, now):
+                logger.info("rollout %d changed during the tick; deciding again next tick",
+                            rollout.id)
+                continue
+            for event in decision.events:
+                logger.info("rollout %d (%s): %s", rollout.id, rollout.target, event,
+                            extra={"rollout_id": rollout.id, "release": rollout.target})
+            if decision.rollout.status in ("completed", "aborted"):
+                self.stats.rollouts_finished[decision.rollout.status] += 1
+            commands.extend((rollout.id, action) for action in decision.commands)
+        return commands
+
+    def _record_history(
+        self, session: Session, observations: dict[str, DeviceObservation], now: float
+    ) -> None:
+        current = {
+            device_id: (obs.online, obs.state, obs.release, obs.target, obs.reason)
+            for device_id, obs in observations.items()
+        }
+        previous, self._seen = self._seen, current
+        if previous is None:
+            return  # first tick of this process: nothing to compare with yet
+        stamp = datetime.fromtimestamp(now, timezone.utc)
+        rows = [
+            {"device_id": device_id, "at": stamp, "online": snap[0], "state": snap[1],
+             "release": snap[2], "target": snap[3], "reason": snap[4]}
+            for device_id, snap in current.items()
+            if previous.get(device_id) != snap
+        ]
+        if rows:
+            session.execute(DeviceEvent.__table__.insert(), rows)  # type: ignore[attr-defined]
+
+    # After the commit ------------------------------------------------------------------
+
+    def _publish(self, item: tuple[int, CommandAction], now: float) -> int:
+        rollout_id, action = item
+        command = Command(command_id=action.command_id, kind=action.kind, target=action.target,
+                          issued_at=now)
+        try:
+            self._publisher.send_many(action.device_ids, command)
+        except CommandDeliveryError as err:
+            logger.warning("rollout %d: %s", rollout_id, err)
+            self.stats.commands_failed += len(err.failed)
+            self._put_back(rollout_id, action, err.failed)
+            delivered = len(err.delivered)
+        except EdgeOpsError as err:  # a bad topic: nothing was sent
+            logger.error("rollout %d: %s not sent: %s", rollout_id, action.kind, err)
+            self.stats.commands_failed += len(action.device_ids)
+            self._put_back(rollout_id, action, list(action.device_ids))
+            delivered = 0
+        else:
+            delivered = len(action.device_ids)
+        self.stats.commands_sent[action.kind] += delivered
+        return delivered
+
+    def _put_back(self, rollout_id: int, action: CommandAction, device_ids: list[str]) -> None:
+        with self._session_factory.begin() as session:
+            rollout = session.get(Rollout, rollout_id)
+            if rollout is None:
+                return
+            state = store.load_state(session, rollout)
+            reason = f"{action.kind} not confirmed by the broker; will retry"
+            changed = {
+                d: replace(state.devices[d], phase="waiting", command_id=None, sent_at=None,
+                           reason=reason)
+                if action.kind == "update"
+                else replace(state.devices[d], phase="succeeded", reason=reason)
+                for d in device_ids
+                if d in state.devices
+            }
+            store.write_assignments(session, rollout_id, changed)
+
+
+def rollout_lifespan(
+    runner: RolloutRunner, interval_s: float = DEFAULT_TICK_S
+) -> Callable[[Any], Any]:
+    """A lifespan hook (server.service.LifespanHook) ticking `runner` every `interval_s`."""
+
+    @asynccontextmanager
+    async def hook(app: Any) -> AsyncIterator[None]:
+        app.state.rollout_runner = runner
+
+        async def loop() -> None:
+            while True:
+                try:
+                    await asyncio.to_thread(runner.tick)
+                except Exception:  # keep ticking: the next tick reloads everything
+                    runner.stats.tick_errors += 1
+                    logger.exception("rollout tick failed; retrying in %.1f s", interval_s)
+                await asyncio.sleep(interval_s)
+
+        task = asyncio.create_task(loop(), name="rollout-runner")
+        try:
+            yield
+        finally:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    return hook

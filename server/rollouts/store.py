@@ -1,0 +1,313 @@
+"""Rollouts in the database: create, load, save a decision, operator requests.
+
+Functions over a SQLAlchemy session; the caller owns the transaction. A rollout row carries
+a `revision`: `save_decision` and `request` update it only if nobody changed it since it was
+loaded (optimistic concurrency between the runner and the API), so an operator's pause is
+never overwritten by a tick computed from the state before it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from sqlalchemy import bindparam, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from edgeops.errors import ConfigError, NotFoundError
+from server.db import Device, DeviceLabel, Release, Rollout, RolloutDevice
+from server.rollouts.controller import (
+    ACTIVE_STATUSES,
+    Decision,
+    DeviceAssignment,
+    DeviceObservation,
+    Request,
+    RolloutPolicy,
+    RolloutState,
+    apply_request,
+    assign_waves,
+)
+from server.rollouts.errors import RolloutConflictError
+
+__all__ = [
+    "FLEET_SCOPE",
+    "RolloutSpec",
+    "create_rollout",
+    "get_rollout",
+    "list_rollouts",
+    "load_state",
+    "observe_devices",
+    "request",
+    "save_decision",
+    "select_devices",
+]
+
+FLEET_SCOPE = "*"  # the scope of a rollout to the whole fleet
+
+
+@dataclass(frozen=True)
+class RolloutSpec:
+    target: str
+    group: str | None = None  # None: every device
+    tags: tuple[str, ...] = ()  # a device must carry all of them
+    policy: RolloutPolicy = RolloutPolicy()
+
+
+def _epoch(moment: datetime | None) -> float | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+def select_devices(session: Session, group: str | None, tags: Sequence[str]) -> list[str]:
+    """Device ids matching `group` (devices without labels are in "default") and carrying
+    every tag, in id order (the order waves take them in)."""
+    rows = session.execute(
+        select(Device.device_id, DeviceLabel.group_name, DeviceLabel.tags)
+        .outerjoin(DeviceLabel, DeviceLabel.device_id == Device.device_id)
+        .order_by(Device.device_id)
+    )
+    wanted = set(tags)
+    chosen = []
+    for device_id, group_name, device_tags in rows:
+        if group is not None and (group_name or "default") != group:
+            continue
+        if wanted and not wanted <= set(device_tags or ()):
+            continue
+        chosen.append(device_id)
+    return chosen
+
+
+def _active_conflict(session: Session, scope: str) -> Rollout | None:
+    stmt = select(Rollout).where(Rollout.active_scope.is_not(None))
+    if scope != FLEET_SCOPE:
+        stmt = stmt.where(Rollout.active_scope.in_([scope, FLEET_SCOPE]))
+    return session.scalars(stmt.order_by(Rollout.id).limit(1)).first()
+
+
+def create_rollout(session: Session, spec: RolloutSpec, actor: str, now: float) -> Rollout:
+    """Create a running rollout; its first wave starts on the runner's next tick.
+
+    NotFoundError if the target is not a release; ConfigError if it selects no device;
+    RolloutConflictError if a rollout is active for the same group (or the whole fleet).
+    """
+    if session.scalar(select(Release.id).where(Release.target_path == spec.target)) is None:
+        raise NotFoundError(f"no release has target path {spec.target!r}")
+    scope = spec.group if spec.group is not None else FLEET_SCOPE
+    conflict = _active_conflict(session, scope)
+    if conflict is not None:
+        raise RolloutConflictError(_conflict_message(conflict))
+    device_ids = select_devices(session, spec.group, spec.tags)
+    if not device_ids:
+        where = f"group {spec.group!r}" if spec.group is not None else "the fleet"
+        tags = f" with tags {sorted(spec.tags)}" if spec.tags else ""
+        raise ConfigError(f"no device in {where}{tags}: nothing to roll out to")
+    stamp = datetime.fromtimestamp(now, timezone.utc)
+    rollout = Rollout(
+        target=spec.target,
+        group_name=spec.group,
+        tags=sorted(spec.tags),
+        policy=spec.policy.to_json(),
+        status="running",
+        active_scope=scope,
+        current_wave=0,
+        revision=0,
+        created_by=actor,
+        created_at=stamp,
+        updated_at=stamp,
+    )
+    session.add(rollout)
+    try:
+        session.flush()
+    except IntegrityError as err:  # another request won the race for this scope
+        session.rollback()
+        raise RolloutConflictError(
+            f"another rollout became active for {scope!r} at the same time; try again"
+        ) from err
+    session.execute(
+        RolloutDevice.__table__.insert(),  # type: ignore[attr-defined]
+        [
+            {"rollout_id": rollout.id, "device_id": a.device_id, "position": position,
+             "wave": a.wave, "phase": a.phase}
+            for position, a in enumerate(assign_waves(device_ids, spec.policy.waves_pct))
+        ],
+    )
+    return rollout
+
+
+def _conflict_message(conflict: Rollout) -> str:
+    scope = "the whole fleet" if conflict.group_name is None else f"group {conflict.group_name!r}"
+    return (
+        f"rollout {conflict.id} of {conflict.target} is already {conflict.status} for {scope}; "
+        f"pause is not enough: abort it or wait until it finishes"
+    )
+
+
+def get_rollout(session: Session, rollout_id: int) -> Rollout:
+    rollout = session.get(Rollout, rollout_id)
+    if rollout is None:
+        raise NotFoundError(f"no rollout {rollout_id}")
+    return rollout
+
+
+def list_rollouts(session: Session, status: str | None = None, limit: int = 100) -> list[Rollout]:
+    stmt = select(Rollout).order_by(Rollout.id.desc()).limit(limit)
+    if status is not None:
+        stmt = stmt.where(Rollout.status == status)
+    return list(session.scalars(stmt))
+
+
+def assignments(session: Session, rollout_id: int) -> list[RolloutDevice]:
+    return list(
+        session.scalars(
+            select(RolloutDevice)
+            .where(RolloutDevice.rollout_id == rollout_id)
+            .order_by(RolloutDevice.position)
+        )
+    )
+
+
+def phase_counts(session: Session, rollout_ids: Iterable[int]) -> dict[int, dict[str, int]]:
+    """{rollout id: {phase: devices}} in one query."""
+    ids = list(rollout_ids)
+    result: dict[int, dict[str, int]] = {i: {} for i in ids}
+    if not ids:
+        return result
+    rows = session.execute(
+        select(RolloutDevice.rollout_id, RolloutDevice.phase, func.count())
+        .where(RolloutDevice.rollout_id.in_(ids))
+        .group_by(RolloutDevice.rollout_id, RolloutDevice.phase)
+    )
+    for rollout_id, phase, count in rows:
+        result[rollout_id][phase] = count
+    return result
+
+
+def load_state(session: Session, rollout: Rollout, *, with_devices: bool = True) -> RolloutState:
+    rows = assignments(session, rollout.id) if with_devices else []
+    devices = {
+        row.device_id: DeviceAssignment(
+            device_id=row.device_id,
+            wave=row.wave,
+            phase=row.phase,  # type: ignore[arg-type]
+            command_id=row.command_id,
+            sent_at=row.sent_at,
+            resolved_at=row.resolved_at,
+            rollback_command_id=row.rollback_command_id,
+            rollback_sent_at=row.rollback_sent_at,
+            reason=row.reason,
+        )
+        for row in rows
+    }
+    return RolloutState(
+        id=rollout.id,
+        target=rollout.target,
+        status=rollout.status,  # type: ignore[arg-type]
+        policy=RolloutPolicy.from_json(rollout.policy),
+        devices=devices,
+        current_wave=rollout.current_wave,
+        wave_started_at=rollout.wave_started_at,
+        soak_started_at=rollout.soak_started_at,
+        reason=rollout.reason,
+        finished_at=rollout.finished_at,
+    )
+
+
+def observe_devices(session: Session) -> dict[str, DeviceObservation]:
+    """Every device's last reported status, as the controller sees it."""
+    rows = session.execute(
+        select(Device.device_id, Device.online, Device.state, Device.release, Device.target,
+               Device.reason, Device.last_status_at)
+    )
+    return {
+        device_id: DeviceObservation(
+            online=bool(online), state=state, release=release, target=target, reason=reason,
+            status_at=_epoch(status_at),
+        )
+        for device_id, online, state, release, target, reason, status_at in rows
+    }
+
+
+def _write_rollout(session: Session, state: RolloutState, revision: int, now: float) -> bool:
+    values = {
+        "status": state.status,
+        "current_wave": state.current_wave,
+        "wave_started_at": state.wave_started_at,
+        "soak_started_at": state.soak_started_at,
+        "reason": state.reason,
+        "finished_at": state.finished_at,
+        "revision": revision + 1,
+        "updated_at": datetime.fromtimestamp(now, timezone.utc),
+    }
+    if state.status not in ACTIVE_STATUSES:
+        values["active_scope"] = None
+    result = session.execute(
+        update(Rollout)
+        .where(Rollout.id == state.id, Rollout.revision == revision)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+def save_decision(session: Session, decision: Decision, revision: int, now: float) -> bool:
+    """Persist `decision` for a rollout loaded at `revision`; False (and nothing written)
+    if the rollout changed since. The caller commits before publishing any command."""
+    if not _write_rollout(session, decision.rollout, revision, now):
+        return False
+    write_assignments(session, decision.rollout.id, decision.changed)
+    return True
+
+
+def write_assignments(
+    session: Session, rollout_id: int, changed: Mapping[str, DeviceAssignment]
+) -> None:
+    if not changed:
+        return
+    session.execute(
+        update(RolloutDevice.__table__)  # type: ignore[arg-type]
+        .where(
+            RolloutDevice.__table__.c.rollout_id == rollout_id,  # type: ignore[attr-defined]
+            RolloutDevice.__table__.c.device_id == bindparam("b_device_id"),  # type: ignore[attr-defined]
+        )
+        .values(
+            phase=bindparam("b_phase"),
+            command_id=bindparam("b_command_id"),
+            sent_at=bindparam("b_sent_at"),
+            resolved_at=bindparam("b_resolved_at"),
+            rollback_command_id=bindparam("b_rollback_command_id"),
+            rollback_sent_at=bindparam("b_rollback_sent_at"),
+            reason=bindparam("b_reason"),
+        ),
+        [
+            {
+                "b_device_id": a.device_id,
+                "b_phase": a.phase,
+                "b_command_id": a.command_id,
+                "b_sent_at": a.sent_at,
+                "b_resolved_at": a.resolved_at,
+                "b_rollback_command_id": a.rollback_command_id,
+                "b_rollback_sent_at": a.rollback_sent_at,
+                "b_reason": a.reason,
+            }
+            for a in changed.values()
+        ],
+    )
+
+
+def request(session: Session, rollout_id: int, what: Request, actor: str,
+            now: float | None = None) -> Rollout:
+    """Pause, resume or abort; RolloutStateError if the status forbids it."""
+    now = time.time() if now is None else now
+    rollout = get_rollout(session, rollout_id)
+    state = load_state(session, rollout, with_devices=False)
+    new_state = apply_request(state, what, actor, now)
+    if not _write_rollout(session, new_state, rollout.revision, now):
+        raise RolloutConflictError(f"rollout {rollout_id} changed meanwhile; try again")
+    session.expire(rollout)
+    return get_rollout(session, rollout_id)

@@ -1,0 +1,122 @@
+"""What an operator sees of a rollout: per-wave progress and totals (API, console, CLI).
+
+    summarize(rollout row, assignments) -> RolloutSummary
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from server.db import Rollout, RolloutDevice
+
+__all__ = ["DONE_PHASES", "FAILED_PHASES", "RolloutSummary", "WaveSummary", "summarize"]
+
+DONE_PHASES = frozenset({"succeeded", "already"})
+FAILED_PHASES = frozenset({"failed", "timed_out", "rollback_failed"})
+
+
+@dataclass(frozen=True)
+class WaveSummary:
+    index: int  # 1-based
+    devices: int
+    cumulative_devices: int
+    phases: dict[str, int]
+    done: int  # succeeded or already on the target
+    failed: int
+    status: str  # "queued" | "in_progress" | "soaking" | "passed"
+
+
+@dataclass(frozen=True)
+class RolloutSummary:
+    id: int
+    target: str
+    group: str | None
+    tags: list[str]
+    status: str
+    reason: str | None
+    policy: dict[str, Any]
+    current_wave: int  # 1-based
+    wave_count: int
+    devices: int
+    done: int
+    failed: int
+    progress_pct: float  # share of devices on the target and healthy
+    phases: dict[str, int]
+    waves: list[WaveSummary] = field(default_factory=list)
+    created_by: str = ""
+    created_at: str = ""
+    updated_at: str = ""
+    finished_at: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _wave_status(rollout: Rollout, index0: int) -> str:
+    if rollout.wave_started_at is None or index0 > rollout.current_wave:
+        return "queued"
+    if index0 < rollout.current_wave:
+        return "passed"
+    if rollout.status == "completed":
+        return "passed"
+    return "soaking" if rollout.soak_started_at is not None else "in_progress"
+
+
+def summarize(
+    rollout: Rollout,
+    assignments: Sequence[RolloutDevice] | None = None,
+    phase_counts: Mapping[str, int] | None = None,
+) -> RolloutSummary:
+    """Totals from `phase_counts` (cheap, for lists) or per wave from `assignments`."""
+    waves: list[WaveSummary] = []
+    phases: dict[str, int] = dict(phase_counts or {})
+    if assignments is not None:
+        phases = {}
+        per_wave: dict[int, dict[str, int]] = {}
+        for row in assignments:
+            phases[row.phase] = phases.get(row.phase, 0) + 1
+            wave = per_wave.setdefault(row.wave, {})
+            wave[row.phase] = wave.get(row.phase, 0) + 1
+        cumulative = 0
+        for index0 in sorted(per_wave):
+            counts = per_wave[index0]
+            size = sum(counts.values())
+            cumulative += size
+            waves.append(
+                WaveSummary(
+                    index=index0 + 1,
+                    devices=size,
+                    cumulative_devices=cumulative,
+                    phases=counts,
+                    done=sum(n for p, n in counts.items() if p in DONE_PHASES),
+                    failed=sum(n for p, n in counts.items() if p in FAILED_PHASES),
+                    status=_wave_status(rollout, index0),
+                )
+            )
+    total = sum(phases.values())
+    done = sum(n for p, n in phases.items() if p in DONE_PHASES)
+    failed = sum(n for p, n in phases.items() if p in FAILED_PHASES)
+    wave_count = len(waves) if waves else max(len(rollout.policy.get("waves_pct", [])), 1)
+    return RolloutSummary(
+        id=rollout.id,
+        target=rollout.target,
+        group=rollout.group_name,
+        tags=list(rollout.tags or []),
+        status=rollout.status,
+        reason=rollout.reason,
+        policy=dict(rollout.policy),
+        current_wave=rollout.current_wave + 1,
+        wave_count=wave_count,
+        devices=total,
+        done=done,
+        failed=failed,
+        progress_pct=round(100.0 * done / total, 1) if total else 0.0,
+        phases=phases,
+        waves=waves,
+        created_by=rollout.created_by,
+        created_at=rollout.created_at.isoformat() if rollout.created_at else "",
+        updated_at=rollout.updated_at.isoformat() if rollout.updated_at else "",
+        finished_at=rollout.finished_at,
+    )
