@@ -83,6 +83,44 @@ def init(
 
 
 @app.command()
+def enroll(
+    home: HomeOption,
+    token: Annotated[str, typer.Option("--token", help="One-time token from 'edgeops server enroll-token'")],
+    server: Annotated[
+        str | None, typer.Option("--server", help="Server base URL (default: the home's server_url)")
+    ] = None,
+    broker: Annotated[
+        str | None, typer.Option("--broker", help="The broker's TLS listener as HOST:PORT")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Get this device's certificate from the fleet CA: the key pair is made here and never
+    leaves the device; the server signs a CSR for the device id in exchange for the token.
+    Afterwards the agent connects to the broker with TLS and that certificate."""
+    from agent.enroll import enroll as enroll_device
+
+    config = load_config(home)
+    overrides: dict[str, Any] = {}
+    if broker is not None:
+        overrides["broker_host"], overrides["broker_port"] = _parse_broker(broker)
+    if server is not None:
+        overrides["server_url"] = server
+    outcome = enroll_device(config, token, server_url=server, **overrides)
+    emit(
+        {
+            "device_id": config.device_id,
+            "mode": outcome.mode,
+            "identity": str(config.identity.cert_file.parent),
+            "not_after": outcome.not_after,
+            "broker": f"{outcome.config.broker_host}:{outcome.config.broker_port}",
+        },
+        as_json,
+        f"device {config.device_id} enrolled ({outcome.mode}); identity in "
+        f"{config.identity.cert_file.parent}; broker TLS on",
+    )
+
+
+@app.command()
 def run(home: HomeOption) -> None:
     """Run the agent until SIGINT or SIGTERM, then publish `offline` and exit."""
     from agent.daemon import Agent
@@ -139,7 +177,41 @@ def local_status(home: Path) -> dict[str, Any]:
         }
     if pointer is not None:
         result["active"] = {"slot": pointer.slot, "previous": pointer.previous, **result["slots"][pointer.slot]}
+    result.update(_update_status(config.home, result["active"]))
     return result
+
+
+def _update_status(home: Path, active: dict[str, Any] | None) -> dict[str, Any]:
+    """The DeviceStatus fields the agent would publish, from `<home>/update_state.json`."""
+    from agent.update_journal import UpdateJournal
+
+    record = UpdateJournal(home).load()
+    serving = active is not None and "error" not in active
+    fields: dict[str, Any] = {
+        "state": "running" if serving else "idle",
+        "release": active.get("target") if serving and active else None,
+        "target": None,
+        "reason": None,
+        "update": None,
+    }
+    if record is not None:
+        fields.update(
+            state=record.state,
+            target=record.target,
+            reason=record.reason,
+            update={
+                "state": record.state,
+                "target": record.target,
+                "slot": record.slot,
+                "previous_target": record.previous_target,
+                "attempts": record.attempts,
+                "boots": record.boots,
+                "started_at": record.started_at,
+                "updated_at": record.updated_at,
+                "history": [list(item) for item in record.history],
+            },
+        )
+    return fields
 
 
 @app.command()
@@ -156,4 +228,8 @@ def status(home: HomeOption, as_json: JsonOption = False) -> None:
             f"device {result['device_id']}: {active['model']} v{active['version']} "
             f"({active['format']}) in slot {active['slot']}"
         )
+    if result.get("update"):
+        human += f"\nlast update: {result['target']} {result['state']}"
+        if result.get("reason"):
+            human += f" ({result['reason']})"
     emit(result, as_json, human)

@@ -12,6 +12,8 @@ The home holds everything the agent owns:
     <home>/downloads/           verified artifacts before they are copied into a slot
     <home>/slots/{a,b}/         A/B model slots (see model_store)
     <home>/active.json          pointer to the active slot (the commit point of an update)
+    <home>/identity/            device.key (0600), device.crt, ca.crt from enrollment
+    <home>/outbox.db            telemetry waiting for the broker's PUBACK (SQLite, WAL)
 """
 
 from __future__ import annotations
@@ -37,6 +39,16 @@ TUF_DIR = "tuf"
 TRUSTED_ROOT_FILE = "trusted_root.json"
 ENV_PREFIX = "EDGEOPS_AGENT_"
 DEFAULT_CLI_HTTP_PORT = 8765
+
+IDENTITY_DIR = "identity"
+
+
+@dataclass(frozen=True)
+class DeviceIdentityFiles:
+    cert_file: Path
+    key_file: Path  # 0600, made on the device, never sent anywhere
+    ca_file: Path
+
 
 # Fields that describe where the config lives rather than what it says.
 _NOT_IN_FILE = {"home"}
@@ -71,6 +83,26 @@ class AgentConfig:
     mqtt_reconnect_max_s: int = 30
     mqtt_max_queued_messages: int = 1000
     intra_op_threads: int = 1
+    # Identity and store-and-forward (docs/fleet-identity.md). broker_tls: TLS to the
+    # broker with the enrolled identity in <home>/identity/ (see `edgeops agent enroll`).
+    broker_tls: bool = False
+    outbox_max_messages: int = 10_000  # telemetry batches kept while the broker is away
+    outbox_max_bytes: int = 64 * 1024 * 1024  # beyond either, the oldest are dropped, counted
+    # OTA updates (see agent/update_runner.py). The health window's duration and sample
+    # count default to the release's health policy; these override it on this device.
+    health_window_s: float | None = None
+    health_min_samples: int | None = None
+    update_max_attempts: int = 3  # interrupted pre-switch attempts before giving up
+    update_max_boots: int = 3  # restarts while switching / in the health window: rollback
+    download_retries: int = 4
+    download_backoff_s: float = 0.5
+    download_min_bytes_per_s: float = 1024.0
+    max_artifact_bytes: int = 1024**3
+    max_metadata_bytes: int = 5_000_000
+    max_onnx_opset: int | None = None  # default: from the installed onnxruntime
+    # Testing only: the agent SIGKILLs itself at this named point of an update
+    # (EDGEOPS_AGENT_FAULT_POINT, read by the CLI entry point like every setting).
+    fault_point: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home))
@@ -85,10 +117,26 @@ class AgentConfig:
             "telemetry_interval_s": self.telemetry_interval_s,
             "request_timeout_s": self.request_timeout_s,
             "http_max_body_bytes": self.http_max_body_bytes,
+            "outbox_max_messages": self.outbox_max_messages,
+            "outbox_max_bytes": self.outbox_max_bytes,
             "mqtt_keepalive_s": self.mqtt_keepalive_s,
             "mqtt_reconnect_min_s": self.mqtt_reconnect_min_s,
             "intra_op_threads": self.intra_op_threads,
+            "update_max_attempts": self.update_max_attempts,
+            "update_max_boots": self.update_max_boots,
+            "download_backoff_s": self.download_backoff_s,
+            "max_artifact_bytes": self.max_artifact_bytes,
+            "max_metadata_bytes": self.max_metadata_bytes,
         }
+        non_negative = {
+            "health_window_s": self.health_window_s,
+            "health_min_samples": self.health_min_samples,
+            "download_retries": self.download_retries,
+            "download_min_bytes_per_s": self.download_min_bytes_per_s,
+        }
+        for name, value in non_negative.items():
+            if value is not None and not (value >= 0 and math.isfinite(value)):
+                raise ConfigError(f"{name} must be >= 0, got {value!r}")
         for name, value in positive.items():
             if not (value > 0 and math.isfinite(value)):
                 raise ConfigError(f"{name} must be a positive number, got {value!r}")
@@ -104,6 +152,18 @@ class AgentConfig:
     @property
     def topics(self) -> Topics:
         return Topics.for_fleet(self.fleet, self.topic_root)
+
+    @property
+    def identity(self) -> "DeviceIdentityFiles":
+        """Where enrollment keeps the device's key, certificate and the fleet CA."""
+        directory = self.home / IDENTITY_DIR
+        return DeviceIdentityFiles(
+            directory / "device.crt", directory / "device.key", directory / "ca.crt"
+        )
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.home / "outbox.db"
 
     @property
     def tuf_dir(self) -> Path:
@@ -168,6 +228,11 @@ def dump_toml(config: AgentConfig) -> str:
 def _coerce(field: dataclasses.Field, raw: str) -> Any:
     """Convert an environment string to the field's type."""
     kind = str(field.type)
+    if kind == "bool":
+        value = raw.strip().lower()
+        if value not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+            raise ConfigError(f"{ENV_PREFIX}{field.name.upper()}={raw!r} is not true or false")
+        return value in ("1", "true", "yes", "on")
     try:
         if "int" in kind:
             return None if raw.strip().lower() in ("", "none", "off") and "None" in kind else int(raw)

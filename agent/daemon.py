@@ -25,8 +25,12 @@ from agent.config import AgentConfig
 from agent.http_api import HttpApi
 from agent.model_store import ModelStore, SlotName, other_slot
 from agent.mqtt_link import MqttLink
+from agent.outbox import Outbox
 from agent.runtime import ModelRuntime, NoModelError
 from agent.telemetry import TelemetryWindow, WindowRelease
+from agent.health import HealthSampler
+from agent.update_machine import UpdateRecord
+from agent.update_runner import UpdateRunner, kill_at
 from agent.updater import InstalledModel, ReleaseUpdater
 from edgeops import __version__
 from edgeops.errors import EdgeOpsError, PayloadError, UpdateError
@@ -35,6 +39,8 @@ from edgeops.messages import AgentState, Command, DeviceStatus, TelemetryBatch, 
 logger = logging.getLogger(__name__)
 
 _STOP = object()  # worker queue sentinel
+_TICK = object()  # worker queue: look at the update (health window, resume) now
+_RESUME = object()
 FOLD_INTERVAL_S = 1.0
 
 
@@ -85,8 +91,22 @@ class Agent:
         self.config = config
         self.device_id = config.device_id
         self._clock = clock
-        self._store = ModelStore(config.home)
-        self._updater = ReleaseUpdater(config, self._store)
+        fault = kill_at(config.fault_point)
+        self._store = ModelStore(config.home, fault=fault)
+        self._updater = ReleaseUpdater(config, self._store, fault=fault)
+        self._health = HealthSampler()
+        self._progress: float | None = None
+        self._deferred: list[Command] = []  # updates that arrived during a health window
+        self._runner = UpdateRunner(
+            config,
+            self._store,
+            self._updater,
+            self._health,
+            serve=self._install,
+            report=self._report_update,
+            clock=clock,
+            fault=fault,
+        )
         self._model: InstalledModel | None = None
         self._state: AgentState = "starting"
         self._reason: str | None = None
@@ -101,6 +121,7 @@ class Agent:
         self._http: HttpApi | None = None
         self._started = False
         self._process_stats = _ProcessStats()
+        self._outbox: Outbox | None = None  # opened by start(): telemetry waiting for PUBACK
         self.bad_commands = 0  # malformed cmd payloads, counted and dropped
 
     # Lifecycle -------------------------------------------------------------------------
@@ -111,14 +132,23 @@ class Agent:
         self._started = True
         self._stop_event.clear()
         self._load_active_model()
+        self._restore_update_status()
         if self.config.http_port is not None:
             self._http = HttpApi(
                 self, self.config.http_host, self.config.http_port, self.config.http_max_body_bytes
             )
             self._http.start()
             logger.info("device %s: local API on %s", self.device_id, self._http.url)
+        self._outbox = Outbox(
+            self.config.outbox_path,
+            max_messages=self.config.outbox_max_messages,
+            max_bytes=self.config.outbox_max_bytes,
+        )
         self._link = MqttLink(
-            self.config, on_command=self._receive_command, status_provider=self.status
+            self.config,
+            on_command=self._receive_command,
+            status_provider=self.status,
+            outbox=self._outbox,
         )
         self._link.set_will(self.status())
         self._link.start()  # publishes the status on every (re)connect
@@ -128,6 +158,8 @@ class Agent:
             )
             thread.start()
             self._threads.append(thread)
+        if self._runner.busy:
+            self._commands.put(_RESUME)
         return self
 
     def stop(self, timeout_s: float = 10.0) -> None:
@@ -148,6 +180,9 @@ class Agent:
             final = self.status().model_copy(update={"online": False, "state": "offline"})
             self._link.stop(final, timeout_s=min(timeout_s, 5.0))
             self._link = None
+        if self._outbox is not None:
+            self._outbox.close()  # what was not acknowledged is sent after the next start
+            self._outbox = None
         logger.info("device %s: stopped", self.device_id)
 
     def __enter__(self) -> "Agent":
@@ -177,6 +212,7 @@ class Agent:
                 inputs = np.asarray(inputs, dtype=np.float32)
             except (TypeError, ValueError) as err:
                 self._window.record_error()
+                self._health.record_error()
                 raise PayloadError(f"inputs are not a numeric array: {err}") from err
         runtime = model.runtime
         started = time.perf_counter()
@@ -184,8 +220,10 @@ class Agent:
             probabilities = runtime.predict(inputs)  # type: ignore[arg-type]
         except PayloadError:
             self._window.record_error()
+            self._health.record_error()
             raise
         latency_s = time.perf_counter() - started
+        self._health.record(latency_s, probabilities)
         # Copy: the window keeps the inputs until it folds them, and callers reuse buffers.
         self._window.record(latency_s, inputs.copy(), probabilities)  # type: ignore[union-attr]
         release = model.record.release
@@ -205,6 +243,7 @@ class Agent:
             release=model.target if model is not None else None,
             target=self._target,
             reason=self._reason,
+            progress=self._progress,
             agent_version=__version__,
             timestamp=self._clock(),
         )
@@ -222,16 +261,45 @@ class Agent:
         with self._changed:
             self._state = state
             self._reason = reason
+            self._progress = None
             self._changed.notify_all()
         link = self._link
         if link is not None:
             link.publish_status(self.status())
 
+    def _report_update(self, record: UpdateRecord, progress: float | None) -> None:
+        """The update runner's report of a transition (or download progress): publish it."""
+        with self._changed:
+            self._state = record.state
+            self._target = record.target
+            self._reason = record.reason
+            self._progress = progress
+            self._changed.notify_all()
+        link = self._link
+        if link is not None:
+            link.publish_status(self.status())
+
+    def _restore_update_status(self) -> None:
+        """After a restart, the status says how the last update ended (or that it goes on)."""
+        record = self._runner.record
+        if record is None:
+            return
+        with self._changed:
+            self._target = record.target
+            if record.terminal:
+                self._state = record.state
+                self._reason = record.reason
+            self._changed.notify_all()
+
+    @property
+    def update_record(self) -> UpdateRecord | None:
+        """The last update's saved record (None if this home never updated)."""
+        return self._runner.record
     def wait_for_version(self, version: int, timeout_s: float) -> bool:
         """Block until the agent serves `version` and is running; False on timeout."""
         deadline = time.monotonic() + timeout_s
         with self._changed:
-            while not (self.active_version == version and self._state == "running"):
+            while not (self.active_version == version and self._state in ("running", "committed")):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -326,15 +394,38 @@ class Agent:
 
     def _work(self) -> None:
         while True:
-            item = self._commands.get()
+            try:
+                item = self._commands.get(timeout=self._runner.seconds_until_tick())
+            except queue.Empty:
+                item = _TICK
             if item is _STOP:
                 return
-            self.handle_command(item)
+            if item is _TICK or item is _RESUME:
+                self._drive_update(resume=item is _RESUME)
+            else:
+                self.handle_command(item)
+
+    def _drive_update(self, *, resume: bool = False) -> None:
+        """Resume a saved update or tick its health window; then run a deferred update."""
+        with self._command_lock:
+            try:
+                if resume:
+                    self._runner.resume()
+                else:
+                    self._runner.tick()
+            except Exception as err:  # a bug: report it, keep the worker alive
+                logger.exception("device %s: update step crashed", self.device_id)
+                self._set_state("update_failed", f"internal error: {type(err).__name__}: {err}")
+        if not self._runner.busy and self._deferred:
+            self.handle_command(self._deferred.pop())
+            self._deferred.clear()
 
     def handle_command(self, command: Command) -> DeviceStatus:
         """Carry out `command` now (on the caller's thread); never raises for its failures."""
         with self._command_lock:
             self._handle_command(command)
+        if self._runner.in_health_window:
+            self._commands.put(_TICK)  # wake the worker: it ticks the window
         return self.status()
 
     def _handle_command(self, command: Command) -> None:
@@ -360,39 +451,50 @@ class Agent:
             self._set_state("update_failed", f"internal error: {type(err).__name__}: {err}")
 
     def _update(self, target: str) -> None:
-        with self._changed:
-            self._target = target
+        record = self._runner.record
+        if self._runner.busy and record is not None:
+            if record.target != target:
+                logger.info(
+                    "device %s: %s waits for the update of %s (%s)",
+                    self.device_id, target, record.target, record.state,
+                )
+                self._deferred.append(Command(kind="update", target=target))
+            return
         current = self._model
         if current is not None and current.target == target:
             logger.info("device %s: %s is already active", self.device_id, target)
-            self._set_state("running")
+            with self._changed:
+                self._target = target
+            self._set_state("committed", "already active")
             return
-        installed = self._updater.apply(target, self._set_state)
-        self._install(installed)
-        self._set_state("running")
+        self._runner.start(target)
 
     def _rollback(self) -> None:
-        slot = self._store.rollback_slot()
-        if slot is None:
+        if not self._runner.rollback_active("rollback requested by the server"):
             logger.warning("device %s: rollback asked, but no previous model", self.device_id)
             with self._changed:
                 self._reason = "rollback refused: no previous model"
             if self._link is not None:
                 self._link.publish_status(self.status())
             return
-        self._set_state("switching")
-        model = self._load_slot(slot)
-        self._store.activate(slot, keep_previous=False)
-        self._install(model)
-        logger.info("device %s: rolled back to %s (slot %s)", self.device_id, model.target, slot)
-        self._set_state("running")
 
     # Telemetry -------------------------------------------------------------------------
 
-    def flush_telemetry(self) -> TelemetryBatch | None:
-        """Close the current window now and publish it (None if nothing happened)."""
+    def flush_telemetry(self, *, message_id: str | None = None) -> TelemetryBatch | None:
+        """Close the current window now and publish it (None if nothing happened).
+
+        The batch is in the outbox when this returns: it survives a crash from here on.
+        `message_id` lets a caller replaying a window after a crash keep its id.
+        """
         rss_mb, cpu_percent = self._process_stats.sample()
-        batch = self._window.flush(self._clock(), rss_mb=rss_mb, cpu_percent=cpu_percent)
+        outbox = self._outbox
+        batch = self._window.flush(
+            self._clock(),
+            rss_mb=rss_mb,
+            cpu_percent=cpu_percent,
+            outbox_dropped=outbox.stats().dropped if outbox is not None else None,
+            message_id=message_id,
+        )
         self._publish_telemetry(batch)
         return batch
 

@@ -18,6 +18,7 @@ class ExitCode(enum.IntEnum):
     UPDATE = 7  # an update failed and was rolled back
     NOT_FOUND = 8
     MISSING_DEPENDENCY = 9  # an extra or a system program is not installed
+    TRAINING = 10  # federated rounds produced no new model; nothing registered
 
 
 def exit_code_for(error: errors.EdgeOpsError) -> ExitCode:
@@ -30,6 +31,7 @@ def exit_code_for(error: errors.EdgeOpsError) -> ExitCode:
         (errors.TrustError, ExitCode.TRUST),
         (errors.TransportError, ExitCode.TRANSPORT),
         (errors.UpdateError, ExitCode.UPDATE),
+        (errors.TrainingError, ExitCode.TRAINING),
     ]
     for error_type, code in table:
         if isinstance(error, error_type):

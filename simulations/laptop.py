@@ -1,7 +1,9 @@
 """The laptop simulation: a real broker, the real server, many real agents, one release.
 
     broker (Mosquitto, free port) ─ server (subprocess: HTTP + TUF + ingest)
-    train + package + publish (signed) ─► deploy ─► N agents update over the air
+    federated training (Flower Simulation Engine, SecAgg+: one client per device, on that
+    device's own training partition) ─► training run in the registry
+    ─► package from the run + publish (signed) ─► deploy ─► N agents update over the air
     ─► agents infer on their own data ─► telemetry ─► report
 
 Agents share this process (each an object with its own home, no global state).
@@ -18,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,7 +32,7 @@ from agent.daemon import Agent
 from agent.config import init_agent_home
 from edgeops.errors import ConfigError, TransportError
 from edgeops.packaging import package_model
-from edgeops.tasks import Task, load_task, partition_dirichlet, partition_iid
+from edgeops.tasks import Task, load_task, partition_devices
 from server.database import open_database
 from server.home import init_home
 from server.publishing import publish_package
@@ -49,13 +52,20 @@ class SimulationConfig:
     task: str = "digits"
     alpha: float | None = None  # None: IID local data; else Dirichlet non-IID
     seed: int = 0
-    epochs: int = 30
+    epochs: int = 30  # centralized training epochs
     telemetry_interval_s: float = 1.0
     timeout_s: float = 120.0
+    training: str = "federated"  # or "centralized"
+    rounds: int = 5  # federated rounds
+    local_epochs: int = 3  # federated local epochs per round
 
     def __post_init__(self) -> None:
         if self.devices < 1:
             raise ConfigError(f"--devices must be at least 1, got {self.devices}")
+        if self.training not in ("federated", "centralized"):
+            raise ConfigError(f"--training must be federated or centralized, got {self.training!r}")
+        if self.rounds < 1 or self.local_epochs < 1:
+            raise ConfigError("--rounds and --local-epochs must be at least 1")
         if self.alpha is not None and self.alpha <= 0:
             raise ConfigError(f"--alpha must be > 0, got {self.alpha}")
 
@@ -106,7 +116,7 @@ class FleetAPI:
         self._auth = {"Authorization": f"Bearer {token}"}
 
     def devices(self) -> list[dict[str, Any]]:
-        response = self._client.get("/api/devices")
+        response = self._client.get("/api/devices", headers=self._auth)
         response.raise_for_status()
         return response.json()
 
@@ -119,7 +129,7 @@ class FleetAPI:
         return response.json()
 
     def ingest_stats(self) -> dict[str, Any]:
-        response = self._client.get("/api/ingest/stats")
+        response = self._client.get("/api/ingest/stats", headers=self._auth)
         return response.json() if response.status_code == 200 else {}
 
     def close(self) -> None:
@@ -127,13 +137,60 @@ class FleetAPI:
 
 
 def local_datasets(task: Task, config: SimulationConfig) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Each device's own stream of inputs and labels, from the held-out split."""
+    """Each device's own stream of inputs and labels, from the held-out split (the same
+    partitioner federated training uses for each device's training and evaluation rows)."""
     data = task.load_data()
-    if config.alpha is None:
-        parts = partition_iid(len(data.y_test), config.devices, seed=config.seed)
-    else:
-        parts = partition_dirichlet(data.y_test, config.devices, config.alpha, seed=config.seed)
+    parts = partition_devices(data.y_test, config.devices, config.alpha, seed=config.seed)
     return [(data.x_test[idx], data.y_test[idx]) for idx in parts]
+
+
+def train_federated(
+    config: SimulationConfig, settings: ServerSettings, progress: Progress
+) -> tuple[Path, int, list[list[int]] | None, dict[str, Any]]:
+    """A federated run over the devices' training partitions, recorded in the registry:
+    (weights file, training run id, drift reference, summary)."""
+    from server.artifact_store import ArtifactStore
+    from server.database import close_database
+    from server.federated.config import FederatedConfig, SecAggConfig
+    from server.federated.driver import EngineResources, run_simulation_engine
+    from server.federated.runs import TrainingRuns
+
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    federated = FederatedConfig(
+        task=config.task,
+        num_clients=config.devices,
+        num_rounds=config.rounds,
+        local_epochs=config.local_epochs,
+        seed=config.seed,
+        alpha=config.alpha,
+        secagg=SecAggConfig() if config.devices >= 3 else None,
+    )
+    started_at = datetime.now(timezone.utc)
+    result = run_simulation_engine(
+        federated,
+        on_round=lambda r: progress(
+            f"          round {r.round}: {r.status}, held-out accuracy "
+            f"{(r.heldout_accuracy or 0):.2%} ({r.replied}/{r.sampled} devices)"
+        ),
+        resources=EngineResources(client_cpus=1.0),
+    )
+    store = ArtifactStore(settings.artifacts_dir)
+    session_factory = open_database(settings.resolved_database_url)
+    try:
+        record = TrainingRuns(session_factory, store).record(config.task, result, started_at)
+    finally:
+        close_database(session_factory)
+    assert record.weights_sha256 is not None
+    summary = {
+        "kind": "federated",
+        "training_run_id": record.id,
+        "rounds": len(result.rounds),
+        "rounds_aggregated": len(result.aggregated_rounds),
+        "secure_aggregation": result.secagg is not None,
+        "heldout_accuracy": result.final_metrics["heldout_accuracy"],
+        "seconds": result.wall_seconds,
+    }
+    return store.path_for(record.weights_sha256), record.id, record.drift_reference, summary
 
 
 def run_simulation(config: SimulationConfig, progress: Progress = lambda _msg: None) -> SimulationResult:
@@ -170,12 +227,30 @@ def run_simulation(config: SimulationConfig, progress: Progress = lambda _msg: N
             api = FleetAPI(settings.resolved_public_url, settings.admin_token_file.read_text().strip())
             stack.callback(api.close)
 
-        with stage("package", f"training and packaging the {task.name} model (fp32 -> int8)"):
-            from edgeops.tasks import TrainConfig
+        if config.training == "federated":
+            with stage(
+                "train",
+                f"federated training on {config.devices} devices ({config.rounds} rounds"
+                f"{', SecAgg+' if config.devices >= 3 else ''})",
+            ):
+                weights, run_id, drift_reference, training = train_federated(config, settings, progress)
+            with stage("package", f"packaging training run {run_id} (fp32 -> int8)"):
+                report = package_model(
+                    task,
+                    out / "package",
+                    checkpoint=weights,
+                    training_run_id=run_id,
+                    drift_reference=drift_reference,
+                )
+        else:
+            with stage("package", f"training and packaging the {task.name} model (fp32 -> int8)"):
+                from edgeops.tasks import TrainConfig
 
-            report = package_model(
-                task, out / "package", train_config=TrainConfig(epochs=config.epochs, seed=config.seed)
-            )
+                report = package_model(
+                    task, out / "package", train_config=TrainConfig(epochs=config.epochs, seed=config.seed)
+                )
+            training = {"kind": "centralized", "epochs": config.epochs}
+        log.info("training: %s", training)
 
         with stage("publish", "signing and publishing the release"):
             session_factory = open_database(settings.resolved_database_url)

@@ -88,6 +88,8 @@ class _Plan:
     accuracy_budget_pp: float
     golden_count: int
     latency_runs: int
+    training_run_id: int | None = None
+    drift_reference: list[list[int]] | None = None
 
 
 def package_model(
@@ -104,6 +106,8 @@ def package_model(
     latency_runs: int = MIN_LATENCY_RUNS,
     task_spec: str | None = None,
     progress: ProgressCallback | None = None,
+    training_run_id: int | None = None,
+    drift_reference: ArrayLike | None = None,
 ) -> PackageReport:
     """Package a task's model as fp32 and int8 ONNX files with a report, or refuse.
 
@@ -112,6 +116,11 @@ def package_model(
     calibrates on `task.calibration_data(dataset)` unless `calibration_override` gives other
     inputs. `task` may be a Task or a spec for `load_task`; `task_spec` is what report.json
     records (default: the spec given, else the task's name).
+
+    Packaging a federated training run: `checkpoint` is the run's final weights,
+    `training_run_id` goes into report.json's lineage, and `drift_reference` (features x
+    bins counts, e.g. the fleet's securely aggregated histogram) replaces the histogram of
+    the task's training split as the release's drift reference.
 
     Raises ConfigError for bad arguments (checked before any work), a missing or unfit
     checkpoint, or an `out_dir` that exists and is not empty (unless `overwrite`);
@@ -141,6 +150,12 @@ def package_model(
         accuracy_budget_pp=accuracy_budget_pp,
         golden_count=golden_count,
         latency_runs=latency_runs,
+        training_run_id=training_run_id,
+        drift_reference=(
+            _as_drift_reference(drift_reference, task.input_schema)
+            if drift_reference is not None
+            else None
+        ),
     )
     checkpoint_path = check_checkpoint_path(Path(checkpoint)) if checkpoint is not None else None
     _check_out_dir(plan.out_dir, overwrite)
@@ -215,7 +230,7 @@ def _build(
 
     say(f"building {golden_count} golden vectors and the drift reference")
     golden_inputs = dataset.x_test[:golden_count]
-    drift_reference = feature_histograms(
+    drift_reference = plan.drift_reference or feature_histograms(
         dataset.x_train, task.input_schema.feature_bin_edges
     ).tolist()
     release_info: dict[str, dict[str, Any]] = {}
@@ -252,6 +267,8 @@ def _build(
         torch_metrics=torch_metrics,
         data_fingerprint=dataset.fingerprint(),
         code_version=code_version(),
+        training_run_id=plan.training_run_id,
+        drift_source="training_run" if plan.drift_reference is not None else "train_split",
     )
     for path in paths.values():
         _fsync_file(path)
@@ -293,6 +310,20 @@ def _as_calibration(values: ArrayLike, schema: InputSchema) -> NDArray[np.float3
     raise ConfigError(
         f"calibration data has shape {array.shape}; expected (n, {', '.join(map(str, feature_shape))})"
     )
+
+
+def _as_drift_reference(values: ArrayLike, schema: InputSchema) -> list[list[int]]:
+    """A features x bins array of non-negative whole counts, as the schema's bins need."""
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"the drift reference is not a numeric array: {err}") from err
+    expected = (schema.num_features, len(schema.feature_bin_edges) - 1)
+    if array.shape != expected:
+        raise ConfigError(f"the drift reference has shape {array.shape}; expected {expected}")
+    if (array < 0).any() or not np.all(array == np.round(array)):
+        raise ConfigError("the drift reference must hold non-negative whole counts")
+    return array.astype(np.int64).tolist()
 
 
 def _check_out_dir(out_dir: Path, overwrite: bool) -> None:

@@ -78,6 +78,8 @@ def build_report(
     torch_metrics: dict[str, float],
     data_fingerprint: str,
     code_version: str,
+    training_run_id: int | None = None,
+    drift_source: str = "train_split",
 ) -> dict[str, Any]:
     """The report.json document (schema 1)."""
     per_format = {"fp32": evaluation.fp32, "int8": evaluation.int8}
@@ -114,11 +116,13 @@ def build_report(
         "training": {
             "origin": source.origin,
             "config": asdict(source.train_config) if source.train_config else None,
+            "training_run_id": training_run_id,
+            "drift_reference": drift_source,
         },
         "lineage": {
             "data_fingerprint": data_fingerprint,
             "code_version": code_version,
-            "training_run_id": None,
+            "training_run_id": training_run_id,
             "parent_version": None,
             "checkpoint_sha256": source.checkpoint_sha256,
         },

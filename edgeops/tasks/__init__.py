@@ -6,7 +6,7 @@ import importlib
 
 from edgeops.errors import TaskError
 from edgeops.tasks.base import Dataset, Task, TrainConfig, TrainResult
-from edgeops.tasks.partition import partition_dirichlet, partition_iid
+from edgeops.tasks.partition import partition_devices, partition_dirichlet, partition_iid
 
 BUILTIN_TASKS = {"digits": "edgeops.tasks.digits:digits"}
 
@@ -17,6 +17,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "load_task",
+    "partition_devices",
     "partition_dirichlet",
     "partition_iid",
 ]

@@ -48,6 +48,9 @@ class TrainConfig:
     # One thread: small models train faster on one core than two, and torch's threads
     # spin badly when other processes share the machine (30x slower measured on 2 cores).
     num_threads: int = 1
+    # FedProx: mu/2 * ||w - w_start||^2 keeps local training near the global model it
+    # started from. 0 is plain local training. Task train functions should honour it.
+    proximal_mu: float = 0.0
 
 
 @dataclass(frozen=True)

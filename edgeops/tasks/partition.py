@@ -52,3 +52,14 @@ def _check(num_samples: int, num_clients: int) -> None:
         raise ConfigError(f"need at least one client, got {num_clients}")
     if num_samples < num_clients:
         raise ConfigError(f"{num_samples} samples cannot be split over {num_clients} clients")
+
+
+def partition_devices(
+    labels: ArrayLike, num_clients: int, alpha: float | None, seed: int = 0
+) -> list[NDArray[np.int64]]:
+    """How simulated devices get their local data: IID when `alpha` is None or <= 0, else
+    Dirichlet(alpha) non-IID. Federated training, evaluation and the simulation's devices
+    all cut their data with this one function (train and held-out splits alike)."""
+    if alpha is None or alpha <= 0:
+        return partition_iid(len(np.asarray(labels)), num_clients, seed=seed)
+    return partition_dirichlet(labels, num_clients, alpha, seed=seed)

@@ -37,6 +37,9 @@ def _train(model: "torch.nn.Module", x: NDArray, y: NDArray, config: TrainConfig
     labels = torch.tensor(y, dtype=torch.int64)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     loss_fn = torch.nn.CrossEntropyLoss()
+    anchor = (
+        [p.detach().clone() for p in model.parameters()] if config.proximal_mu > 0 else None
+    )
     model.train()
     last_epoch_loss = 0.0
     for _ in range(config.epochs):
@@ -46,6 +49,8 @@ def _train(model: "torch.nn.Module", x: NDArray, y: NDArray, config: TrainConfig
             batch = order[start : start + config.batch_size]
             optimizer.zero_grad()
             loss = loss_fn(model(features[batch]), labels[batch])
+            if anchor is not None:
+                loss = loss + _proximal_term(model, anchor, config.proximal_mu)
             loss.backward()
             optimizer.step()
             total += loss.item() * len(batch)
@@ -53,6 +58,14 @@ def _train(model: "torch.nn.Module", x: NDArray, y: NDArray, config: TrainConfig
         last_epoch_loss = total / max(seen, 1)
     model.eval()
     return TrainResult(loss=last_epoch_loss, num_examples=len(features))
+
+
+def _proximal_term(
+    model: "torch.nn.Module", anchor: "list[torch.Tensor]", mu: float
+) -> "torch.Tensor":
+    """FedProx's mu/2 * ||w - w_start||^2 over every parameter."""
+    squared = sum((p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor, strict=True))
+    return 0.5 * mu * squared  # type: ignore[return-value]
 
 
 def evaluate_classifier(model: "torch.nn.Module", x: NDArray, y: NDArray) -> dict[str, float]:

@@ -71,11 +71,13 @@ class _StepPrinter:
 @app.command("package")
 def package(
     task: Annotated[
-        str,
+        str | None,
         typer.Option(
-            "--task", help="A built-in task (digits) or a user task as package.module:attribute."
+            "--task",
+            help="A built-in task (digits) or a user task as package.module:attribute "
+            "(with --from-run: the run's task).",
         ),
-    ],
+    ] = None,
     out: Annotated[
         Path | None,
         typer.Option(
@@ -126,6 +128,18 @@ def package(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace --out if it exists and is not empty.")
     ] = False,
+    from_run: Annotated[
+        int | None,
+        typer.Option(
+            "--from-run",
+            help="Package the final weights of this training run ('edgeops train --home'); "
+            "its id goes into report.json's lineage and the fleet's securely aggregated "
+            "feature histogram becomes the release's drift reference. Needs --home.",
+        ),
+    ] = None,
+    home: Annotated[
+        Path | None, typer.Option("--home", help="The server home holding --from-run.")
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object instead of text.")
     ] = False,
@@ -137,6 +151,7 @@ def package(
     Nothing is written unless int8 accuracy stays within --accuracy-budget-pp of fp32.
 
     Example:  edgeops model package --task digits --out package-digits
+              edgeops model package --from-run 1 --home srv --out package-digits
     """
     from edgeops.packaging import package_model
     from edgeops.tasks import TrainConfig, load_task
@@ -149,6 +164,18 @@ def package(
         raise ConfigError(
             "--epochs and --seed train a model; they cannot be used with --checkpoint"
         )
+    run = None
+    if from_run is not None:
+        if home is None:
+            raise ConfigError("--from-run needs --home, the server home that recorded the run")
+        if checkpoint is not None or epochs is not None or seed is not None:
+            raise ConfigError("--from-run packages a run's weights: drop --checkpoint/--epochs/--seed")
+        run, checkpoint = _training_run(home, from_run)
+        if task is not None and task != run.task:
+            raise ConfigError(f"training run {from_run} trained {run.task!r}, not {task!r}")
+        task = run.task
+    if task is None:
+        raise ConfigError("give --task (or --from-run with --home)")
     loaded_task = load_task(task)
     out_dir = out if out is not None else Path(f"package-{loaded_task.name}")
     train_config = None
@@ -173,6 +200,8 @@ def package(
             overwrite=overwrite,
             task_spec=task,
             progress=printer,
+            training_run_id=run.id if run is not None else None,
+            drift_reference=run.drift_reference if run is not None else None,
         )
     except BaseException:
         printer.close("failed")
@@ -181,6 +210,25 @@ def package(
     summary = {key: result.data[key] for key in SUMMARY_KEYS}
     summary["out_dir"] = str(result.out_dir)
     emit(summary, as_json, format_summary(result.data, result.out_dir))
+
+
+def _training_run(home: Path, run_id: int) -> tuple[Any, Path]:
+    """The run's record and the local path of its weights in the artifact store."""
+    from server.artifact_store import ArtifactStore
+    from server.database import close_database, open_database
+    from server.federated.runs import TrainingRuns
+    from server.settings import load_settings
+
+    settings = load_settings(home)
+    store = ArtifactStore(settings.artifacts_dir)
+    session_factory = open_database(settings.resolved_database_url)
+    try:
+        run = TrainingRuns(session_factory, store).get(run_id)
+    finally:
+        close_database(session_factory)
+    if run.status != "succeeded" or run.weights_sha256 is None:
+        raise ConfigError(f"training run {run_id} has no final weights (status {run.status})")
+    return run, store.path_for(run.weights_sha256)
 
 
 def _load_calibration(path: Path) -> Any:

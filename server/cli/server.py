@@ -11,6 +11,7 @@ import typer
 
 from edgeops.cli import emit
 from server.settings import ServerSettings
+from server.cli.keys import app as keys_app
 
 __all__ = ["app"]
 
@@ -109,3 +110,6 @@ def run(
     app_ = build_app(settings)
     logger.info("serving on http://%s:%d", settings.http_host, settings.http_port)
     uvicorn.run(app_, host=settings.http_host, port=settings.http_port, log_level="info")
+
+app.add_typer(__import__("server.cli.broker", fromlist=["app"]).app)  # broker-config, enroll-token
+app.add_typer(keys_app, name="keys")

@@ -1,0 +1,1 @@
+"""EdgeOps as a Flower app: `serverapp` and `clientapp` for `flwr run` and SuperNodes."""

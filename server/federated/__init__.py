@@ -1,0 +1,14 @@
+"""Federated training on the server: Flower's ServerApp with SecAgg+ and DP, checked rounds,
+the Simulation Engine driver and training runs in the registry.
+
+    config       FederatedConfig, StrategyConfig, SecAggConfig, DPConfig
+    strategies   FedAvg / FedProx / FedAdam (flwr legacy path), DP wrapper
+    ledger       RoundLedger: each round's outcome; strips and sums drift histograms
+    server_app   make_server_app(), run_rounds(): DefaultWorkflow (+ SecAggPlusWorkflow)
+    result       FederatedResult, check_progress(): no new model -> TrainingError
+    driver       run_simulation_engine(): Flower Simulation Engine (Ray)
+    local_grid   LocalGrid: in-process transport for tests and debugging
+    runs         TrainingRuns: record a run (weights in the artifact store), read it back
+
+Import the submodules; this package imports nothing heavy itself.
+"""

@@ -1,0 +1,125 @@
+"""Run a federated training in Flower's Simulation Engine (Ray): one virtual SuperNode per
+device, each training on its own partition of the task's data.
+
+The ClientApp is loaded by reference, the way Flower loads `clientapp` from an app's
+pyproject: the server package never imports device code, and any ClientApp that speaks the
+same recipe can be simulated (`client_app="package.module:attribute"`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from edgeops.errors import ConfigError, MissingDependencyError, TrainingError
+from edgeops.tasks import load_task, partition_devices
+from server.federated.config import FederatedConfig
+from server.federated.ledger import RoundOutcome
+from server.federated.result import FederatedResult
+
+__all__ = ["DEFAULT_CLIENT_APP", "EngineResources", "load_client_app", "run_simulation_engine"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CLIENT_APP = "agent.federated.client_app:app"
+
+
+@dataclass(frozen=True)
+class EngineResources:
+    """Ray sizing: `num_cpus` for the whole engine (None: this machine's cores), and the
+    CPUs each virtual client reserves (so num_cpus / client_cpus actors run at once)."""
+
+    num_cpus: int | None = None
+    client_cpus: float = 1.0
+
+    def backend_config(self) -> dict[str, Any]:
+        cpus = self.num_cpus or os.cpu_count() or 1
+        if self.client_cpus <= 0 or self.client_cpus > cpus:
+            raise ConfigError(f"client_cpus must be in (0, {cpus}], got {self.client_cpus}")
+        return {
+            "client_resources": {"num_cpus": self.client_cpus, "num_gpus": 0.0},
+            "init_args": {
+                "num_cpus": cpus,
+                "num_gpus": 0,
+                "include_dashboard": False,
+                "logging_level": logging.ERROR,
+                "log_to_driver": False,
+            },
+        }
+
+
+def load_client_app(reference: str) -> Any:
+    """Resolve `module:attribute` to a ClientApp (MissingDependencyError without the extra)."""
+    module_name, _, attribute = reference.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise MissingDependencyError(
+            f"cannot load the ClientApp {reference!r} ({err}); install 'edgeops[federated]'"
+        ) from err
+    try:
+        return getattr(module, attribute)
+    except AttributeError as err:
+        raise ConfigError(f"{module_name!r} has no ClientApp {attribute!r}") from err
+
+
+def run_simulation_engine(
+    config: FederatedConfig,
+    *,
+    on_round: Callable[[RoundOutcome], None] | None = None,
+    resources: EngineResources = EngineResources(),
+    client_app: str | Any = DEFAULT_CLIENT_APP,
+) -> FederatedResult:
+    """Train with `config.num_clients` virtual SuperNodes; TrainingError if no round
+    produced a model (Flower itself returns normally in that case)."""
+    from flwr.simulation import run_simulation
+
+    from server.federated.server_app import make_server_app
+
+    task = load_task(config.task)
+    labels = task.load_data().y_train
+    largest = max(len(p) for p in partition_devices(labels, config.num_clients, config.alpha, config.seed))
+    results: list[FederatedResult] = []
+    server_app = make_server_app(
+        config, sink=results.append, on_round=on_round, largest_local_examples=largest
+    )
+    app = load_client_app(client_app) if isinstance(client_app, str) else client_app
+    try:
+        run_simulation(
+            server_app=server_app,
+            client_app=app,
+            num_supernodes=config.num_clients,
+            backend_config=resources.backend_config(),  # type: ignore[arg-type]
+        )
+    except RuntimeError as err:
+        _shutdown_ray()  # a crashed engine can leave Ray's node running and the process hung
+        cause = _domain_cause(err)
+        if cause is not None:
+            raise cause from err
+        raise TrainingError(f"the Flower simulation failed: {err}") from err
+    if not results:
+        raise TrainingError("the ServerApp ended without a result; nothing was registered")
+    return results[0]
+
+
+def _domain_cause(err: BaseException) -> BaseException | None:
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, (TrainingError, ConfigError)):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _shutdown_ray() -> None:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    except Exception as err:  # best effort while already failing
+        logger.debug("ray.shutdown() failed: %s", err)

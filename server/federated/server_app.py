@@ -1,0 +1,181 @@
+"""The EdgeOps ServerApp: Flower's DefaultWorkflow over the legacy strategy path, with
+SecAgg+ (`SecAggPlusWorkflow`) as the fit workflow when asked, and a RoundLedger that
+checks every round.
+
+`make_server_app(config, ...)` is for our own drivers (simulation, tests); `make_server_app()`
+without a config reads it from Flower's run config, for `flwr run` and deployment.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+import flwr.compat.common.recorddict_compat as compat
+from flwr.app import Context
+from flwr.common import parameters_to_ndarrays
+from flwr.server import LegacyContext, ServerConfig
+from flwr.server.workflow import DefaultWorkflow
+from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
+from flwr.server.workflow.default_workflows import (
+    default_evaluate_workflow,
+    default_fit_workflow,
+)
+from flwr.serverapp import Grid, ServerApp
+
+from edgeops.federated_config import ClientRecipe
+from edgeops.packaging.lineage import code_version
+from edgeops.tasks import load_task
+from server.federated.config import FederatedConfig, SecAggConfig
+from server.federated.ledger import RoundLedger, RoundOutcome
+from server.federated.result import FederatedResult, check_progress
+from server.federated.secagg_timing import StageTimedSecAggPlus
+from server.federated.strategies import build_strategy
+from server.federated.task_model import evaluator_for, initial_weights
+
+__all__ = ["make_server_app", "run_rounds"]
+
+logger = logging.getLogger(__name__)
+
+ResultSink = Callable[[FederatedResult], None]
+RoundCallback = Callable[[RoundOutcome], None]
+
+
+def recipe_for(config: FederatedConfig) -> Callable[[int], ClientRecipe]:
+    base = ClientRecipe(
+        task=config.task,
+        epochs=config.local_epochs,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        seed=config.seed,
+        proximal_mu=config.strategy.proximal_mu if config.strategy.name == "fedprox" else 0.0,
+        alpha=config.alpha or 0.0,
+        partition_seed=config.seed,
+        histogram=config.drift_histogram,
+        drop_partitions=",".join(str(p) for p in config.drop_partitions),
+    )
+    return lambda server_round: replace(base, server_round=server_round)
+
+
+def run_rounds(
+    grid: Grid,
+    context: Context,
+    config: FederatedConfig,
+    *,
+    on_round: RoundCallback | None = None,
+    largest_local_examples: int | None = None,
+) -> FederatedResult:
+    """Run `config.num_rounds` rounds on `grid`; TrainingError if none produced a model."""
+    started = time.monotonic()
+    task = load_task(config.task)
+    dataset = task.load_data()
+    names, weights = initial_weights(task, config.seed)
+    strategy = build_strategy(config, weights, recipe_for(config))
+    ledger = RoundLedger(
+        strategy,
+        num_model_arrays=len(weights),
+        evaluator=evaluator_for(task, dataset),
+        secure=config.secagg is not None,
+        private=config.dp is not None,
+        on_round=on_round,
+    )
+    secagg: SecAggConfig | None = None
+    fit_workflow = default_fit_workflow
+    if config.secagg is not None:
+        secagg = config.secagg.resolved(config.num_sampled_fit, largest_local_examples)
+        fit_workflow = timed_secagg = StageTimedSecAggPlus(
+            num_shares=secagg.num_shares,
+            reconstruction_threshold=secagg.reconstruction_threshold,
+            clipping_range=secagg.clipping_range,
+            quantization_range=secagg.quantization_range,
+            max_weight=float(secagg.max_weight or 1000.0),
+            timeout=secagg.timeout_s,
+        )
+        ledger.stage_seconds = timed_secagg.stage_seconds
+    legacy = LegacyContext(
+        context=context, config=ServerConfig(num_rounds=config.num_rounds), strategy=ledger
+    )
+    workflow = DefaultWorkflow(
+        fit_workflow=ledger.timed(fit_workflow),
+        evaluate_workflow=ledger.closing(default_evaluate_workflow),
+    )
+    workflow(grid, legacy)
+    check_progress(ledger.outcomes, config.num_rounds)
+    final = parameters_to_ndarrays(
+        compat.arrayrecord_to_parameters(legacy.state.array_records[MAIN_PARAMS_RECORD], True)
+    )
+    return FederatedResult(
+        config=config.to_json(),
+        rounds=list(ledger.outcomes),
+        initial_metrics=ledger.initial_metrics,
+        weights=final,
+        weight_names=names,
+        drift_reference=ledger.drift_reference,
+        drift_examples=ledger.drift_examples,
+        wall_seconds=round(time.monotonic() - started, 3),
+        data_fingerprint=dataset.fingerprint(),
+        code_version=code_version(),
+        secagg=_secagg_json(secagg),
+        privacy=(
+            {
+                "mechanism": "central DP, client-side fixed clipping, Gaussian noise",
+                "noise_multiplier": config.dp.noise_multiplier,
+                "clipping_norm": config.dp.clipping_norm,
+                "num_sampled_clients": config.num_sampled_fit,
+                "noise_stddev": config.dp.noise_multiplier
+                * config.dp.clipping_norm
+                / config.num_sampled_fit,
+            }
+            if config.dp is not None
+            else None
+        ),
+    )
+
+
+def _secagg_json(secagg: SecAggConfig | None) -> dict[str, object] | None:
+    if secagg is None:
+        return None
+    return {
+        "protocol": "SecAgg+ (flwr SecAggPlusWorkflow + secaggplus_mod)",
+        "num_shares": secagg.num_shares,
+        "reconstruction_threshold": secagg.reconstruction_threshold,
+        "clipping_range": secagg.clipping_range,
+        "quantization_range": secagg.quantization_range,
+        "max_weight": secagg.max_weight,
+        "timeout_s": secagg.timeout_s,
+    }
+
+
+def make_server_app(
+    config: FederatedConfig | None = None,
+    *,
+    sink: ResultSink | None = None,
+    sink_factory: Callable[[Mapping[str, Any]], ResultSink | None] | None = None,
+    on_round: RoundCallback | None = None,
+    largest_local_examples: int | None = None,
+) -> ServerApp:
+    """A ServerApp running `config` (or the run config Flower passes), handing the result
+    to `sink` (or to the sink `sink_factory` makes from the run config). A run without
+    progress raises TrainingError inside the ServerApp."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_config = config or FederatedConfig.from_run_config(context.run_config)
+        result = run_rounds(
+            grid,
+            context,
+            run_config,
+            on_round=on_round,
+            largest_local_examples=largest_local_examples,
+        )
+        target = sink
+        if target is None and sink_factory is not None:
+            target = sink_factory(context.run_config)
+        if target is not None:
+            target(result)
+
+    return app
