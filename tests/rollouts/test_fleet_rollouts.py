@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,11 +59,19 @@ class Fleet:
     def releases(self) -> dict[str, str | None]:
         return {d: info.get("release") for d, info in self.api.devices().items()}
 
-    def all_on(self, target: str) -> bool:
+    def off_target(self, target: str) -> list[tuple[str, Any, Any]]:
+        """(device, release, state) of every device not committed on `target`."""
         devices = self.api.devices()
-        return len(devices) >= DEVICES and all(
-            d.get("release") == target and d.get("state") in COMMITTED for d in devices.values()
-        )
+        if len(devices) < DEVICES:
+            return [("(missing devices)", len(devices), DEVICES)]
+        return [
+            (i, d.get("release"), d.get("state"))
+            for i, d in sorted(devices.items())
+            if not (d.get("release") == target and d.get("state") in COMMITTED)
+        ]
+
+    def all_on(self, target: str) -> bool:
+        return not self.off_target(target)
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +173,10 @@ def test_server_killed_mid_rollout_resumes_without_updating_any_device_twice(
 
     assert in_wave_2["status"] == "running" and in_wave_2["done"] < DEVICES
     assert done["status"] == "completed", done
-    assert wait_for(lambda: fleet.all_on(target), 30, "every device on v3")
+    try:
+        wait_for(lambda: fleet.all_on(target), 90, "every device on v3")
+    except AssertionError as err:
+        raise AssertionError(f"{err}; off target: {fleet.off_target(target)[:20]}") from None
     sent = fleet.sniffer.updates(target)
     assert len(sent) == DEVICES
     twice = {d: n for d, n in sent.items() if n != 1}
