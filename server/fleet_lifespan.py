@@ -1,4 +1,4 @@
-"""A lifespan hook (see server.service.LifespanHook) running MQTT ingest and commands;
+"""A lifespan hook (see server.background.LifespanHook) running MQTT ingest and commands;
 server.service.build_app installs it with the fleet router.
 
 Both connect in the background, so the server starts even while the broker is down.

@@ -9,19 +9,17 @@ timestamp/snapshot/targets before they expire, MQTT ingest and the command publi
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
-from edgeops.errors import EdgeOpsError
 from server.api_deps import require_admin
 from server.api_enroll import enroll_router
 from server.api_fleet import fleet_router
 from server.artifact_store import ArtifactStore
+from server.background import LifespanHook, periodic
 from server.commands import CommandPublisher
 from server.fleet_lifespan import fleet_lifespan
 from server.ingest import Ingest
@@ -39,7 +37,6 @@ __all__ = ["LifespanHook", "build_app", "tuf_refresher"]
 
 logger = logging.getLogger(__name__)
 
-LifespanHook = Callable[[FastAPI], AbstractAsyncContextManager[Any]]
 TUF_REFRESH_INTERVAL_S = 600.0
 
 
@@ -47,32 +44,7 @@ def tuf_refresher(
     repository: TufRepository, interval_s: float = TUF_REFRESH_INTERVAL_S
 ) -> LifespanHook:
     """A lifespan hook re-signing expiring TUF metadata at start and every `interval_s`."""
-
-    @asynccontextmanager
-    async def hook(_app: FastAPI) -> AsyncIterator[None]:
-        async def refresh_once() -> None:
-            try:
-                await asyncio.to_thread(repository.refresh_expiring)
-            except EdgeOpsError:
-                logger.exception("refreshing TUF metadata failed; retrying in %.0f s", interval_s)
-
-        async def loop() -> None:
-            while True:
-                await asyncio.sleep(interval_s)
-                await refresh_once()
-
-        await refresh_once()
-        task = asyncio.create_task(loop(), name="tuf-refresher")
-        try:
-            yield
-        finally:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-
-    return hook
+    return periodic("tuf-refresher", repository.refresh_expiring, interval_s, run_at_start=True)
 
 
 def _compose(hooks: Sequence[LifespanHook]) -> LifespanHook:

@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
@@ -235,7 +235,7 @@ def run_simulation(config: SimulationConfig, progress: Progress = lambda _msg: N
             ):
                 weights, run_id, drift_reference, training = train_federated(config, settings, progress)
             with stage("package", f"packaging training run {run_id} (fp32 -> int8)"):
-                report = package_model(
+                package_model(
                     task,
                     out / "package",
                     checkpoint=weights,
@@ -246,7 +246,7 @@ def run_simulation(config: SimulationConfig, progress: Progress = lambda _msg: N
             with stage("package", f"training and packaging the {task.name} model (fp32 -> int8)"):
                 from edgeops.tasks import TrainConfig
 
-                report = package_model(
+                package_model(
                     task, out / "package", train_config=TrainConfig(epochs=config.epochs, seed=config.seed)
                 )
             training = {"kind": "centralized", "epochs": config.epochs}

@@ -16,7 +16,6 @@ turn; rollback: it is re-sent next tick), with a new command id.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -31,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from edgeops.errors import EdgeOpsError
 from edgeops.messages import Command
+from server.background import LifespanHook, periodic
 from server.commands import CommandDeliveryError, CommandPublisher
 from server.db import DeviceEvent, Rollout
 from server.rollouts import store
@@ -186,32 +186,18 @@ class RolloutRunner:
             store.write_assignments(session, rollout_id, changed)
 
 
-def rollout_lifespan(
-    runner: RolloutRunner, interval_s: float = DEFAULT_TICK_S
-) -> Callable[[Any], Any]:
-    """A lifespan hook (server.service.LifespanHook) ticking `runner` every `interval_s`."""
+def rollout_lifespan(runner: RolloutRunner, interval_s: float = DEFAULT_TICK_S) -> LifespanHook:
+    """A lifespan hook ticking `runner` every `interval_s` (and exposing it on app.state)."""
+
+    def count_error(_err: Exception) -> None:
+        runner.stats.tick_errors += 1
+
+    ticking = periodic("rollout-runner", runner.tick, interval_s, on_error=count_error)
 
     @asynccontextmanager
     async def hook(app: Any) -> AsyncIterator[None]:
         app.state.rollout_runner = runner
-
-        async def loop() -> None:
-            while True:
-                try:
-                    await asyncio.to_thread(runner.tick)
-                except Exception:  # keep ticking: the next tick reloads everything
-                    runner.stats.tick_errors += 1
-                    logger.exception("rollout tick failed; retrying in %.1f s", interval_s)
-                await asyncio.sleep(interval_s)
-
-        task = asyncio.create_task(loop(), name="rollout-runner")
-        try:
+        async with ticking(app):
             yield
-        finally:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
 
     return hook

@@ -9,7 +9,6 @@ as the server lays it out: `<root>/tuf/metadata/<v>.<role>.json`, `timestamp.jso
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 import time
 from datetime import datetime, timedelta, timezone

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 from securesystemslib.signer import CryptoSigner
-from tuf.api.metadata import Metadata, Root
+from tuf.api.metadata import Metadata
 from tuf.api.serialization.json import JSONSerializer
 
 from agent import AgentConfig, init_agent_home

@@ -5,7 +5,6 @@ mutation succeeds) and without a token (every /api route but enrollment refuses)
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 import schemathesis
