@@ -9,12 +9,12 @@ DEVICES ?= 10
 OUT ?= runs/$(shell date +%Y%m%d-%H%M%S)
 PYTEST_ARGS ?=
 
-.PHONY: simulate test bench install system-deps clean
+.PHONY: simulate test bench install system-deps browser-deps clean
 
 simulate: $(STAMP) system-deps
 	$(BIN)/edgeops simulate --devices $(DEVICES) --out $(OUT)
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps browser-deps
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)
@@ -39,6 +39,9 @@ system-deps:
 	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	      apt-get update -qq && apt-get install -y -qq mosquitto; \
 	    else echo "note: mosquitto is not installed (sudo apt-get install -y mosquitto)"; fi; }
+
+# Debian's Chromium, for the console's browser test only (the simulation does not need it).
+browser-deps:
 	@command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || \
 	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	      apt-get update -qq && apt-get install -y -qq chromium; \
