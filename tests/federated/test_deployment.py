@@ -1,0 +1,316 @@
+"""Flower's deployment runtime on loopback, as an operator runs it: a real `flower-superlink`
+with TLS and SuperNode authentication, three registered `flower-supernode`s (EdgeOps'
+ClientApp), and `flwr run examples/flower` submitting 2 SecAgg+ rounds whose result lands
+in the server's registry; a SuperNode whose key was never registered is refused."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+pytestmark = [pytest.mark.federated, pytest.mark.integration]
+
+REPO = Path(__file__).resolve().parents[2]
+APP_DIR = REPO / "examples" / "flower"
+BIN = Path(sys.executable).parent
+CONNECTION = "edgeops-loopback"
+NUM_NODES = 3
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _write_tls(where: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1 / localhost."""
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP384R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edgeops-test-ca")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP384R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_path, cert_path, key_path = where / "ca.crt", where / "server.pem", where / "server.key"
+    ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return ca_path, cert_path, key_path
+
+
+def _write_node_key(where: Path, name: str) -> tuple[Path, Path]:
+    """A SuperNode identity: ECDSA P-384 in OpenSSH format (what ssh-keygen -t ecdsa makes)."""
+    key = ec.generate_private_key(ec.SECP384R1())
+    private, public = where / name, where / f"{name}.pub"
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+        + b" "
+        + name.encode()
+        + b"\n"
+    )
+    private.chmod(0o600)
+    return private, public
+
+
+@dataclass
+class Loopback:
+    tmp: Path
+    env: dict[str, str]
+    port: int
+    ca: Path
+    server_home: Path
+    procs: list[tuple[subprocess.Popen[bytes], Path]] = field(default_factory=list)
+
+    def start(self, name: str, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
+        log = self.tmp / f"{name}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [str(BIN / args[0]), *args[1:]],
+                cwd=self.tmp,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: SuperExec and apps die with it
+            )
+        self.procs.append((proc, log))
+        return proc, log
+
+    def flwr(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "flwr"), *args],
+            cwd=self.tmp,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def supernode(self, name: str, private_key: Path, node_config: str, *extra: str):
+        return self.start(
+            name,
+            "flower-supernode",
+            "--superlink", f"127.0.0.1:{self.port}",
+            "--root-certificates", str(self.ca),
+            "--auth-supernode-private-key", str(private_key),
+            "--host", "127.0.0.1",
+            "--port", str(_free_port()),
+            "--node-config", node_config,
+            *extra,
+        )
+
+    def stop_all(self) -> None:
+        for proc, _ in reversed(self.procs):
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 10
+        for proc, _ in self.procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            try:  # the group may outlive its leader (SuperExec, ServerApp/ClientApp children)
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=5) if proc.poll() is None else None
+
+
+def _wait_for_tls(port: int, ca: Path, proc: subprocess.Popen[bytes], log: Path) -> None:
+    context = ssl.create_default_context(cafile=str(ca))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"SuperLink exited:\n{log.read_text()[-3000:]}"
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as raw:
+                with context.wrap_socket(raw, server_hostname="127.0.0.1"):
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError(f"SuperLink did not serve TLS on {port}:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def loopback(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loopback]:
+    tmp = tmp_path_factory.mktemp("flower-deployment")
+    ca, cert, key = _write_tls(tmp)
+    port = _free_port()
+    flwr_home = tmp / "flwr-home"
+    flwr_home.mkdir()
+    (flwr_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n'
+        f"[superlink.{CONNECTION}]\n"
+        f'address = "127.0.0.1:{port}"\n'
+        f'root-certificates = "{ca}"\n'
+    )
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(flwr_home),
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # flower-superexec
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "PYTHONUNBUFFERED": "1",
+    }
+    server_home = tmp / "srv"
+    init = subprocess.run(
+        [sys.executable, "-m", "edgeops.cli", "server", "init", "--home", str(server_home)],
+        cwd=tmp, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert init.returncode == 0, init.stderr
+    lb = Loopback(tmp=tmp, env=env, port=port, ca=ca, server_home=server_home)
+    try:
+        superlink, log = lb.start(
+            "superlink",
+            "flower-superlink",
+            "--ssl-ca-certfile", str(ca),
+            "--ssl-certfile", str(cert),
+            "--ssl-keyfile", str(key),
+            "--enable-supernode-auth",
+            "--disable-runtime-dependency-installation",
+            "--host", "127.0.0.1",
+            "--port", str(port),
+            "--database", str(tmp / "superlink.db"),
+        )
+        _wait_for_tls(port, ca, superlink, log)
+        yield lb
+    finally:
+        lb.stop_all()
+
+
+def _log(lb: Loopback) -> str:
+    return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-2500:]}" for _, p in lb.procs)
+
+
+# One `flwr-clientapp` process (importing torch) per message: 4 SecAgg+ stages x 2 rounds x
+# 3 SuperNodes on 2 cores makes this ~2-2.5 min, over the suite's 90 s budget.
+@pytest.mark.slow
+def test_three_registered_supernodes_train_two_secagg_rounds_over_tls(loopback: Loopback) -> None:
+    lb = loopback
+    for i in range(NUM_NODES):
+        private, public = _write_node_key(lb.tmp, f"device-{i}")
+        done = lb.flwr("supernode", "register", str(public), CONNECTION)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "registered successfully" in done.stdout
+        lb.supernode(
+            f"supernode-{i}",
+            private,
+            f"partition-id={i} num-partitions={NUM_NODES} task='digits'",
+        )
+
+    run_config = (
+        f"num-clients={NUM_NODES} num-rounds=2 local-epochs=1 fraction-evaluate=0.0 "
+        "secagg.num-shares=3 secagg.reconstruction-threshold=2 secagg.timeout-s=60.0 "
+        f"server-home='{lb.server_home}'"
+    )
+    started = time.monotonic()
+    done = lb.flwr("run", str(APP_DIR), CONNECTION, "--run-config", run_config, "--stream",
+                   timeout=240)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-4000:] + _log(lb)
+    print(f"flwr run took {time.monotonic() - started:.1f} s")
+
+    runs = _training_runs(lb.server_home)
+    assert len(runs) == 1, out[-4000:] + _log(lb)
+    [run] = runs
+    assert run["kind"] == "federated" and run["status"] == "succeeded"
+    assert run["config"]["secagg_resolved"]["protocol"].startswith("SecAgg+")
+    rounds = run["metrics"]["rounds"]
+    assert [r["status"] for r in rounds] == ["aggregated", "aggregated"], rounds
+    assert all(r["sampled"] == NUM_NODES and r["replied"] == NUM_NODES for r in rounds), rounds
+    assert all(r["stage_seconds"] for r in rounds), rounds
+    assert run["weights_sha256"]
+    # The drift histogram went through SecAgg+ from the 3 devices' partitions.
+    assert run["metrics"]["drift_reference"]["examples"] > 0
+
+
+def test_an_unregistered_supernode_is_refused(loopback: Loopback) -> None:
+    private, _ = _write_node_key(loopback.tmp, "intruder")  # never registered
+    proc, log = loopback.supernode(
+        "intruder", private, "partition-id=0 num-partitions=3", "--max-retries", "1",
+        "--max-wait-time", "20",
+    )
+    try:
+        code = proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"an unregistered SuperNode kept running:\n{log.read_text()[-3000:]}")
+    text = log.read_text(errors="replace")
+    superlink_log = loopback.procs[0][1].read_text(errors="replace")
+    assert code != 0, text[-3000:]
+    assert "Exit Code: 305" in text, text[-3000:]  # flwr's "SuperNode cannot connect" code
+    assert "Failed to activate SuperNode" in text, text[-3000:]
+    # ... and it is refused for its key, not for a network problem:
+    assert "No SuperNode found with the given public key" in superlink_log, superlink_log[-3000:]
+    assert '"POST /v1/fleet/activate-node HTTP/1.1" 412' in superlink_log
+
+
+def _training_runs(home: Path) -> list[dict]:
+    from server.artifact_store import ArtifactStore
+    from server.database import close_database, open_database
+    from server.federated.runs import TrainingRuns
+    from server.settings import load_settings
+
+    settings = load_settings(home)
+    factory = open_database(settings.resolved_database_url)
+    try:
+        return [r.to_json() for r in TrainingRuns(factory, ArtifactStore(settings.artifacts_dir)).list()]
+    finally:
+        close_database(factory)
