@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -27,9 +26,8 @@ from typing import Any, TypeVar
 import httpx
 import numpy as np
 
-from agent.config import AgentConfig
+from agent.config import AgentConfig, init_agent_home
 from agent.daemon import Agent
-from agent.config import init_agent_home
 from edgeops.errors import ConfigError, TransportError
 from edgeops.packaging import package_model
 from edgeops.tasks import Task, load_task, partition_devices
@@ -38,6 +36,7 @@ from server.home import init_home
 from server.publishing import publish_package
 from server.settings import ServerSettings, load_settings
 from simulations.mosquitto import MosquittoBroker, find_mosquitto, free_port, wait_for_port
+from simulations.processes import stop_process
 from simulations.report import DeviceResult, SimulationResult
 
 log = logging.getLogger(__name__)
@@ -99,13 +98,7 @@ def running_server(settings: ServerSettings, log_path: Path) -> Iterator[subproc
             raise TransportError(f"the server did not start; see {log_path}") from err
         yield process
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, timeout_s=15)
 
 
 class FleetAPI:

@@ -30,6 +30,7 @@ from server.broker_config import (
     write_broker_config,
 )
 from server.settings import ServerSettings
+from simulations.processes import stop_process
 
 INSTALL_HINT = "sudo apt-get install -y mosquitto   (macOS: brew install mosquitto)"
 __all__ = ["MAX_QUEUED_MESSAGES", "MosquittoBroker", "find_mosquitto", "free_port", "wait_for_port"]
@@ -165,13 +166,7 @@ class MosquittoBroker:
         """Graceful stop: Mosquitto saves its persistence file."""
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout_s)
         if self.process.stderr:
             self.process.stderr.close()
         self.process = None

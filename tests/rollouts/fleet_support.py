@@ -32,6 +32,7 @@ import paho.mqtt.client as mqtt
 from agent import Agent, AgentConfig, init_agent_home
 from edgeops.messages import Command, decode
 from simulations.mosquitto import MosquittoBroker, free_port, wait_for_port
+from simulations.processes import stop_process
 from tests.server.helpers import INPUT_SCHEMA, NUM_CLASSES, NUM_FEATURES, golden_for
 
 BAD_FEATURE_VALUE = 16.0  # first feature of the inputs a regressing release fails on
@@ -137,13 +138,8 @@ class ServerProcess:
             self.process.wait(10)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, timeout_s=15)
 
 
 class CommandSniffer:
