@@ -31,11 +31,14 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hashlib import _Hash as Hash
 
 from tuf.api import exceptions as tuf_errors
 from tuf.ngclient.fetcher import FetcherInterface
@@ -119,6 +122,53 @@ class ResumableFetcher(FetcherInterface):
             with super().download_file(url, max_length) as handle:
                 yield handle
             return
+        with self._resumable(url, max_length, []) as part, open(part, "rb") as handle:
+            yield handle
+
+    def download_verified(
+        self, url: str, length: int, hashes: Mapping[str, str], destination: Path
+    ) -> Path:
+        """Download `url` (resumably) and move it to `destination` if it has the signed
+        `length` and `hashes`.
+
+        ngclient's `download_target` checks the same (`TargetFile.verify_length_and_hashes`)
+        by reading the finished file again, then copies it; here the bytes are hashed as
+        they arrive (and a resumed prefix once, from disk) and the partial file itself is
+        renamed into place: a 50 MB model is written once and never read back."""
+        if self._partial_dir is None:
+            raise ValueError("download_verified needs a partial_dir")
+        digests = {}
+        for algorithm in hashes:
+            try:
+                digests[algorithm] = hashlib.new(algorithm)
+            except (ValueError, TypeError) as err:
+                raise tuf_errors.LengthOrHashMismatchError(
+                    f"Unsupported hash algorithm {algorithm!r}"
+                ) from err
+        with self._resumable(url, length, list(digests.values())) as part:
+            received = part.stat().st_size
+            if received != length:
+                raise tuf_errors.LengthOrHashMismatchError(
+                    f"Length mismatch, observed: {received}, expected: {length}"
+                )
+            for algorithm, digest in digests.items():
+                if digest.hexdigest() != hashes[algorithm]:
+                    raise tuf_errors.LengthOrHashMismatchError(
+                        f"Observed {algorithm} hash {digest.hexdigest()} does not match "
+                        f"expected hash {hashes[algorithm]}"
+                    )
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(part, destination)
+        return destination
+
+    # Internals ---------------------------------------------------------------------
+
+    @contextmanager
+    def _resumable(self, url: str, max_length: int, digests: list[Hash]) -> Iterator[Path]:
+        """The partial file of `url`, completed (from where an earlier attempt stopped) up
+        to `max_length` bytes, every byte fed to `digests`. Kept across a broken link for
+        the next attempt; dropped after use, or when its bytes are bad."""
+        assert self._partial_dir is not None
         self._partial_dir.mkdir(parents=True, exist_ok=True)
         part = self._partial_dir / (hashlib.sha256(url.encode()).hexdigest()[:32] + ".part")
         have = part.stat().st_size if part.exists() else 0
@@ -127,11 +177,15 @@ class ResumableFetcher(FetcherInterface):
             have = 0
         keep = True
         try:
+            if have and digests:
+                with open(part, "rb") as handle:
+                    while chunk := handle.read(self.policy.chunk_bytes):
+                        for digest in digests:
+                            digest.update(chunk)
             if have < max_length:
-                self._append(url, part, have, max_length)
-            with open(part, "rb") as handle:
-                yield handle
-            keep = False  # verified and copied (or moved) by the caller: done with it
+                self._append(url, part, have, max_length, digests)
+            yield part
+            keep = False  # verified and moved (or copied) by the caller: done with it
         except tuf_errors.DownloadError as err:
             # A broken link keeps what arrived; too many bytes do not.
             keep = not isinstance(err, tuf_errors.DownloadLengthMismatchError)
@@ -143,29 +197,9 @@ class ResumableFetcher(FetcherInterface):
             if not keep:
                 part.unlink(missing_ok=True)
 
-    def download_verified(
-        self,
-        url: str,
-        max_length: int,
-        verify: Callable[[IO[bytes]], None],
-        destination: Path,
-    ) -> Path:
-        """Download `url` (resumably), `verify` the whole file, then move it to `destination`.
-
-        The same steps as ngclient's `download_target`, minus its copy: the verified
-        partial file itself is renamed into place (a 50 MB model is written once)."""
-        if self._partial_dir is None:
-            raise ValueError("download_verified needs a partial_dir")
-        with self.download_file(url, max_length) as handle:
-            verify(handle)
-            part = Path(handle.name)  # type: ignore[arg-type]
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(part, destination)
-        return destination
-
-    # Internals ---------------------------------------------------------------------
-
-    def _append(self, url: str, part: Path, have: int, max_length: int) -> None:
+    def _append(
+        self, url: str, part: Path, have: int, max_length: int, digests: list[Hash]
+    ) -> None:
         received = have
         halfway = max_length // 2
         with open(part, "ab") as out:
@@ -181,6 +215,8 @@ class ResumableFetcher(FetcherInterface):
                         f"of {max_length}"
                     )
                 out.write(chunk)
+                for digest in digests:
+                    digest.update(chunk)
                 if self._on_progress is not None:
                     self._on_progress(received, max_length)
                 if self._fault is not None and before < halfway <= received:

@@ -238,9 +238,9 @@ class ReleaseUpdater:
     def download(self, found: Lookup, slot: SlotName) -> Path:
         """Fetch the artifact into the slot's incoming file; it matches the signed hashes.
 
-        With our fetcher this is ngclient's `download_target` without its extra copy: the
-        same URL (consistent snapshot: `<dir>/<sha256>.<name>`), the same check
-        (`TargetFile.verify_length_and_hashes`), then the verified file is renamed."""
+        With our fetcher this is ngclient's `download_target` without its second pass and
+        its copy: the same URL (consistent snapshot: `<dir>/<sha256>.<name>`), the same
+        length and hash check, made as the bytes arrive; the verified file is renamed."""
         from agent.fetcher import ResumableFetcher
 
         destination = self._store.incoming_path(slot)
@@ -254,7 +254,7 @@ class ReleaseUpdater:
             directory, sep, name = found.info.path.rpartition("/")
             url = f"{self._config.targets_base_url}{directory}{sep}{found.sha256}.{name}"
             return fetcher.download_verified(
-                url, found.info.length, found.info.verify_length_and_hashes, destination
+                url, found.info.length, found.info.hashes, destination
             )
         except Exception as err:
             raise map_tuf_error(err, "artifact") from err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,6 +72,43 @@ def test_a_partial_download_survives_a_restart(server: RepoServer, tmp_path: Pat
     with second.download_file(server.url + NAME, len(DATA)) as handle:
         assert handle.read() == DATA
     assert second.resumed_from == [400_000]
+
+
+def test_download_verified_hashes_as_bytes_arrive_including_a_resumed_prefix(
+    server: RepoServer, tmp_path: Path
+) -> None:
+    signed = {"sha256": hashlib.sha256(DATA).hexdigest(), "sha512": hashlib.sha512(DATA).hexdigest()}
+    server.behaviours[r"\.model\.onnx$"] = break_after(400_000, times=10)
+    first, _ = fetcher(tmp_path, retries=0)
+    with pytest.raises(tuf_errors.DownloadError):
+        first.download_verified(server.url + NAME, len(DATA), signed, tmp_path / "model.onnx")
+    server.behaviours.clear()
+
+    second, _ = fetcher(tmp_path)
+    path = second.download_verified(server.url + NAME, len(DATA), signed, tmp_path / "model.onnx")
+    assert path.read_bytes() == DATA and second.resumed_from == [400_000]
+    assert not list((tmp_path / "partial").glob("*.part"))  # renamed into place, not copied
+
+
+def test_download_verified_refuses_bytes_that_do_not_match_the_signed_hashes(
+    server: RepoServer, tmp_path: Path
+) -> None:
+    fetch, _ = fetcher(tmp_path)
+    destination = tmp_path / "model.onnx"
+    # A tampered prefix left on disk is hashed too: the result cannot match.
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    tampered = bytearray(DATA[:300_000])
+    tampered[10] ^= 0xFF
+    url = server.url + NAME
+    (partial / (hashlib.sha256(url.encode()).hexdigest()[:32] + ".part")).write_bytes(tampered)
+    with pytest.raises(tuf_errors.LengthOrHashMismatchError, match="sha256"):
+        fetch.download_verified(url, len(DATA), {"sha256": hashlib.sha256(DATA).hexdigest()}, destination)
+    assert not destination.exists() and not list(partial.glob("*.part"))
+
+    with pytest.raises(tuf_errors.LengthOrHashMismatchError, match="Unsupported"):
+        fetch.download_verified(url, len(DATA), {"no-such-hash": "00"}, destination)
+    assert not destination.exists()
 
 
 def test_http_4xx_is_final_and_5xx_is_retried(server: RepoServer, tmp_path: Path) -> None:
