@@ -20,8 +20,8 @@ from sqlalchemy.orm import sessionmaker
 from edgeops import __version__, errors
 from server import api_registry, api_tuf
 from server.api_deps import require_viewer
-from server.audit import audit_middleware
 from server.artifact_store import ArtifactStore
+from server.audit import AuditMiddleware
 from server.home import read_admin_token
 from server.registry import Registry
 from server.settings import ServerSettings
@@ -74,7 +74,7 @@ def create_app(
     app.state.registry = Registry(session_factory, artifact_store)
     app.state.admin_token = read_admin_token(settings)
     app.add_exception_handler(errors.EdgeOpsError, error_response)
-    app.middleware("http")(audit_middleware)  # every mutating /api and /console call
+    app.add_middleware(AuditMiddleware)  # every mutating /api and /console call
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
