@@ -26,6 +26,7 @@ from agent.http_api import HttpApi
 from agent.model_store import ModelStore, SlotName, other_slot
 from agent.mqtt_link import MqttLink
 from agent.outbox import Outbox
+from agent.process_stats import ProcessStats
 from agent.runtime import ModelRuntime, NoModelError
 from agent.telemetry import TelemetryWindow, WindowRelease
 from agent.health import HealthSampler
@@ -66,24 +67,6 @@ class Prediction:
         }
 
 
-class _ProcessStats:
-    """RSS in MB and CPU percent of this process (psutil is optional)."""
-
-    def __init__(self) -> None:
-        try:
-            import psutil
-        except ImportError:
-            self._process = None
-        else:
-            self._process = psutil.Process()
-            self._process.cpu_percent(interval=None)  # the first call only sets the baseline
-
-    def sample(self) -> tuple[float | None, float | None]:
-        if self._process is None:
-            return None, None
-        return self._process.memory_info().rss / 1e6, self._process.cpu_percent(interval=None)
-
-
 class Agent:
     """One device agent. `start()` it, `predict()` with it, `stop()` it."""
 
@@ -120,7 +103,7 @@ class Agent:
         self._link: MqttLink | None = None
         self._http: HttpApi | None = None
         self._started = False
-        self._process_stats = _ProcessStats()
+        self._process_stats = ProcessStats()
         self._outbox: Outbox | None = None  # opened by start(): telemetry waiting for PUBACK
         self.bad_commands = 0  # malformed cmd payloads, counted and dropped
 

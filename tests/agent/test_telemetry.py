@@ -97,3 +97,19 @@ def test_recording_from_many_threads_loses_nothing() -> None:
     batch = window.flush(1.0)
 
     assert batch is not None and batch.count == 1600 and sum(batch.predicted_classes) == 1600
+
+
+@pytest.mark.parametrize("calls", [1, 2, 7, 1000])
+def test_latency_percentiles_are_numpys_linear_percentiles(calls: int) -> None:
+    latencies_s = np.random.default_rng(calls).lognormal(-7, 0.5, calls)
+    window = TelemetryWindow("d", RELEASE, now=0.0)
+    x = np.ones((1, NUM_FEATURES), dtype=np.float32)
+    for latency_s in latencies_s:
+        window.record(float(latency_s), x, probs([0]))
+
+    batch = window.flush(1.0)
+
+    assert batch is not None and batch.latency is not None
+    expected = np.percentile(latencies_s * 1000.0, [50, 95, 99])
+    actual = [batch.latency.p50_ms, batch.latency.p95_ms, batch.latency.p99_ms]
+    assert actual == pytest.approx(expected, rel=1e-12)
