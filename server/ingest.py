@@ -339,10 +339,11 @@ class Ingest:
         statuses = [m for m in messages if isinstance(m, DeviceStatus)]
         telemetry = [m for m in messages if isinstance(m, TelemetryBatch)]
         with self._session_factory() as session, session.begin():
-            devices = load_devices(session, (m.device_id for m in messages), now)  # lock order
-            for status in statuses:
-                apply_status(session, status, now)
-            new_rows = record_telemetry(session, telemetry, now, devices)
+            if statuses:  # lock every device of the batch, in order, before changing any
+                load_devices(session, (m.device_id for m in messages), now)
+                for status in statuses:
+                    apply_status(session, status, now)
+            new_rows = record_telemetry(session, telemetry, now)
         self._counters.committed(
             statuses=len(statuses), telemetry=new_rows, duplicates=len(telemetry) - new_rows
         )

@@ -20,9 +20,10 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import BindParameter, Table, Text, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 
 from edgeops.errors import NotFoundError
 from edgeops.messages import DeviceStatus, TelemetryBatch
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "apply_status",
+    "ensure_devices",
     "get_device",
     "list_devices",
     "load_devices",
@@ -44,22 +46,42 @@ _TELEMETRY: Table = TelemetryRecord.__table__  # type: ignore[assignment]
 
 
 def _insert_ignoring(
-    session: Session, table: Table, key: str, rows: Sequence[dict[str, Any]]
+    session: Session,
+    table: Table,
+    key: str,
+    rows: Sequence[dict[str, Any]],
+    binds: dict[str, BindParameter[Any]] | None = None,
 ) -> set[str]:
-    """Insert `rows`, skipping those whose `key` already exists; return the keys inserted."""
+    """Insert `rows`, skipping those whose `key` already exists; return the keys inserted.
+
+    `binds` overrides how some columns are bound (see `_PAYLOAD_AS_JSON_TEXT`)."""
     if not rows:
         return set()
     dialect_insert = _UPSERT_DIALECTS.get(session.get_bind().dialect.name)
     if dialect_insert is not None:
-        stmt = dialect_insert(table).on_conflict_do_nothing(index_elements=[key])
+        stmt = dialect_insert(table).values(binds or {}).on_conflict_do_nothing(index_elements=[key])
         result = session.execute(stmt.returning(table.c[key]), list(rows))
         return set(result.scalars().all())
     wanted = [row[key] for row in rows]
     existing = set(session.execute(select(table.c[key]).where(table.c[key].in_(wanted))).scalars())
     fresh = [row for row in rows if row[key] not in existing]
     if fresh:
-        session.execute(insert(table), fresh)
+        session.execute(insert(table).values(binds or {}), fresh)
     return {row[key] for row in fresh}
+
+
+# Telemetry payloads arrive as JSON and pydantic writes them back as JSON text in one C call;
+# binding that text as-is (a JSON column takes JSON text on SQLite and PostgreSQL alike)
+# skips model_dump + json.dumps per row, which cost ingest a sixth of its time.
+_PAYLOAD_AS_JSON_TEXT = {"payload": bindparam("payload", type_=Text())}
+
+
+def ensure_devices(session: Session, device_ids: Iterable[str], now: datetime) -> list[str]:
+    """Insert a row for every id not known yet; return the ids sorted (the lock order)."""
+    ids = sorted(set(device_ids))
+    new = {"online": False, "telemetry_messages": 0, "first_seen_at": now}
+    _insert_ignoring(session, _DEVICES, "device_id", [{"device_id": d, **new} for d in ids])
+    return ids
 
 
 def load_devices(session: Session, device_ids: Iterable[str], now: datetime) -> dict[str, Device]:
@@ -69,11 +91,9 @@ def load_devices(session: Session, device_ids: Iterable[str], now: datetime) -> 
     keeps concurrent ingest workers on PostgreSQL free of deadlocks (SQLite ignores the lock
     and serializes writers itself). Later `session.get` calls hit the identity map.
     """
-    ids = sorted(set(device_ids))
+    ids = ensure_devices(session, device_ids, now)
     if not ids:
         return {}
-    new = {"online": False, "telemetry_messages": 0, "first_seen_at": now}
-    _insert_ignoring(session, _DEVICES, "device_id", [{"device_id": d, **new} for d in ids])
     stmt = (
         select(Device)
         .where(Device.device_id.in_(ids))
@@ -114,23 +134,22 @@ def apply_status(session: Session, status: DeviceStatus, now: datetime) -> Devic
     return device
 
 
-def record_telemetry(
-    session: Session,
-    batches: Sequence[TelemetryBatch],
-    now: datetime,
-    devices: dict[str, Device] | None = None,
-) -> int:
+def record_telemetry(session: Session, batches: Sequence[TelemetryBatch], now: datetime) -> int:
     """Store telemetry batches received at `now`; return how many rows were new.
 
     Idempotent by `message_id`: a batch already stored (or repeated in `batches`) is skipped,
-    not an error, and does not count towards the device's `telemetry_messages`. `devices`
-    are the rows the caller already loaded with `load_devices` in this transaction.
+    not an error, and does not count towards the device's `telemetry_messages`.
+
+    Core statements only (no ORM objects: loading 100 Device rows per batch was a fifth of
+    ingest's time). Device rows are created, then updated, in id order: the same order
+    `load_devices` locks them in, so concurrent workers on PostgreSQL cannot deadlock.
     """
     unique: dict[str, TelemetryBatch] = {}
     for batch in batches:
         unique.setdefault(batch.message_id, batch)
     if not unique:
         return 0
+    seen = ensure_devices(session, (batch.device_id for batch in unique.values()), now)
     rows = [
         {
             "message_id": batch.message_id,
@@ -141,16 +160,13 @@ def record_telemetry(
             "window_end": batch.window_end,
             "count": batch.count,
             "errors": batch.errors,
-            "payload": batch.model_dump(mode="json", by_alias=True, exclude_none=True),
+            "payload": batch.model_dump_json(by_alias=True, exclude_none=True),
             "received_at": now,
         }
         for batch in unique.values()
     ]
-    inserted = _insert_ignoring(session, _TELEMETRY, "message_id", rows)
+    inserted = _insert_ignoring(session, _TELEMETRY, "message_id", rows, _PAYLOAD_AS_JSON_TEXT)
     new_per_device = Counter(unique[message_id].device_id for message_id in inserted)
-    seen = sorted({batch.device_id for batch in unique.values()})
-    if devices is None or not devices.keys() >= set(seen):
-        devices = load_devices(session, seen, now)
     session.flush()  # pending ORM changes go first; the counters are updated in Core below
     # One executemany, incremented in SQL (not read-modify-write: correct without the lock).
     counters = (
@@ -164,8 +180,10 @@ def record_telemetry(
     session.execute(
         counters, [{"seen_id": d, "new_rows": new_per_device[d]} for d in seen]
     )
-    for device_id in seen:
-        session.expire(devices[device_id], ["telemetry_messages", "last_seen_at"])
+    for device_id in seen:  # Device objects this session holds must not keep stale counters
+        device = session.identity_map.get(identity_key(Device, device_id))
+        if device is not None:
+            session.expire(device, ["telemetry_messages", "last_seen_at"])
     return len(inserted)
 
 

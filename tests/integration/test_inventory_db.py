@@ -102,6 +102,9 @@ def test_telemetry_is_idempotent_by_message_id(db: sessionmaker) -> None:
     with db() as session:
         counts = {d.device_id: d.telemetry_messages for d in inventory.list_devices(session)}
         assert counts == {"d1": 2, "d2": 1}  # d2 was unknown: telemetry created its row
+        # The payload is stored as the JSON object it arrived as, and reads back as one.
+        stored = session.scalars(select(TelemetryRecord).where(TelemetryRecord.message_id == "m-0000003")).one()
+        assert stored.payload == again[1].model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 def test_concurrent_writers_store_each_message_once(db: sessionmaker) -> None:
