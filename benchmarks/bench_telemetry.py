@@ -7,7 +7,8 @@
     persistent session, then N telemetry batches are published while they are away (the
     broker queues them); each consumer then drains its queue alone: first a bare paho
     subscriber that only counts messages, then the real `Ingest` writing to SQLite.
-    `ingest_ratio` = ingest readings/s ÷ bare subscriber readings/s (target >= 0.5).
+    Three such trials; `ingest_ratio` = ingest readings/s ÷ bare subscriber readings/s,
+    each at its best trial (target >= 0.5).
 (b) Agents connected from one process: 1,000 (10,000 with --full) `MqttLink`s in a child
     process, against one Mosquitto, with a real `Ingest` in this process; broker and
     server (this process) RSS.
@@ -48,7 +49,7 @@ def _rss_mb(pid: int) -> float:
 # (a) ingest throughput -------------------------------------------------------------------
 
 
-def bench_ingest(workdir: Path, messages: int) -> dict[str, float]:
+def bench_ingest(workdir: Path, messages: int, trials: int = 3) -> dict[str, float]:
     import paho.mqtt.client as mqtt
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
@@ -94,44 +95,60 @@ def bench_ingest(workdir: Path, messages: int) -> dict[str, float]:
         bare.disconnect()
         bare.loop_stop()
 
-        publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-pub",
-                                protocol=mqtt.MQTTv5)
-        publisher.max_inflight_messages_set(1000)
-        publisher.connect("127.0.0.1", broker.port)
-        publisher.loop_start()
-        devices = [f"dev-{i}" for i in range(100)]
-        last = None
-        for i in range(messages):
-            device = devices[i % len(devices)]
-            batch = TelemetryBatch(device_id=device, window_start=i, window_end=i + 1,
-                                   count=READINGS_PER_BATCH, errors=0,
-                                   predicted_classes=[READINGS_PER_BATCH] + [0] * 9)
-            last = publisher.publish(topics.telemetry(device), encode(batch), qos=1)
-            if i % 1000 == 999:
-                last.wait_for_publish(30)
-        assert last is not None
-        last.wait_for_publish(60)
-        publisher.disconnect()
-        publisher.loop_stop()
+        def publish_while_away(trial: int) -> None:
+            publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-pub",
+                                    protocol=mqtt.MQTTv5)
+            publisher.max_inflight_messages_set(1000)
+            publisher.connect("127.0.0.1", broker.port)
+            publisher.loop_start()
+            devices = [f"dev-{i}" for i in range(100)]
+            last = None
+            for i in range(trial * messages, (trial + 1) * messages):  # new windows each trial
+                device = devices[i % len(devices)]
+                batch = TelemetryBatch(device_id=device, window_start=i, window_end=i + 1,
+                                       count=READINGS_PER_BATCH, errors=0,
+                                       predicted_classes=[READINGS_PER_BATCH] + [0] * 9)
+                last = publisher.publish(topics.telemetry(device), encode(batch), qos=1)
+                if i % 1000 == 999:
+                    last.wait_for_publish(30)
+            assert last is not None
+            last.wait_for_publish(60)
+            publisher.disconnect()
+            publisher.loop_stop()
 
-        started = time.perf_counter()
-        bare = bare_client()
-        bare.loop_start()
-        assert counted.wait(120), f"bare subscriber got {received[0]} of {messages}"
-        bare_s = time.perf_counter() - started
-        bare.disconnect()
-        bare.loop_stop()
+        def drain_bare() -> float:
+            received[0] = 0
+            counted.clear()
+            started = time.perf_counter()
+            bare = bare_client()
+            bare.loop_start()
+            assert counted.wait(120), f"bare subscriber got {received[0]} of {messages}"
+            elapsed = time.perf_counter() - started
+            bare.disconnect()
+            bare.loop_stop()
+            return elapsed
 
-        started = time.perf_counter()
-        ingest = Ingest(settings, db, client_id="bench-ingest", tuning=IngestTuning())
-        ingest.start()
-        deadline = time.monotonic() + 300
-        while ingest.stats().telemetry < messages and time.monotonic() < deadline:
-            time.sleep(0.01)
-        ingest_s = time.perf_counter() - started
-        stored = ingest.stats().telemetry
-        ingest.stop()
-        assert stored == messages, f"ingest stored {stored} of {messages}"
+        def drain_ingest() -> float:
+            started = time.perf_counter()
+            ingest = Ingest(settings, db, client_id="bench-ingest", tuning=IngestTuning())
+            ingest.start()
+            deadline = time.monotonic() + 300
+            while ingest.stats().telemetry < messages and time.monotonic() < deadline:
+                time.sleep(0.01)
+            elapsed = time.perf_counter() - started
+            stored = ingest.stats().telemetry
+            ingest.stop()
+            assert stored == messages, f"ingest stored {stored} of {messages}"
+            return elapsed
+
+        # Best of `trials` for each consumer: one drain lasts about a second in --quick,
+        # where a stray scheduling hiccup on a 2-core machine would move the ratio by 0.1.
+        bare_times, ingest_times = [], []
+        for trial in range(trials):
+            publish_while_away(trial)
+            bare_times.append(drain_bare())
+            ingest_times.append(drain_ingest())
+        bare_s, ingest_s = min(bare_times), min(ingest_times)
     finally:
         close_database(db)
         broker.kill()
