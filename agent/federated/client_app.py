@@ -1,5 +1,11 @@
 """The EdgeOps ClientApp: the same object runs in the Simulation Engine, under `flwr run`
-and in a SuperNode on a device (`flower-supernode` with the app's `clientapp` reference)."""
+and in a SuperNode on a device (`flower-supernode` with the app's `clientapp` reference).
+
+Loading it imports flwr but not torch: the task client (torch, the task's model and data)
+is imported by `client_fn`, i.e. only for a message that reaches the client. Under SecAgg+
+three of a round's four messages (setup, share keys, unmask) never do, and a SuperNode
+starts a fresh `flwr-clientapp` process for every message.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +17,13 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
 from agent.federated.mods import drift_histogram_mod, optional_clipping_mod, secure_aggregation_mod
-from agent.federated.task_client import TaskClient
 
 __all__ = ["make_client_app"]
 
 
 def client_fn(context: Context) -> Client:
+    from agent.federated.task_client import TaskClient  # torch: only where the model is needed
+
     return TaskClient(context).to_client()
 
 

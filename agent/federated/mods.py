@@ -7,6 +7,10 @@
 Replies pass them inside out: the update is clipped (DP) on the weights alone, then the
 histogram is appended, then SecAgg+ masks everything, so the server sees only the sum.
 The first and last only route to Flower's own mods; no cryptography here.
+
+Nothing here imports torch: SecAgg+'s setup, share-keys and unmask stages are answered by
+`secaggplus_mod` alone, so in the deployment runtime (one `flwr-clientapp` process per
+message) only the stage that trains pays for importing the model code.
 """
 
 from __future__ import annotations
@@ -20,9 +24,15 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.compat.common import recorddict_compat as compat
 
-from agent.federated.task_client import HISTOGRAM_STATE_KEY
+__all__ = [
+    "HISTOGRAM_STATE_KEY",
+    "drift_histogram_mod",
+    "optional_clipping_mod",
+    "secure_aggregation_mod",
+]
 
-__all__ = ["drift_histogram_mod", "optional_clipping_mod", "secure_aggregation_mod"]
+# Where the client's fit leaves the local histogram frequencies for `drift_histogram_mod`.
+HISTOGRAM_STATE_KEY = "edgeops.histogram"
 
 
 def secure_aggregation_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:

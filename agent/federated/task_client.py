@@ -18,13 +18,12 @@ from edgeops.federated_config import ClientRecipe
 from edgeops.federated_histograms import local_frequencies
 from edgeops.tasks import Task, TrainConfig, load_task
 from agent.federated.local_data import LocalData, load_local_data, partition_id
+from agent.federated.mods import HISTOGRAM_STATE_KEY
 
 __all__ = ["HISTOGRAM_STATE_KEY", "SimulatedDropout", "TaskClient", "get_weights", "set_weights"]
 
 logger = logging.getLogger(__name__)
 
-# Where fit leaves the local histogram frequencies for `drift_histogram_mod` to append.
-HISTOGRAM_STATE_KEY = "edgeops.histogram"
 _SEED_STRIDE = 7919
 
 
