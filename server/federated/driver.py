@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,13 @@ from server.federated.config import FederatedConfig
 from server.federated.ledger import RoundOutcome
 from server.federated.result import FederatedResult
 
-__all__ = ["DEFAULT_CLIENT_APP", "EngineResources", "load_client_app", "run_simulation_engine"]
+__all__ = [
+    "DEFAULT_CLIENT_APP",
+    "EngineResources",
+    "load_client_app",
+    "run_simulation_engine",
+    "run_simulation_engine_series",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -80,20 +86,75 @@ def run_simulation_engine(
 
     from server.federated.server_app import make_server_app
 
-    task = load_task(config.task)
-    labels = task.load_data().y_train
-    largest = max(len(p) for p in partition_devices(labels, config.num_clients, config.alpha, config.seed))
     results: list[FederatedResult] = []
     server_app = make_server_app(
-        config, sink=results.append, on_round=on_round, largest_local_examples=largest
+        config,
+        sink=results.append,
+        on_round=on_round,
+        largest_local_examples=_largest_partition(config),
     )
+    _run_engine(run_simulation, server_app, config.num_clients, resources, client_app)
+    if not results:
+        raise TrainingError("the ServerApp ended without a result; nothing was registered")
+    return results[0]
+
+
+def run_simulation_engine_series(
+    configs: Sequence[FederatedConfig],
+    *,
+    on_round: Callable[[int, RoundOutcome], None] | None = None,
+    resources: EngineResources = EngineResources(),
+    client_app: str | Any = DEFAULT_CLIENT_APP,
+) -> list[FederatedResult]:
+    """Several runs one after another in one Simulation Engine: Ray starts once and the
+    client actors stay up (their imports done) from one run to the next, so runs that
+    are compared (plain vs SecAgg+) share the same workers. Every config needs the same
+    number of clients (the engine's virtual SuperNodes); each run starts from its own
+    initial weights. `on_round` gets the index of the run with each round."""
+    from flwr.simulation import run_simulation
+
+    from server.federated.server_app import make_series_server_app
+
+    if not configs:
+        raise ConfigError("a series needs at least one run")
+    if len({c.num_clients for c in configs}) != 1:
+        raise ConfigError("every run of a series needs the same number of clients")
+    results: list[FederatedResult] = []
+    server_app = make_series_server_app(
+        configs,
+        sink=results.append,
+        on_round=on_round,
+        largest_local_examples=[_largest_partition(c) for c in configs],
+    )
+    _run_engine(run_simulation, server_app, configs[0].num_clients, resources, client_app)
+    if len(results) != len(configs):
+        raise TrainingError(
+            f"the ServerApp ended after {len(results)} of {len(configs)} runs; "
+            "nothing was registered"
+        )
+    return results
+
+
+def _largest_partition(config: FederatedConfig) -> int:
+    labels = load_task(config.task).load_data().y_train
+    parts = partition_devices(labels, config.num_clients, config.alpha, config.seed)
+    return max(len(p) for p in parts)
+
+
+def _run_engine(
+    run_simulation: Callable[..., None],
+    server_app: Any,
+    num_supernodes: int,
+    resources: EngineResources,
+    client_app: str | Any,
+) -> None:
     app = load_client_app(client_app) if isinstance(client_app, str) else client_app
     try:
         run_simulation(
             server_app=server_app,
             client_app=app,
-            num_supernodes=config.num_clients,
-            backend_config=resources.backend_config(),  # type: ignore[arg-type]
+            num_supernodes=num_supernodes,
+            backend_config=resources.backend_config(),
         )
     except RuntimeError as err:
         _shutdown_ray()  # a crashed engine can leave Ray's node running and the process hung
@@ -101,9 +162,6 @@ def run_simulation_engine(
         if cause is not None:
             raise cause from err
         raise TrainingError(f"the Flower simulation failed: {err}") from err
-    if not results:
-        raise TrainingError("the ServerApp ended without a result; nothing was registered")
-    return results[0]
 
 
 def _domain_cause(err: BaseException) -> BaseException | None:

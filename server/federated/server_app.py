@@ -4,18 +4,22 @@ checks every round.
 
 `make_server_app(config, ...)` is for our own drivers (simulation, tests); `make_server_app()`
 without a config reads it from Flower's run config, for `flwr run` and deployment.
+`make_series_server_app(configs, ...)` runs several configs one after another in one
+ServerApp (one Simulation Engine), for comparisons such as plain vs SecAgg+. The grid
+Flower hands the ServerApp is wrapped in a `PollingGrid`, so replies are collected every
+0.1 s in deployment too (Flower's deployment grid sleeps 3 s between pulls).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 import flwr.compat.common.recorddict_compat as compat
-from flwr.app import Context
+from flwr.app import Context, RecordDict
 from flwr.common import parameters_to_ndarrays
 from flwr.server import LegacyContext, ServerConfig
 from flwr.server.workflow import DefaultWorkflow
@@ -31,12 +35,13 @@ from edgeops.packaging.lineage import code_version
 from edgeops.tasks import load_task
 from server.federated.config import FederatedConfig, SecAggConfig
 from server.federated.ledger import RoundLedger, RoundOutcome
+from server.federated.polling_grid import PollingGrid
 from server.federated.result import FederatedResult, check_progress
 from server.federated.secagg_timing import StageTimedSecAggPlus
 from server.federated.strategies import build_strategy
 from server.federated.task_model import evaluator_for, initial_weights
 
-__all__ = ["make_server_app", "run_rounds"]
+__all__ = ["make_series_server_app", "make_server_app", "run_rounds"]
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +171,7 @@ def make_server_app(
     def main(grid: Grid, context: Context) -> None:
         run_config = config or FederatedConfig.from_run_config(context.run_config)
         result = run_rounds(
-            grid,
+            PollingGrid(grid),
             context,
             run_config,
             on_round=on_round,
@@ -179,3 +184,44 @@ def make_server_app(
             target(result)
 
     return app
+
+
+def make_series_server_app(
+    configs: Sequence[FederatedConfig],
+    *,
+    sink: ResultSink,
+    on_round: Callable[[int, RoundOutcome], None] | None = None,
+    largest_local_examples: Sequence[int | None] | None = None,
+) -> ServerApp:
+    """A ServerApp running `configs` one after another on the same grid and nodes, each
+    from a fresh server state, handing each result to `sink`; `on_round` gets the index
+    of the config with each round. The first run that makes no progress raises
+    TrainingError and ends the series."""
+    largest = list(largest_local_examples or [None] * len(configs))
+    if len(largest) != len(configs):
+        raise ValueError("largest_local_examples needs one entry per config")
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        polling = PollingGrid(grid)
+        for index, config in enumerate(configs):
+            fresh = Context(
+                run_id=context.run_id,
+                node_id=context.node_id,
+                node_config=context.node_config,
+                state=RecordDict(),
+                run_config=context.run_config,
+            )
+            report = None if on_round is None else _tagged(on_round, index)
+            sink(
+                run_rounds(
+                    polling, fresh, config, on_round=report, largest_local_examples=largest[index]
+                )
+            )
+
+    return app
+
+
+def _tagged(on_round: Callable[[int, RoundOutcome], None], index: int) -> RoundCallback:
+    return lambda outcome: on_round(index, outcome)
