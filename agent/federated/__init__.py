@@ -5,4 +5,7 @@ import them, and nothing else in `agent` imports this package, so a plain agent 
 loads torch or flwr. Import the submodules explicitly:
 
     from agent.federated.client_app import make_client_app
+
+`python -m agent.federated.warm_executor` runs a SuperNode's ClientApps (`flower-supernode
+--isolation process`) by forking them from one process that imported flwr and torch once.
 """
