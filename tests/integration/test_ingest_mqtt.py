@@ -246,6 +246,31 @@ def test_writer_retries_until_the_database_is_back(
         wait_until(lambda: _telemetry_rows(db) == 1, what="stored once the database is back")
 
 
+def test_full_batches_are_written_on_the_network_thread_which_never_waits_for_a_failing_database(
+    settings: ServerSettings, db: sessionmaker, topics: Topics, mosquitto: MosquittoBroker
+) -> None:
+    flaky = _FlakyDatabase(db)
+    tuning = IngestTuning(batch_max_messages=2, batch_max_wait_s=30.0)  # only full batches
+    with Ingest(settings, flaky, client_id="ingest-inline", tuning=tuning) as worker:
+        assert worker.wait_ready(10)
+        with device_client(mosquitto.port, "d1") as client:
+            for _ in range(6):
+                publish(client, topics.telemetry("d1"), encode(_batch("d1")))
+        # The first full batch fails on the network thread and goes to the flush thread;
+        # the network thread keeps receiving while the flush thread retries.
+        wait_until(lambda: worker.stats().received == 6, what="all six received during the outage")
+        wait_until(lambda: worker.stats().database_retries >= 1, what="flush thread retrying")
+        assert _telemetry_rows(db) == 0
+        flaky.up = True
+        wait_until(lambda: _telemetry_rows(db) == 6, what="stored once the database is back")
+        # ... and back on the network thread: two more are written without waiting 30 s.
+        with device_client(mosquitto.port, "d1") as client:
+            for _ in range(2):
+                publish(client, topics.telemetry("d1"), encode(_batch("d1")))
+        wait_until(lambda: _telemetry_rows(db) == 8, timeout_s=10, what="inline write after recovery")
+        assert worker.stats().telemetry == 8
+
+
 def test_ingest_reconnects_after_a_broker_restart(
     ingest: Ingest, db: sessionmaker, topics: Topics, mosquitto: MosquittoBroker
 ) -> None:
