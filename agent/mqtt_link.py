@@ -55,7 +55,12 @@ __all__ = ["Backoff", "LinkStats", "MqttLink"]
 StatusProvider = Callable[[], DeviceStatus]
 CommandHandler = Callable[[bytes], None]
 
-LOOP_TIMEOUT_S = 1.0
+LOOP_TIMEOUT_S = 1.0  # the outbox thread's idle wait
+# The network thread sleeps in poll() until the socket or the wake fd has something, or
+# for a quarter of the keepalive (paho's loop_misc sends PINGREQ), at most this long:
+# thousands of idle links in one process each waking every second starved the GIL
+# (bench_telemetry --full stalled at ~5,700 links).
+MAX_IDLE_POLL_S = 10.0
 INFLIGHT_TIMEOUT_S = 60.0  # no PUBACK this long while connected: publish it again
 NO_SUBSCRIBERS = 0x10  # PUBACK reason: accepted, but nobody subscribed: not delivered
 NO_SUBSCRIBERS_RETRY_S = 1.0
@@ -122,6 +127,7 @@ class MqttLink:
         self._inflight: dict[int, tuple[str, float]] = {}  # mid -> (message_id, sent at)
         self._backoff = Backoff(config.mqtt_reconnect_min_s, config.mqtt_reconnect_max_s, rng)
         self._threads: list[threading.Thread] = []
+        self._idle_poll_s = min(MAX_IDLE_POLL_S, max(0.05, config.mqtt_keepalive_s / 4))
         self._wake_fd, self._wake_write_fd = _make_wake_fds()
         self._connects = 0
         self._connect_failures = 0
@@ -194,6 +200,7 @@ class MqttLink:
                 )
         self._stopping.set()
         self._wake.set()
+        self._poke()  # the network thread may be asleep in poll() for up to _idle_poll_s
         if self._connected.is_set():
             self._client.disconnect()
         for thread in self._threads:
@@ -259,7 +266,7 @@ class MqttLink:
                 continue
             rc = MQTTErrorCode.MQTT_ERR_SUCCESS
             while not self._stopping.is_set() and rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-                rc = self._loop_once(LOOP_TIMEOUT_S)
+                rc = self._loop_once(self._idle_poll_s)
             if self._stopping.is_set():
                 # Let the DISCONNECT (sent by stop) go out.
                 for _ in range(10):
