@@ -38,6 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 READINGS_PER_BATCH = 100
+FDS_PER_AGENT = 2  # an agent link's MQTT socket and its wake-up eventfd
+FDS_SPARE = 200  # the interpreter, libraries, the child's pipes
 
 
 def _rss_mb(pid: int) -> float:
@@ -173,20 +175,27 @@ from agent.mqtt_link import MqttLink
 from edgeops.messages import DeviceStatus
 count, port, home = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
 links = []
-for i in range(count):
-    config = AgentConfig(home=home, device_id=f"agent-{i}", server_url="http://127.0.0.1:9",
-                         broker_port=port, fleet="bench", mqtt_keepalive_s=300,
-                         mqtt_reconnect_min_s=1, mqtt_reconnect_max_s=5)
-    status = DeviceStatus(device_id=config.device_id, online=True, state="running")
-    link = MqttLink(config, on_command=lambda payload: None,
-                    status_provider=lambda status=status: status)
-    link.start()
-    links.append(link)
 deadline = time.monotonic() + 60 + count / 50
-while time.monotonic() < deadline:
-    connected = sum(link.connected for link in links)
-    if connected == count:
-        break
+# Start in waves of WAVE, each once the previous has connected: a fleet does not dial in
+# within one millisecond, and thousands of simultaneous connects overflow the broker's
+# listen backlog (dropped SYNs, connect timeouts, retry storms).
+WAVE = 250
+for start in range(0, count, WAVE):
+    for i in range(start, min(count, start + WAVE)):
+        config = AgentConfig(home=home, device_id=f"agent-{i}", server_url="http://127.0.0.1:9",
+                             broker_port=port, fleet="bench", mqtt_keepalive_s=300,
+                             mqtt_reconnect_min_s=1, mqtt_reconnect_max_s=5)
+        status = DeviceStatus(device_id=config.device_id, online=True, state="running")
+        link = MqttLink(config, on_command=lambda payload: None,
+                        status_provider=lambda status=status: status)
+        link.start()
+        links.append(link)
+    while time.monotonic() < deadline and not all(link.connected for link in links[start:]):
+        time.sleep(0.05)
+    if len(links) % 1000 == 0 or len(links) == count:
+        print(f"  agents: {sum(link.connected for link in links)} of {len(links)} started are "
+              "connected", file=sys.stderr, flush=True)
+while time.monotonic() < deadline and sum(link.connected for link in links) < count:
     time.sleep(0.2)
 print(sum(link.connected for link in links), flush=True)
 sys.stdin.readline()
@@ -199,8 +208,17 @@ def bench_agents(workdir: Path, count: int) -> dict[str, float]:
     from server.settings import ServerSettings
     from simulations.mosquitto import MosquittoBroker
 
+    # The child and the broker each hold one descriptor per agent (the child two: the MQTT
+    # socket and the link's wake-up eventfd). Past the hard limit links fail with EMFILE and
+    # retry forever, so connect what fits and say so rather than thrash.
+    requested = count
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, count * 2 + 1000)), hard))
+    needed = count * FDS_PER_AGENT + FDS_SPARE
+    if needed > hard:
+        count = (hard - FDS_SPARE) // FDS_PER_AGENT
+        print(f"note: {requested} agents in one process need {needed} file descriptors; this "
+              f"machine's hard limit (ulimit -Hn) is {hard}: connecting {count}", file=sys.stderr)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, needed)), hard))
     broker = MosquittoBroker(workdir=workdir / "broker-b").start()
     settings = ServerSettings(home=workdir, broker_port=broker.port, fleet="bench")
     db = open_database(f"sqlite:///{workdir / 'agents.db'}")
@@ -222,6 +240,7 @@ def bench_agents(workdir: Path, count: int) -> dict[str, float]:
             time.sleep(0.1)
         assert broker.process is not None
         result = {
+            "agents_requested": requested,
             "agents_connected": connected,
             "agents_connect_s": connect_s,
             "agents_statuses_stored": ingest.stats().statuses,
@@ -369,6 +388,7 @@ def main() -> None:
         "ingest_ratio": round(results["ingest_ratio"], 3),
         "ingest_readings_per_s": round(results["ingest_readings_per_s"]),
         "agents_connected": int(results["agents_connected"]),
+        "agents_requested": int(results["agents_requested"]),
         "agent_rss_ratio": round(results["agent_rss_ratio"], 3),
         "agent_rss_mb": round(results["agent_rss_mb"], 1),
         "predict_overhead_us": round(results["predict_overhead_us"], 1),
