@@ -21,9 +21,9 @@ Delivery guarantees
 - Manual acknowledgement: a message is PUBACKed only after its transaction committed (or it
   was rejected), so a crash between receipt and commit loses nothing — the broker
   redelivers it, and storage is idempotent (telemetry by message_id; a status is an upsert).
-- While the database is unavailable the writer retries with backoff and acknowledges nothing;
-  the broker stops sending once `receive_maximum` messages are unacknowledged, which with the
-  bounded queue also bounds this process's memory.
+- While the database is unavailable the flush thread retries with backoff and acknowledges
+  nothing; the broker stops sending once `receive_maximum` messages are unacknowledged,
+  which with the bounded pending buffer also bounds this process's memory.
 
 Subscriptions (decision)
 - Telemetry, the bulk of the traffic, uses the MQTT 5 shared subscription
@@ -146,7 +146,7 @@ class Ingest:
         self._generation = 0
         self._subscribe_mid: int | None = None
         self._client: mqtt.Client | None = None
-        self._writer: threading.Thread | None = None
+        self._flusher: threading.Thread | None = None
 
     @property
     def subscriptions(self) -> list[tuple[str, SubscribeOptions]]:
@@ -165,11 +165,11 @@ class Ingest:
     # lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the writer thread and connect in the background (see `wait_ready`)."""
+        """Start the flush thread and connect in the background (see `wait_ready`)."""
         if self._client is not None:
             raise RuntimeError("Ingest.start() called twice")
-        self._writer = threading.Thread(target=self._run_flusher, name="ingest-flush", daemon=True)
-        self._writer.start()
+        self._flusher = threading.Thread(target=self._run_flusher, name="ingest-flush", daemon=True)
+        self._flusher.start()
         client = new_client(self._settings, self.client_id, manual_ack=True)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
@@ -193,11 +193,11 @@ class Ingest:
         """Write what was received, acknowledge it, then disconnect, keeping the session."""
         self._stopping.set()
         self._wake_flusher.set()
-        if self._writer is not None:
-            self._writer.join(timeout_s)
-            if self._writer.is_alive():
-                logger.warning("ingest writer still busy after %.1f s; unacknowledged messages "
-                               "will be redelivered on the next start", timeout_s)
+        if self._flusher is not None:
+            self._flusher.join(timeout_s)
+            if self._flusher.is_alive():
+                logger.warning("ingest flush thread still busy after %.1f s; unacknowledged "
+                               "messages will be redelivered on the next start", timeout_s)
         if self._client is not None:
             self._client.disconnect()
             self._client.loop_stop()
