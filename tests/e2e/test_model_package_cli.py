@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,20 +10,10 @@ import pytest
 
 from edgeops.exit_codes import ExitCode
 from server.cli.model import format_summary
+from tests.cli_support import run_edgeops
 from tests.edgeops.packaging_support import write_digits_checkpoint
 
 pytestmark = [pytest.mark.skeleton, pytest.mark.e2e]
-
-
-def edgeops(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "edgeops.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +22,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_package_trains_exports_quantizes_and_reports(tmp_path: Path) -> None:
-    done = edgeops(
+    done = run_edgeops(
         "model",
         "package",
         "--task",
@@ -67,7 +55,7 @@ def test_package_trains_exports_quantizes_and_reports(tmp_path: Path) -> None:
 def test_gate_refusal_exits_4_and_writes_nothing(tmp_path: Path, checkpoint: Path) -> None:
     np.save(tmp_path / "zeros.npy", np.zeros((64, 64), dtype=np.float32))
 
-    done = edgeops(
+    done = run_edgeops(
         "model",
         "package",
         "--task",
@@ -119,7 +107,7 @@ def test_bad_input_exits_3_naming_what_is_wrong(
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
 
-    done = edgeops("model", "package", *args, cwd=tmp_path)
+    done = run_edgeops("model", "package", *args, cwd=tmp_path)
 
     assert done.returncode == ExitCode.CONFIG, done.stderr
     assert message in done.stderr
@@ -129,7 +117,7 @@ def test_bad_input_exits_3_naming_what_is_wrong(
 
 
 def test_checkpoint_with_epochs_is_refused(tmp_path: Path) -> None:
-    done = edgeops(
+    done = run_edgeops(
         "model",
         "package",
         "--task",
@@ -145,7 +133,7 @@ def test_checkpoint_with_epochs_is_refused(tmp_path: Path) -> None:
 
 
 def test_help_teaches_the_options(tmp_path: Path) -> None:
-    done = edgeops("model", "package", "--help", cwd=tmp_path)
+    done = run_edgeops("model", "package", "--help", cwd=tmp_path)
     assert done.returncode == ExitCode.OK
     for option in (
         "--task",

@@ -3,26 +3,21 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from edgeops.exit_codes import ExitCode
+from tests.cli_support import run_edgeops
 
 pytestmark = [pytest.mark.skeleton, pytest.mark.e2e, pytest.mark.integration]
 
 
 def test_simulate_updates_every_device_and_collects_telemetry(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = subprocess.run(
-        [sys.executable, "-m", "edgeops.cli", "simulate", "--devices", "4", "--epochs", "8",
-         "--out", str(out), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    result = run_edgeops(
+        "simulate", "--devices", "4", "--epochs", "8", "--out", str(out), "--json", timeout=600
     )
     assert result.returncode == 0, result.stderr[-3000:]
     printed = json.loads(result.stdout)
@@ -64,20 +59,14 @@ def test_simulate_stops_at_once_without_mosquitto(
     ],
 )
 def test_simulate_rejects_bad_arguments(tmp_path: Path, args: list[str], complaint: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "edgeops.cli", "simulate", "--out", str(tmp_path / "o"), *args],
-        capture_output=True, text=True, timeout=120,
-    )
+    result = run_edgeops("simulate", "--out", str(tmp_path / "o"), *args, timeout=120)
     assert result.returncode != 0
     assert complaint in result.stderr
 
 
 def test_simulate_refuses_a_non_empty_output_folder(tmp_path: Path) -> None:
     (tmp_path / "keep.txt").write_text("mine")
-    result = subprocess.run(
-        [sys.executable, "-m", "edgeops.cli", "simulate", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=120,
-    )
+    result = run_edgeops("simulate", "--out", str(tmp_path), timeout=120)
     assert result.returncode == ExitCode.CONFIG
     assert "not empty" in result.stderr
     assert (tmp_path / "keep.txt").read_text() == "mine"

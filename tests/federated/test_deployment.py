@@ -27,6 +27,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.cli_support import run_edgeops
+
 pytestmark = [pytest.mark.federated, pytest.mark.integration]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -232,10 +234,7 @@ def loopback(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loopback]:
         "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
     }
     server_home = tmp / "srv"
-    init = subprocess.run(
-        [sys.executable, "-m", "edgeops.cli", "server", "init", "--home", str(server_home)],
-        cwd=tmp, env=env, capture_output=True, text=True, timeout=60, check=False,
-    )
+    init = run_edgeops("server", "init", "--home", str(server_home), cwd=tmp, env=env, timeout=60)
     assert init.returncode == 0, init.stderr
     lb = Loopback(tmp=tmp, env=env, port=port, ca=ca, server_home=server_home)
     try:

@@ -5,13 +5,12 @@ whose SecAgg+ rounds all halt exits non-zero and registers nothing."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from edgeops.exit_codes import ExitCode
+from tests.cli_support import run_edgeops
 
 pytestmark = [pytest.mark.federated, pytest.mark.e2e, pytest.mark.integration]
 
@@ -19,21 +18,10 @@ pytestmark = [pytest.mark.federated, pytest.mark.e2e, pytest.mark.integration]
 SMALL = ("--task", "digits", "--clients", "3", "--local-epochs", "1", "--cpus", "2")
 
 
-def edgeops(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "edgeops.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-
-
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     where = tmp_path_factory.mktemp("server")
-    done = edgeops("server", "init", "--home", str(where / "srv"), cwd=where)
+    done = run_edgeops("server", "init", "--home", str(where / "srv"), cwd=where)
     assert done.returncode == 0, done.stderr
     return where / "srv"
 
@@ -53,7 +41,7 @@ def _runs(home: Path) -> list[dict]:
 
 
 def test_halted_secagg_rounds_exit_non_zero_and_register_nothing(home: Path) -> None:
-    done = edgeops(
+    done = run_edgeops(
         "train", *SMALL, "--rounds", "1", "--drop-clients", "0,1", "--home", str(home), "--json",
         cwd=home.parent,
     )
@@ -65,7 +53,7 @@ def test_halted_secagg_rounds_exit_non_zero_and_register_nothing(home: Path) -> 
 
 
 def test_train_records_the_run_and_packaging_from_it_carries_the_lineage(home: Path) -> None:
-    done = edgeops("train", *SMALL, "--rounds", "2", "--home", str(home), "--json", cwd=home.parent)
+    done = run_edgeops("train", *SMALL, "--rounds", "2", "--home", str(home), "--json", cwd=home.parent)
 
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)
@@ -82,7 +70,7 @@ def test_train_records_the_run_and_packaging_from_it_carries_the_lineage(home: P
     assert reference["examples"] == 1347 and len(reference["counts"]) == 64
 
     out = home.parent / "pkg"
-    packaged = edgeops(
+    packaged = run_edgeops(
         "model", "package", "--from-run", str(run_id), "--home", str(home), "--out", str(out),
         "--json", cwd=home.parent,
     )
@@ -94,7 +82,7 @@ def test_train_records_the_run_and_packaging_from_it_carries_the_lineage(home: P
     assert report["release_info"]["int8"]["drift_reference"] == reference["counts"]
     assert report["accuracy"]["fp32"] == pytest.approx(rounds[-1]["heldout_accuracy"], abs=0.01)
 
-    published = edgeops(
+    published = run_edgeops(
         "release", "publish", "--home", str(home), "--package", str(out), "--json", cwd=home.parent
     )
     assert published.returncode == 0, published.stderr[-3000:]
