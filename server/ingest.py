@@ -277,13 +277,14 @@ class Ingest:
             payload = message.payload if size <= MAX_PAYLOAD_BYTES else None
             item = _Received(topic, payload, size, message.mid, message.qos, self._generation)
             self._counters.received()
-            self._add_pending(item)
-            if self._pending_full() and not self._database_failing.is_set():
+            pending = self._add_pending(item)
+            if pending >= self._tuning.batch_max_messages and not self._database_failing.is_set():
                 self._write_next_batch(retry=False)
         except Exception:  # pragma: no cover - defensive
             logger.exception("ingest dropped a message it could not queue")
 
-    def _add_pending(self, item: _Received) -> None:
+    def _add_pending(self, item: _Received) -> int:
+        """Append `item`; how many messages are pending now (0 if stopping)."""
         # Bounded for QoS 0 traffic (QoS 1 is bounded by receive_maximum): while the database
         # is failing, a full buffer holds up the network thread, which back-pressures the broker.
         limit = 2 * self._tuning.receive_maximum
@@ -294,12 +295,9 @@ class Ingest:
                         self._pending_since = time.monotonic()
                         self._wake_flusher.set()  # it times the batch_max_wait_s flush
                     self._pending.append(item)
-                    return
+                    return len(self._pending)
             self._stopping.wait(0.05)
-
-    def _pending_full(self) -> bool:
-        with self._pending_lock:
-            return len(self._pending) >= self._tuning.batch_max_messages
+        return 0
 
     # writing (network thread for full batches, flush thread for the rest) ----------------
 
