@@ -18,7 +18,7 @@ from edgeops.topics import DEVICE_ID_PATTERN
 from server import inventory
 from server.api_deps import OperatorDep, SessionFactoryDep, ViewerDep
 from server.audit import note
-from server.db import Device, DeviceEvent, DeviceLabel, TelemetryRecord
+from server.db import Device, DeviceEvent, DeviceLabel, TelemetryRecord, as_utc
 
 __all__ = ["DeviceEventPublic", "DeviceLabelsUpdate", "GroupPublic", "router"]
 
@@ -113,7 +113,7 @@ def device_history(
             .order_by(DeviceEvent.id.desc()).limit(limit)
         )
         return [
-            DeviceEventPublic(at=_utc(e.at), online=e.online, state=e.state, release=e.release,
+            DeviceEventPublic(at=as_utc(e.at), online=e.online, state=e.state, release=e.release,
                               target=e.target, reason=e.reason)
             for e in rows
         ]
@@ -134,7 +134,3 @@ def device_telemetry(
             .order_by(TelemetryRecord.window_end.desc()).limit(limit)
         )
         return [dict(r.payload) for r in rows]
-
-
-def _utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)

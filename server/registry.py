@@ -11,7 +11,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from edgeops.errors import ConfigError, NotFoundError, RegistryError
 from edgeops.schemas import ModelFormat
 from server.artifact_store import BlobStore
-from server.db import Artifact, Model, ModelVersion, Release, TrainingRun
+from server.db import Artifact, Model, ModelVersion, Release, TrainingRun, as_utc
 
 __all__ = [
     "FORMATS",
@@ -97,13 +97,8 @@ class ReleaseRecord:
     created_at: datetime
 
 
-def _utc(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes; everything stored is UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
-
-
 def _model_record(row: Model) -> ModelRecord:
-    return ModelRecord(id=row.id, name=row.name, task=row.task, created_at=_utc(row.created_at))
+    return ModelRecord(id=row.id, name=row.name, task=row.task, created_at=as_utc(row.created_at))
 
 
 def _version_record(row: ModelVersion, model_name: str) -> VersionRecord:
@@ -122,7 +117,7 @@ def _version_record(row: ModelVersion, model_name: str) -> VersionRecord:
             data_fingerprint=row.data_fingerprint,
             code_version=row.code_version,
         ),
-        created_at=_utc(row.created_at),
+        created_at=as_utc(row.created_at),
     )
 
 
@@ -137,7 +132,7 @@ def _release_record(release: Release, version: ModelVersion, model_name: str) ->
         artifact_sha256=version.artifact_sha256,
         size_bytes=version.size_bytes,
         model_version_id=version.id,
-        created_at=_utc(release.created_at),
+        created_at=as_utc(release.created_at),
     )
 
 
