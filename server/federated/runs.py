@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
 
 import torch
 from sqlalchemy.exc import SQLAlchemyError
@@ -23,39 +21,13 @@ from server.artifact_store import ArtifactStore
 from server.db import TrainingRun
 from server.federated.result import FederatedResult
 from server.federated.task_model import state_dict_from
+from server.training_run_record import TrainingRunRecord, training_run_record
 
 __all__ = ["TrainingRunRecord", "TrainingRuns"]
 
 logger = logging.getLogger(__name__)
 
 MAX_CODE_VERSION_CHARS = 64
-
-
-@dataclass(frozen=True)
-class TrainingRunRecord:
-    id: int
-    task: str
-    kind: str
-    status: str
-    config: dict[str, Any]
-    metrics: dict[str, Any]
-    data_fingerprint: str | None
-    code_version: str | None
-    weights_sha256: str | None
-    started_at: datetime
-    finished_at: datetime | None
-
-    @property
-    def drift_reference(self) -> list[list[int]] | None:
-        reference = self.metrics.get("drift_reference") or {}
-        counts = reference.get("counts")
-        return counts if isinstance(counts, list) else None
-
-    def to_json(self) -> dict[str, Any]:
-        data = dict(self.__dict__)
-        data["started_at"] = self.started_at.isoformat()
-        data["finished_at"] = self.finished_at.isoformat() if self.finished_at else None
-        return data
 
 
 class TrainingRuns:
@@ -102,7 +74,7 @@ class TrainingRuns:
             with self._session_factory.begin() as session:
                 session.add(row)
                 session.flush()
-                record = _record(row)
+                record = training_run_record(row)
         except SQLAlchemyError as err:
             raise RegistryError(f"cannot record the training run: {err}") from err
         logger.info("recorded training run %d (weights sha256:%s)", record.id, sha256)
@@ -114,7 +86,7 @@ class TrainingRuns:
                 row = session.get(TrainingRun, run_id)
                 if row is None:
                     raise NotFoundError(f"training run {run_id} is not in the registry")
-                return _record(row)
+                return training_run_record(row)
         except SQLAlchemyError as err:
             raise RegistryError(f"cannot read training run {run_id}: {err}") from err
 
@@ -122,28 +94,5 @@ class TrainingRuns:
         from sqlalchemy import select
 
         with self._session_factory() as session:
-            return [_record(r) for r in session.scalars(select(TrainingRun).order_by(TrainingRun.id))]
+            return [training_run_record(r) for r in session.scalars(select(TrainingRun).order_by(TrainingRun.id))]
 
-
-def _utc(moment: datetime | None) -> datetime | None:
-    if moment is None:
-        return None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
-
-
-def _record(row: TrainingRun) -> TrainingRunRecord:
-    started = _utc(row.started_at)
-    assert started is not None
-    return TrainingRunRecord(
-        id=row.id,
-        task=row.task,
-        kind=row.kind,
-        status=row.status,
-        config=dict(row.config or {}),
-        metrics=dict(row.metrics or {}),
-        data_fingerprint=row.data_fingerprint,
-        code_version=row.code_version,
-        weights_sha256=row.weights_sha256,
-        started_at=started,
-        finished_at=_utc(row.finished_at),
-    )

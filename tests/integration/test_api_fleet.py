@@ -17,7 +17,8 @@ from server.api_deps import require_admin
 from server.api_fleet import fleet_router
 from server.artifact_store import ArtifactStore
 from server.commands import CommandPublisher
-from server.db import Artifact, Model, ModelVersion, Release
+from server.api_training import router as training_router
+from server.db import Artifact, Model, ModelVersion, Release, TrainingRun
 from server.fleet_lifespan import fleet_lifespan
 from server.http_app import create_app
 from server.ingest import Ingest
@@ -207,3 +208,28 @@ def test_fleet_lifespan_starts_and_stops_mqtt_with_the_app(
         assert http.get("/api/ingest/stats", headers=ADMIN).json()["connected"] is True
 
     assert not publisher.wait_connected(0) and not ingest.wait_ready(0)
+
+
+def test_training_runs_are_served_with_utc_timestamps(
+    settings: ServerSettings, db: sessionmaker
+) -> None:
+    started = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
+    with db.begin() as session:
+        session.add(TrainingRun(task="digits", kind="federated", status="succeeded",
+                                config={"rounds": 2}, metrics={"accuracy": 0.9},
+                                weights_sha256="b" * 64, started_at=started))
+    app = create_app(settings, db, ArtifactStore(settings.home / "artifacts"),
+                     extra_routers=[training_router])
+    http = TestClient(app)
+
+    runs = http.get("/api/training-runs", headers=ADMIN)
+    one = http.get(f"/api/training-runs/{runs.json()[0]['id']}", headers=ADMIN)
+    missing = http.get("/api/training-runs/999", headers=ADMIN)
+    bad_id = http.get("/api/training-runs/zero", headers=ADMIN)
+
+    assert runs.status_code == 200 and len(runs.json()) == 1
+    assert one.json()["metrics"] == {"accuracy": 0.9} and one.json()["finished_at"] is None
+    # SQLite hands back naive datetimes; the API says they are UTC.
+    assert datetime.fromisoformat(one.json()["started_at"]) == started
+    assert missing.status_code == 404 and "999" in missing.json()["detail"]
+    assert bad_id.status_code == 422
