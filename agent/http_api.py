@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socketserver
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -45,6 +46,12 @@ class _Server(ThreadingHTTPServer):
         self.api = api
         self.max_body_bytes = max_body_bytes
         super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind resolves the bound address with socket.getfqdn: a reverse
+        # DNS lookup that can stall an agent's start for seconds on a device without DNS.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
 
 
 class _Handler(BaseHTTPRequestHandler):
