@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from agent import Agent, AgentConfig, init_agent_home
+from edgeops.errors import PayloadError
 from edgeops.messages import Command, DeviceStatus, TelemetryBatch, decode, encode
 from simulations.mosquitto import MosquittoBroker
 from tests.agent.support import (
@@ -221,7 +222,7 @@ def test_telemetry_batch_arrives_with_counts_and_histograms(env: OtaEnv) -> None
         x = np.random.default_rng(1).uniform(0, 16, (5, NUM_FEATURES)).astype(np.float32)
         agent.predict(x)
         agent.predict(x[:2])
-        with pytest.raises(Exception):
+        with pytest.raises(PayloadError, match="must have shape"):
             agent.predict(np.zeros((1, 3), dtype=np.float32))
 
         payload = telemetry.wait_for(lambda p: decode(TelemetryBatch, p).count > 0, timeout_s=10)
