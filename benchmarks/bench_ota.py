@@ -19,7 +19,9 @@ history the agent journals:
   (the health window is set to zero).
 
 The last line printed is one JSON object: ratio_1mb, ratio_10mb, ratio_50mb, rss_mb, and
-the serving_ratio_* and millisecond figures behind them.
+the serving_ratio_* and millisecond figures behind them; overhead_ms_* is what the update
+adds to the plain download (TUF refresh, journal, durable staging), nearly the same at
+every size.
 """
 
 from __future__ import annotations
@@ -240,6 +242,7 @@ def run(quick: bool) -> dict[str, Any]:
         result[f"serving_ratio_{key}"] = round(serving / plain, 3)
         result[f"plain_ms_{key}"] = round(plain * 1e3, 2)
         result[f"install_ms_{key}"] = round(install * 1e3, 2)
+        result[f"overhead_ms_{key}"] = round((install - plain) * 1e3, 2)  # what OTA adds
         result[f"serving_ms_{key}"] = round(serving * 1e3, 2)
     result["rss_mb"] = round(peak / 1e6, 1)
     result["mode"] = "quick" if quick else "full"
