@@ -15,7 +15,8 @@ Order of effects, so agents never see half a release: validate everything (inclu
 each model against its own golden vectors), store the artifacts (content-addressed,
 invisible to agents), record both versions and the release in one database transaction,
 and only then sign the TUF target; timestamp.json, written last, is what makes it
-visible. If signing fails the database rows are removed again.
+visible. If signing fails the database rows are removed again; if the process dies before
+signing, the next publish removes them (`drop_unsigned_releases`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,14 @@ from server.registry import FORMATS, Lineage, NewVersion, Registry
 from server.settings import ServerSettings
 from server.tuf_repository import TufRepository
 
-__all__ = ["ModelPackage", "PublishedRelease", "check_golden", "load_package", "publish_package"]
+__all__ = [
+    "ModelPackage",
+    "PublishedRelease",
+    "check_golden",
+    "drop_unsigned_releases",
+    "load_package",
+    "publish_package",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -239,6 +247,7 @@ def publish_package(
     repository = TufRepository(settings.tuf_dir)
 
     with repository.locked():
+        drop_unsigned_releases(registry, repository)
         version = registry.next_version(package.model)
         infos = {
             f: _with_required_opset(
@@ -298,6 +307,26 @@ def publish_package(
         release_info=infos[fmt],
         version_ids={r.format: r.id for r in records},
     )
+
+
+def drop_unsigned_releases(registry: Registry, repository: TufRepository) -> list[str]:
+    """Remove the versions of releases whose target is not in the signed targets metadata;
+    return their target paths.
+
+    Only a publish killed between its database commit and its signature leaves one (a
+    failure in between is undone at once), and no agent can ever have seen it. Call with
+    the repository lock held, so that no publish is in flight."""
+    signed = {target.path for target in repository.targets()}
+    dropped = []
+    for release in registry.list_releases():
+        if release.target_path not in signed:
+            logger.warning(
+                "%s v%d was recorded but never signed (an interrupted publish); removing it",
+                release.model, release.version,
+            )
+            registry.delete_version(release.model, release.version)
+            dropped.append(release.target_path)
+    return dropped
 
 
 def model_opset(model_file: Path) -> int | None:

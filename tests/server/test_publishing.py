@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +82,43 @@ def test_a_signing_failure_leaves_nothing_published(
     assert registry.list_releases() == [] and registry.list_versions("digits") == []
     assert TufRepository(server_settings.tuf_dir).targets_version() == 1
     assert publish_package(server_settings, session_factory, package_dir).version == 1
+
+
+def test_a_publish_killed_before_signing_is_removed_by_the_next(
+    server_settings: ServerSettings, session_factory: sessionmaker, package_dir: Path
+) -> None:
+    # A real SIGKILL after the database commit, where add_target would sign the release.
+    code = """if True:
+        import os, signal, sys
+        from pathlib import Path
+        from server import publishing
+        from server.database import open_database
+        from server.settings import ServerSettings
+
+        publishing.TufRepository.add_target = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+        settings = ServerSettings(home=Path(sys.argv[1]))
+        factory = open_database(settings.resolved_database_url)
+        publishing.publish_package(settings, factory, Path(sys.argv[2]))
+    """
+    killed = subprocess.run(
+        [sys.executable, "-c", code, str(server_settings.home), str(package_dir)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    registry = Registry(session_factory, ArtifactStore(server_settings.artifacts_dir))
+    [orphan] = registry.list_releases()  # recorded, never signed: no agent can see it
+    assert TufRepository(server_settings.tuf_dir).targets() == []
+
+    released = publish_package(server_settings, session_factory, package_dir, "fp32")
+
+    assert released.version == orphan.version == 1
+    assert [r.target_path for r in registry.list_releases()] == ["digits/1/model.fp32.onnx"]
+    assert [t.path for t in TufRepository(server_settings.tuf_dir).targets()] == [
+        "digits/1/model.fp32.onnx"
+    ]
+    assert [(v.version, v.format) for v in registry.list_versions("digits")] == [
+        (1, "fp32"), (1, "int8")
+    ]
 
 
 def test_a_duplicate_target_leaves_the_registry_unchanged(
