@@ -20,8 +20,8 @@ history the agent journals:
 
 The last line printed is one JSON object: ratio_1mb, ratio_10mb, ratio_50mb, rss_mb, and
 the serving_ratio_* and millisecond figures behind them; overhead_ms_* is what the update
-adds to the plain download (TUF refresh, journal, durable staging), nearly the same at
-every size.
+adds to the plain download: a fixed part (TUF refresh, journal saves) and the durable
+write of the model, which grows with its size.
 """
 
 from __future__ import annotations
