@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from flwr.app import Context, Message, RecordDict
@@ -23,3 +24,18 @@ def run_local(
     grid = LocalGrid(make_client_app(extra_mods), config.num_clients, observer=observer)
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
     return run_rounds(grid, context, config)
+
+
+def recorded_training_runs(home: Path) -> list[dict]:
+    """The training runs in the registry of the server home `home`, as JSON."""
+    from server.artifact_store import ArtifactStore
+    from server.database import close_database, open_database
+    from server.federated.runs import TrainingRuns
+    from server.settings import load_settings
+
+    settings = load_settings(home)
+    factory = open_database(settings.resolved_database_url)
+    try:
+        return [r.to_json() for r in TrainingRuns(factory, ArtifactStore(settings.artifacts_dir)).list()]
+    finally:
+        close_database(factory)

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.cli_support import run_edgeops
+from tests.federated.support import recorded_training_runs
 
 pytestmark = [pytest.mark.federated, pytest.mark.integration]
 
@@ -320,7 +321,7 @@ def test_three_registered_supernodes_train_two_secagg_rounds_over_tls(
     assert done.returncode == 0, out[-4000:] + _log(lb)
     print(f"flwr run took {time.monotonic() - started:.1f} s")
 
-    runs = _training_runs(lb.server_home)
+    runs = recorded_training_runs(lb.server_home)
     assert len(runs) == 1, out[-4000:] + _log(lb)
     [run] = runs
     assert run["kind"] == "federated" and run["status"] == "succeeded"
@@ -363,15 +364,3 @@ def test_an_unregistered_supernode_is_refused(loopback: Loopback) -> None:
     assert '"POST /v1/fleet/activate-node HTTP/1.1" 412' in superlink_log
 
 
-def _training_runs(home: Path) -> list[dict]:
-    from server.artifact_store import ArtifactStore
-    from server.database import close_database, open_database
-    from server.federated.runs import TrainingRuns
-    from server.settings import load_settings
-
-    settings = load_settings(home)
-    factory = open_database(settings.resolved_database_url)
-    try:
-        return [r.to_json() for r in TrainingRuns(factory, ArtifactStore(settings.artifacts_dir)).list()]
-    finally:
-        close_database(factory)

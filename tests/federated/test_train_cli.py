@@ -11,6 +11,7 @@ import pytest
 
 from edgeops.exit_codes import ExitCode
 from tests.cli_support import run_edgeops
+from tests.federated.support import recorded_training_runs
 
 pytestmark = [pytest.mark.federated, pytest.mark.e2e, pytest.mark.integration]
 
@@ -26,20 +27,6 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return where / "srv"
 
 
-def _runs(home: Path) -> list[dict]:
-    from server.artifact_store import ArtifactStore
-    from server.database import close_database, open_database
-    from server.federated.runs import TrainingRuns
-    from server.settings import load_settings
-
-    settings = load_settings(home)
-    factory = open_database(settings.resolved_database_url)
-    try:
-        return [r.to_json() for r in TrainingRuns(factory, ArtifactStore(settings.artifacts_dir)).list()]
-    finally:
-        close_database(factory)
-
-
 def test_halted_secagg_rounds_exit_non_zero_and_register_nothing(home: Path) -> None:
     done = run_edgeops(
         "train", *SMALL, "--rounds", "1", "--drop-clients", "0,1", "--home", str(home), "--json",
@@ -49,7 +36,7 @@ def test_halted_secagg_rounds_exit_non_zero_and_register_nothing(home: Path) -> 
     assert done.returncode == ExitCode.TRAINING, done.stderr[-3000:]
     assert "produced no new model" in done.stderr
     assert "secure aggregation halted" in done.stderr
-    assert _runs(home) == []
+    assert recorded_training_runs(home) == []
 
 
 def test_train_records_the_run_and_packaging_from_it_carries_the_lineage(home: Path) -> None:
@@ -58,7 +45,7 @@ def test_train_records_the_run_and_packaging_from_it_carries_the_lineage(home: P
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)
     run_id = summary["training_run_id"]
-    [run] = [r for r in _runs(home) if r["id"] == run_id]
+    [run] = [r for r in recorded_training_runs(home) if r["id"] == run_id]
     assert run["kind"] == "federated" and run["status"] == "succeeded"
     assert run["config"]["secagg_resolved"]["protocol"].startswith("SecAgg+")
     assert run["data_fingerprint"] and run["code_version"] and run["weights_sha256"]
