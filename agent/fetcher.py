@@ -17,10 +17,17 @@ with the standard library's HTTP client, and overrides `download_file` for artif
 - **Retries.** Connection errors, timeouts, HTTP 5xx/429 and broken streams are retried
   up to `retries` times, sleeping `uniform(0, min(backoff_max_s, backoff_base_s * 2**n))`
   (full jitter). HTTP 4xx is final.
+- **One connection.** An update's requests (root probe, timestamp, snapshot, targets, the
+  artifact) share one kept-alive connection per origin: one TCP and TLS handshake instead
+  of five, which on a cellular link is seconds. A connection is reused only after its
+  response was read to the end; one the server closed while idle is reopened at once (not
+  counted as a retry). Redirects are followed, at most 5; `https_proxy`, `http_proxy`
+  and `no_proxy` are honoured as urllib honours them.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
 import logging
@@ -29,8 +36,9 @@ import random
 import re
 import socket
 import threading
+import ssl
 import time
-import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -55,6 +63,10 @@ _HASHED_TARGET = re.compile(r"/[0-9a-f]{64}\.[^/]+$")
 _VERSIONED_METADATA = re.compile(r"/\d+\.[^/]+\.json$")
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+_REDIRECT_STATUS = {301, 302, 303, 307, 308}
+MAX_REDIRECTS = 5
+# What a kept-alive connection the server closed while idle raises on its next request.
+_STALE_CONNECTION = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 WRITE_BEHIND_BYTES = 4 * 1024 * 1024  # start flushing an artifact every 4 MB received
 
 
@@ -117,6 +129,77 @@ class _WriteBehind:
             self._thread.join()  # before the file (and its descriptor) is closed
 
 
+def proxy_for(scheme: str, netloc: str) -> urllib.parse.SplitResult | None:
+    """The proxy the environment (`https_proxy`, `http_proxy`, `no_proxy`) names for
+    `scheme://netloc`, as urllib would use it; None to connect directly."""
+    proxy = urllib.request.getproxies().get(scheme)
+    host = urllib.parse.urlsplit(f"//{netloc}").hostname or netloc
+    if not proxy or urllib.request.proxy_bypass(host):
+        return None
+    return urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+
+
+def proxy_headers(proxy: urllib.parse.SplitResult | None) -> dict[str, str]:
+    """Basic credentials for `proxy`, when its URL carries them (`http://user:pass@host`)."""
+    if proxy is None or proxy.username is None:
+        return {}
+    user = urllib.parse.unquote(proxy.username)
+    password = urllib.parse.unquote(proxy.password or "")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return {"Proxy-Authorization": f"Basic {token}"}
+
+
+@dataclass(frozen=True)
+class _Opened:
+    """A response whose body is to be read, from the connection of `origin`."""
+
+    response: http.client.HTTPResponse
+    origin: tuple[str, str]  # (scheme, host:port)
+    skip: int  # leading bytes to drop (the server ignored Range)
+
+
+class _Connections:
+    """One kept-alive HTTP(S) connection per origin. Not thread-safe: one per fetcher."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self._timeout_s = timeout_s
+        self._open: dict[tuple[str, str], http.client.HTTPConnection] = {}
+        self._tls: ssl.SSLContext | None = None
+
+    def get(self, origin: tuple[str, str]) -> tuple[http.client.HTTPConnection, bool]:
+        """The connection to `origin` and whether it served a request before."""
+        connection = self._open.get(origin)
+        if connection is not None:
+            return connection, True
+        scheme, netloc = origin
+        if scheme not in ("http", "https"):
+            raise tuf_errors.DownloadError(f"unsupported URL scheme {scheme!r}")
+        proxy = proxy_for(scheme, netloc)
+        address = proxy.netloc.rpartition("@")[2] if proxy is not None else netloc
+        if scheme == "https":
+            if self._tls is None:
+                self._tls = ssl.create_default_context()
+            connection = http.client.HTTPSConnection(
+                address, timeout=self._timeout_s, context=self._tls
+            )
+            if proxy is not None:  # CONNECT through the proxy, then TLS with the origin
+                connection.set_tunnel(netloc, headers=proxy_headers(proxy))
+        else:
+            connection = http.client.HTTPConnection(address, timeout=self._timeout_s)
+        self._open[origin] = connection
+        return connection, False
+
+    def drop(self, origin: tuple[str, str]) -> None:
+        """Close the connection to `origin` (after an error, or a body not read to its end)."""
+        connection = self._open.pop(origin, None)
+        if connection is not None:
+            connection.close()
+
+    def close(self) -> None:
+        for origin in list(self._open):
+            self.drop(origin)
+
+
 class ResumableFetcher(FetcherInterface):
     """ngclient fetcher with resume, caps, timeouts and retries. One per update; not shared."""
 
@@ -138,14 +221,19 @@ class ResumableFetcher(FetcherInterface):
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._fault = fault
+        self._connections = _Connections(policy.timeout_s)
         self.requests = 0  # HTTP requests made (tests count resumes with it)
         self.resumed_from: list[int] = []  # offsets of Range requests
+
+    def close(self) -> None:
+        """Close the kept-alive connections (the fetcher may still be used: it reopens)."""
+        self._connections.close()
 
     # FetcherInterface ---------------------------------------------------------------
 
     def _fetch(self, url: str) -> Iterator[bytes]:
-        response, skip = self._connect(url, 0)  # connection errors surface here
-        return self._stream(url, 0, response, skip)
+        opened = self._connect(url, 0)  # connection errors surface here
+        return self._stream(url, 0, opened)
 
     @contextmanager
     def download_file(self, url: str, max_length: int) -> Iterator[IO[bytes]]:
@@ -237,8 +325,7 @@ class ResumableFetcher(FetcherInterface):
         with open(part, "ab") as out, _WriteBehind(out.fileno()) as write_behind:
             if self._on_progress is not None:
                 self._on_progress(received, max_length)
-            response, skip = self._connect(url, have)
-            for chunk in self._stream(url, have, response, skip):
+            for chunk in self._stream(url, have, self._connect(url, have)):
                 before = received
                 received += len(chunk)
                 if received > max_length:
@@ -259,48 +346,88 @@ class ResumableFetcher(FetcherInterface):
                     os.fsync(out.fileno())
                     self._fault("mid_download")
 
-    def _request(self, url: str, offset: int) -> urllib.request.Request:
+    def _headers(self, offset: int) -> dict[str, str]:
         headers = {"User-Agent": self._user_agent, "Accept-Encoding": "identity"}
         if offset:
             headers["Range"] = f"bytes={offset}-"
-        return urllib.request.Request(url, headers=headers)
+        return headers
 
-    def _connect_once(self, url: str, offset: int) -> tuple[http.client.HTTPResponse, int]:
-        """Open `url` from `offset`: the response and how many leading bytes to skip."""
+    def _send(self, url: str, offset: int) -> tuple[http.client.HTTPResponse, tuple[str, str]]:
+        """GET `url` on its origin's connection, reopening at once one the server closed
+        while it was idle."""
+        parts = urllib.parse.urlsplit(url)
+        origin = (parts.scheme, parts.netloc)
+        path = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+        headers = self._headers(offset)
+        if parts.scheme == "http" and (proxy := proxy_for("http", parts.netloc)) is not None:
+            path = urllib.parse.urlunsplit(parts._replace(fragment=""))  # absolute, for the proxy
+            headers.update(proxy_headers(proxy))
+        while True:
+            connection, reused = self._connections.get(origin)
+            try:
+                connection.request("GET", path, headers=headers)
+                return connection.getresponse(), origin
+            except _STALE_CONNECTION:
+                self._connections.drop(origin)
+                if not reused:
+                    raise
+                logger.debug("%s: the kept-alive connection was closed; reconnecting", url)
+            except BaseException:
+                self._connections.drop(origin)
+                raise
+
+    def _discard(self, response: http.client.HTTPResponse, origin: tuple[str, str]) -> None:
+        """Done with a response whose body is not wanted (an error or a redirect): read a
+        small one to its end, so the connection serves the next request; else close it."""
+        try:
+            if response.length is not None and response.length <= 64 * 1024:
+                response.read()
+                response.close()
+                return
+        except (OSError, http.client.HTTPException):
+            pass
+        response.close()
+        self._connections.drop(origin)
+
+    def _connect_once(self, url: str, offset: int) -> _Opened:
+        """Open `url` from `offset`, following redirects."""
         self.requests += 1
         if offset:
             self.resumed_from.append(offset)
         try:
-            response = urllib.request.urlopen(  # noqa: S310 (http(s) URLs from the config)
-                self._request(url, offset), timeout=self.policy.timeout_s
-            )
-        except urllib.error.HTTPError as err:
-            err.close()
-            if err.code in _RETRY_STATUS:
-                raise _Retryable(f"HTTP {err.code}") from err
-            raise tuf_errors.DownloadHTTPError(
-                f"HTTP error occurred with status {err.code}", err.code
-            ) from err
+            for _hop in range(MAX_REDIRECTS + 1):
+                response, origin = self._send(url, offset)
+                location = response.headers.get("Location")
+                if response.status not in _REDIRECT_STATUS or not location:
+                    break
+                self._discard(response, origin)
+                url = urllib.parse.urljoin(url, location)
+            else:
+                raise tuf_errors.DownloadError(f"{url}: more than {MAX_REDIRECTS} redirects")
         except (TimeoutError, socket.timeout) as err:
             raise _Retryable(f"timed out connecting to {url}", slow=True) from err
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
-            reason = getattr(err, "reason", err)
-            slow = isinstance(reason, (TimeoutError, socket.timeout))
-            raise _Retryable(f"cannot reach {url}: {reason}", slow=slow) from err
+        except (OSError, http.client.HTTPException) as err:
+            raise _Retryable(f"cannot reach {url}: {err}") from err
+        status = response.status
+        if not 200 <= status < 300:
+            self._discard(response, origin)
+            if status in _RETRY_STATUS:
+                raise _Retryable(f"HTTP {status}")
+            raise tuf_errors.DownloadHTTPError(f"HTTP error occurred with status {status}", status)
         if not offset:
-            return response, 0
-        if response.status == 206:
+            return _Opened(response, origin, 0)
+        if status == 206:
             match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
             if match is None or int(match[1]) != offset:
-                response.close()
+                self._discard(response, origin)
                 raise tuf_errors.DownloadError(
                     f"{url}: server answered Range bytes={offset}- with "
                     f"{response.headers.get('Content-Range')!r}"
                 )
-            return response, 0
-        return response, offset  # 200: the server ignored Range; skip what we have
+            return _Opened(response, origin, 0)
+        return _Opened(response, origin, offset)  # 200: the server ignored Range; skip what we have
 
-    def _connect(self, url: str, offset: int) -> tuple[http.client.HTTPResponse, int]:
+    def _connect(self, url: str, offset: int) -> _Opened:
         attempt = 0
         while True:
             try:
@@ -319,18 +446,18 @@ class ResumableFetcher(FetcherInterface):
         self._sleep(delay)
         return attempt + 1
 
-    def _stream(
-        self, url: str, offset: int, response: http.client.HTTPResponse, skip: int
-    ) -> Iterator[bytes]:
+    def _stream(self, url: str, offset: int, opened: _Opened) -> Iterator[bytes]:
         """Yield the body from `offset` on, reconnecting with Range when the link breaks."""
         resumable = is_immutable_url(url)
         position = offset  # bytes of the file yielded so far (counting `offset`)
         attempt = 0
         policy = self.policy
         while True:
+            response, skip = opened.response, opened.skip
             started = time.monotonic()
             got = 0  # bytes of this response passed on
             body = 0  # bytes of this response read, skipped ones included
+            complete = False  # read to its end: the connection may serve the next request
             try:
                 try:
                     while True:
@@ -339,6 +466,7 @@ class ResumableFetcher(FetcherInterface):
                             length = response.headers.get("Content-Length")
                             if length is not None and body < int(length):
                                 raise _Retryable(f"{url}: stream ended after {body} of {length} bytes")
+                            complete = True
                             return
                         body += len(chunk)
                         if skip:
@@ -362,6 +490,8 @@ class ResumableFetcher(FetcherInterface):
                     raise _Retryable(f"{url}: connection broke: {err}") from err
                 finally:
                     response.close()
+                    if not complete:
+                        self._connections.drop(opened.origin)
             except _Retryable as err:
                 if position > 0 and not resumable:
                     if err.slow:
@@ -370,4 +500,4 @@ class ResumableFetcher(FetcherInterface):
                 if got >= 64 * 1024 and not err.slow:
                     attempt = 0  # real progress: a fresh budget for the next break
                 attempt = self._backoff(url, attempt, err)
-                response, skip = self._connect(url, position)
+                opened = self._connect(url, position)

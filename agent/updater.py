@@ -103,6 +103,14 @@ def map_tuf_error(err: Exception, what: str) -> EdgeOpsError:
     return UpdateError(f"{what}: {err}")
 
 
+def _close(fetcher: FetcherInterface | None) -> None:
+    """Close our fetcher's kept-alive connections (other fetchers manage their own)."""
+    from agent.fetcher import ResumableFetcher
+
+    if isinstance(fetcher, ResumableFetcher):
+        fetcher.close()
+
+
 class IncompatibleReleaseError(UpdateError):
     """The release needs a newer agent or onnxruntime than this device has."""
 
@@ -195,6 +203,13 @@ class ReleaseUpdater:
     def lookup(self, target: str, on_progress: ProgressCallback | None = None) -> Lookup:
         """Refresh metadata and find `target`; refuse what this agent must not download."""
         fetcher = self._make_fetcher(on_progress)
+        try:
+            return self._lookup(target, fetcher)
+        except BaseException:
+            _close(fetcher)  # a Lookup that is returned closes it after the download
+            raise
+
+    def _lookup(self, target: str, fetcher: FetcherInterface) -> Lookup:
         updater = self._new_tuf_updater(fetcher)
         try:
             updater.refresh()
@@ -258,6 +273,8 @@ class ReleaseUpdater:
             )
         except Exception as err:
             raise map_tuf_error(err, "artifact") from err
+        finally:
+            _close(fetcher)
 
     def _consistent_snapshot(self) -> bool:
         """Whether the root ngclient just verified (and cached) uses consistent snapshots."""

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 from securesystemslib.signer import CryptoSigner
@@ -178,27 +178,36 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         pass
 
 
-class StaticServer:
-    """A stdlib HTTP server for a directory, on a free port, in a thread."""
+class ServerThread:
+    """Serves a stdlib HTTP server (bound to a free port of 127.0.0.1) in a daemon thread
+    while entered."""
 
-    def __init__(self, directory: Path) -> None:
-        handler = partial(_QuietHandler, directory=str(directory))
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+    def __init__(self, server: ThreadingHTTPServer, scheme: str = "http") -> None:
+        server.daemon_threads = True
+        self._server = server
+        self._scheme = scheme
+        self._thread = threading.Thread(target=server.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{self._scheme}://{host}:{port}"
 
-    def __enter__(self) -> "StaticServer":
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class StaticServer(ServerThread):
+    """A stdlib HTTP server for a directory."""
+
+    def __init__(self, directory: Path) -> None:
+        handler = partial(_QuietHandler, directory=str(directory))
+        super().__init__(ThreadingHTTPServer(("127.0.0.1", 0), handler))
 
 
 # MQTT ----------------------------------------------------------------------------------

@@ -3,11 +3,16 @@ an HTTP server with Range and per-path misbehaviour, and an agent home with v1 i
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+import http.client
 import json
 import re
-import threading
+import select
+import socket
+import ssl
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,6 +29,7 @@ from agent.model_store import ModelStore
 from edgeops.schemas import ReleaseInfo
 from tests.agent.support import (
     NUM_FEATURES,
+    ServerThread,
     TufTestRepository,
     build_model,
     install_model,
@@ -35,12 +41,18 @@ Behaviour = Callable[["RangeHandler", bytes], None]
 
 
 class RangeHandler(BaseHTTPRequestHandler):
-    """GET with single-range support; a per-path `Behaviour` can replace the answer."""
+    """GET with single-range support; a per-path `Behaviour` can replace the answer.
+    HTTP/1.1: a connection serves requests until a behaviour or the client closes it."""
 
     server: "RepoServer._Server"
+    protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.owner.connections += 1
 
     def do_GET(self) -> None:  # noqa: N802
         owner = self.server.owner
@@ -56,9 +68,18 @@ class RangeHandler(BaseHTTPRequestHandler):
                 behaviour(self, data or b"")
                 return
         if data is None:
-            self.send_error(404)
+            self.send_not_found()
             return
         self.send_bytes(data)
+
+    def send_not_found(self) -> None:
+        """A 404 on a connection kept alive, as uvicorn answers (send_error closes it)."""
+        body = b'{"detail":"not found"}'
+        self.send_response(404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def send_bytes(self, data: bytes, *, limit: int | None = None) -> None:
         """Send `data` honouring Range; stop (and drop the connection) after `limit` bytes."""
@@ -82,36 +103,106 @@ class RangeHandler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-class RepoServer:
-    """Serves a folder over HTTP on a free port; `behaviours` map path regexes to misbehaviour."""
+class RepoServer(ServerThread):
+    """Serves a folder over HTTP(S); `behaviours` map path regexes to misbehaviour."""
 
     class _Server(ThreadingHTTPServer):
-        daemon_threads = True
         owner: "RepoServer"
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, tls: ssl.SSLContext | None = None) -> None:
         self.root = Path(root)
         self.behaviours: dict[str, Behaviour] = {}
         self.requests: list[tuple[str, str | None]] = []
-        self._server = self._Server(("127.0.0.1", 0), RangeHandler)
-        self._server.owner = self
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        self.connections = 0  # TCP connections accepted
+        server = self._Server(("127.0.0.1", 0), RangeHandler)
+        server.owner = self
+        if tls is not None:
+            server.socket = tls.wrap_socket(server.socket, server_side=True)
+        super().__init__(server, "http" if tls is None else "https")
 
     def target_requests(self) -> list[tuple[str, str | None]]:
         return [r for r in self.requests if r[0].startswith("/tuf/targets/")]
 
-    def __enter__(self) -> "RepoServer":
-        self._thread.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+def tls_server_context(directory: Path, host: str) -> tuple[Path, ssl.SSLContext]:
+    """A CA file and a server TLS context whose certificate that CA issued for `host`."""
+    from server import ca
+
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key, server_key = ca.new_private_key(), ca.new_private_key()
+    ca_cert = ca.make_ca_certificate(ca_key, "test CA", now)
+    cert = ca.issue_certificate(
+        ca_key, ca_cert, server_key.public_key(), host, now, server=True, hosts=(host,)
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "ca.pem").write_bytes(ca.cert_pem(ca_cert))
+    (directory / "server.pem").write_bytes(ca.cert_pem(cert))
+    (directory / "server.key").write_bytes(ca.key_pem(server_key))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(directory / "server.pem", directory / "server.key")
+    return directory / "ca.pem", context
+
+
+class ProxyHandler(BaseHTTPRequestHandler):
+    """A forward proxy: `GET http://...` is fetched and relayed, `CONNECT host:port` tunnels."""
+
+    server: "ProxyServer._Server"
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.server.owner.seen.append(("GET", self.path, self.headers.get("Proxy-Authorization")))
+        target = urllib.parse.urlsplit(self.path)
+        upstream = http.client.HTTPConnection(target.netloc, timeout=5)
+        try:
+            ranged = {"Range": self.headers["Range"]} if self.headers.get("Range") else {}
+            upstream.request("GET", target.path, headers=ranged)
+            answer = upstream.getresponse()
+            body = answer.read()
+        finally:
+            upstream.close()
+        self.send_response(answer.status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_CONNECT(self) -> None:  # noqa: N802
+        self.server.owner.seen.append(("CONNECT", self.path, self.headers.get("Proxy-Authorization")))
+        host, _, port = self.path.rpartition(":")
+        upstream = socket.create_connection((host, int(port)), timeout=5)
+        self.send_response(200, "Connection established")
+        self.end_headers()
+        self.close_connection = True
+        sockets = [self.connection, upstream]
+        try:
+            while True:
+                readable, _, _ = select.select(sockets, [], [], 5)
+                if not readable:
+                    return
+                for source in readable:
+                    data = source.recv(65536)
+                    if not data:
+                        return
+                    (upstream if source is self.connection else self.connection).sendall(data)
+        except OSError:
+            return
+        finally:
+            upstream.close()
+
+
+class ProxyServer(ServerThread):
+    """A forward proxy; `seen` lists (method, target, Proxy-Authorization) of its requests."""
+
+    class _Server(ThreadingHTTPServer):
+        owner: "ProxyServer"
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, str | None]] = []
+        server = self._Server(("127.0.0.1", 0), ProxyHandler)
+        server.owner = self
+        super().__init__(server)
 
 
 # Misbehaviours --------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import random
 from collections.abc import Iterator
@@ -12,7 +13,14 @@ from tuf.api import exceptions as tuf_errors
 
 from agent.compatibility import incompatibility, supported_opset
 from agent.fetcher import FetchPolicy, ResumableFetcher, is_immutable_url
-from tests.ota.support import RepoServer, break_after
+from tests.ota.support import (
+    Behaviour,
+    ProxyServer,
+    RangeHandler,
+    RepoServer,
+    break_after,
+    tls_server_context,
+)
 
 pytestmark = [pytest.mark.ota]
 
@@ -130,6 +138,116 @@ def test_length_caps(server: RepoServer, tmp_path: Path) -> None:
         with fetch.download_file(server.url + NAME, len(DATA) - 1):
             pass
     assert not list((tmp_path / "partial").glob("*.part"))
+
+
+def test_an_update_s_requests_share_one_kept_alive_connection(
+    server: RepoServer, tmp_path: Path
+) -> None:
+    fetch, sleeps = fetcher(tmp_path)
+    with pytest.raises(tuf_errors.DownloadHTTPError):  # the root N+1 probe of every refresh
+        fetch.download_bytes(server.url + "/tuf/metadata/2.root.json", 1000)
+    assert fetch.download_bytes(server.url + "/tuf/metadata/timestamp.json", 1000) == b"x" * 1000
+    with fetch.download_file(server.url + NAME, len(DATA)) as handle:
+        assert handle.read() == DATA
+
+    assert (fetch.requests, server.connections, sleeps) == (3, 1, [])
+
+
+def test_a_connection_closed_while_idle_is_reopened_at_once(
+    server: RepoServer, tmp_path: Path
+) -> None:
+    def serve_then_hang_up(handler: RangeHandler, data: bytes) -> None:
+        handler.send_bytes(data)  # announced as kept alive ...
+        handler.close_connection = True  # ... and closed, as an idle timeout would
+
+    server.behaviours[r"timestamp"] = serve_then_hang_up
+    fetch, sleeps = fetcher(tmp_path, retries=0)
+    for _ in range(3):
+        assert fetch.download_bytes(server.url + "/tuf/metadata/timestamp.json", 1000) == b"x" * 1000
+
+    assert server.connections == 3 and sleeps == []  # no retry spent, no backoff
+
+
+def test_a_body_left_half_read_never_leaks_into_the_next_response(
+    server: RepoServer, tmp_path: Path
+) -> None:
+    fetch, sleeps = fetcher(tmp_path)
+    with pytest.raises(tuf_errors.DownloadLengthMismatchError):
+        fetch.download_bytes(server.url + NAME, 100_000)  # the file is 1 MiB: abandoned
+    assert fetch.download_bytes(server.url + "/tuf/metadata/timestamp.json", 1000) == b"x" * 1000
+    assert server.connections == 2 and sleeps == []  # a new connection, not a failed reuse
+
+
+def test_redirects_are_followed_a_few_times(server: RepoServer, tmp_path: Path) -> None:
+    def redirect_to(location: str) -> Behaviour:
+        def behaviour(handler: RangeHandler, _data: bytes) -> None:
+            handler.send_response(302)
+            handler.send_header("Location", location)
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+
+        return behaviour
+
+    server.behaviours[r"/moved/timestamp"] = redirect_to("/tuf/metadata/timestamp.json")
+    server.behaviours[r"/loop$"] = redirect_to("/loop")
+    fetch, _ = fetcher(tmp_path)
+
+    assert fetch.download_bytes(server.url + "/moved/timestamp.json", 1000) == b"x" * 1000
+    with pytest.raises(tuf_errors.DownloadError, match="more than 5 redirects"):
+        fetch.download_bytes(server.url + "/loop", 1000)
+    assert server.connections == 1
+
+
+def test_the_environment_s_http_proxy_is_used_unless_no_proxy_names_the_host(
+    server: RepoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with ProxyServer() as proxy:
+        monkeypatch.setenv("http_proxy", proxy.url.replace("://", "://agent:s%40cret@"))
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        fetch, _ = fetcher(tmp_path)
+        assert fetch.download_bytes(server.url + "/tuf/metadata/timestamp.json", 1000) == b"x" * 1000
+        with fetch.download_file(server.url + NAME, len(DATA)) as handle:
+            assert handle.read() == DATA
+        credentials = "Basic " + base64.b64encode(b"agent:s@cret").decode()
+        assert proxy.seen == [
+            ("GET", server.url + "/tuf/metadata/timestamp.json", credentials),
+            ("GET", server.url + NAME, credentials),
+        ]
+
+        monkeypatch.setenv("no_proxy", "127.0.0.1")
+        direct, _ = fetcher(tmp_path)
+        assert direct.download_bytes(server.url + "/tuf/metadata/timestamp.json", 1000) == b"x" * 1000
+        assert len(proxy.seen) == 2
+
+
+def test_https_through_the_environment_s_proxy_is_one_tunnel_to_a_verified_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "site"
+    (root / "tuf" / "metadata").mkdir(parents=True)
+    (root / "tuf" / "metadata" / "timestamp.json").write_bytes(b"x" * 1000)
+    (root / NAME.lstrip("/")).parent.mkdir(parents=True)
+    (root / NAME.lstrip("/")).write_bytes(DATA)
+    ca_file, tls = tls_server_context(tmp_path / "tls", "127.0.0.1")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    with RepoServer(root, tls=tls) as server, ProxyServer() as proxy:
+        monkeypatch.setenv("https_proxy", proxy.url)
+        untrusting, _ = fetcher(tmp_path, retries=0)
+        with pytest.raises(tuf_errors.DownloadError, match="CERTIFICATE_VERIFY_FAILED"):
+            untrusting.download_bytes(server.url + "/tuf/metadata/timestamp.json", 1000)
+
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))  # the device's trust store
+        fetch, _ = fetcher(tmp_path)
+        assert fetch.download_bytes(server.url + "/tuf/metadata/timestamp.json", 1000) == b"x" * 1000
+        with fetch.download_file(server.url + NAME, len(DATA)) as handle:
+            assert handle.read() == DATA
+
+        netloc = server.url.removeprefix("https://")
+        # One tunnel for the refused handshake, one for both requests of the trusting fetcher.
+        assert proxy.seen == [("CONNECT", netloc, None), ("CONNECT", netloc, None)]
+        assert server.connections == 1  # handshakes that fail never reach the handler
 
 
 def test_only_content_addressed_or_versioned_urls_resume() -> None:
