@@ -4,9 +4,13 @@ disk plus its SHA-256, in the same run; and the agent's peak RSS during the upda
 
     python benchmarks/bench_ota.py --quick     # a few seconds: best of 3 updates per size
     python benchmarks/bench_ota.py             # best of 10 updates per size
+    python benchmarks/bench_ota.py --quick --rtt-ms 50   # both through a 50 ms link
 
 The server (uvicorn, TUF repository, artifact store) runs in this process; the agent runs
 in a child process (this script with --agent) whose RSS is sampled every 5 ms with psutil.
+With --rtt-ms the baseline and the updates reach the server through `DelayLink`, a relay
+that adds latency (not a bandwidth limit): on loopback an update's fixed cost is CPU and
+fsync, on a real link it is round trips.
 
 Each update starts with the agent's `update` command and is timed twice, from the state
 history the agent journals:
@@ -27,6 +31,7 @@ write of the model, which grows with its size.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import json
 import os
@@ -128,10 +133,71 @@ def agent_main(spec_path: Path) -> None:
     print(json.dumps(results), flush=True)
 
 
+# A link with latency -----------------------------------------------------------------------
+
+
+class DelayLink:
+    """A TCP relay in front of the server that delays every byte by half the round trip
+    each way, and a new connection by one round trip (the TCP handshake): a link with
+    latency and no bandwidth limit, shared by the baseline and the update."""
+
+    def __init__(self, upstream_port: int, rtt_s: float) -> None:
+        self._upstream_port = upstream_port
+        self._rtt_s = rtt_s
+        self._ready = threading.Event()
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        threading.Thread(target=self._run, name="delay-link", daemon=True).start()
+        self._ready.wait(10)
+
+    def _run(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        server = self._loop.run_until_complete(
+            asyncio.start_server(self._relay, "127.0.0.1", 0)
+        )
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        self._loop.run_forever()
+
+    async def _relay(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(self._rtt_s)  # SYN, SYN-ACK
+        server_reader, server_writer = await asyncio.open_connection("127.0.0.1", self._upstream_port)
+        await asyncio.gather(
+            self._pump(client_reader, server_writer), self._pump(server_reader, client_writer)
+        )
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def send() -> None:
+            while True:
+                due, data = await queue.get()
+                if (wait := due - loop.time()) > 0:
+                    await asyncio.sleep(wait)
+                if not data:
+                    writer.close()
+                    return
+                writer.write(data)
+                await writer.drain()
+
+        sender = asyncio.create_task(send())
+        try:
+            while data := await reader.read(256 * 1024):
+                queue.put_nowait((loop.time() + self._rtt_s / 2, data))
+        except OSError:
+            pass
+        queue.put_nowait((loop.time() + self._rtt_s / 2, b""))
+        try:
+            await sender
+        except OSError:
+            pass
+
+
 # The server side and the measurement -------------------------------------------------------
 
 
-def run(quick: bool) -> dict[str, Any]:
+def run(quick: bool, rtt_ms: float = 0.0) -> dict[str, Any]:
     import psutil
     import uvicorn
 
@@ -183,6 +249,8 @@ def run(quick: bool) -> dict[str, Any]:
     while not server.started:
         time.sleep(0.02)
     port = server.servers[0].sockets[0].getsockname()[1]
+    if rtt_ms > 0:
+        port = DelayLink(port, rtt_ms / 1000).port
     url = f"http://127.0.0.1:{port}"
     port_holder["url"] = url
     root = (settings.tuf_dir / "metadata" / "1.root.json").read_bytes()
@@ -245,6 +313,7 @@ def run(quick: bool) -> dict[str, Any]:
         result[f"overhead_ms_{key}"] = round((install - plain) * 1e3, 2)  # what OTA adds
         result[f"serving_ms_{key}"] = round(serving * 1e3, 2)
     result["rss_mb"] = round(peak / 1e6, 1)
+    result["rtt_ms"] = rtt_ms
     result["mode"] = "quick" if quick else "full"
     return result
 
@@ -252,6 +321,10 @@ def run(quick: bool) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="best of 3 updates per size (seconds)")
+    parser.add_argument(
+        "--rtt-ms", type=float, default=0.0, metavar="MS",
+        help="put the server behind a relay adding this round-trip time (default: loopback)",
+    )
     parser.add_argument("--agent", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.agent is not None:
@@ -262,7 +335,7 @@ def main() -> None:
         else:
             agent_main(args.agent)
         return
-    print(json.dumps(run(args.quick)))
+    print(json.dumps(run(args.quick, args.rtt_ms)))
 
 
 if __name__ == "__main__":
