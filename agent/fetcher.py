@@ -35,13 +35,13 @@ import os
 import random
 import re
 import socket
-import threading
 import ssl
+import threading
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Self
@@ -65,6 +65,8 @@ _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 _REDIRECT_STATUS = {301, 302, 303, 307, 308}
 MAX_REDIRECTS = 5
+DRAIN_BYTES = 64 * 1024  # an unwanted body up to this long is read to keep its connection
+DRAIN_S = 1.0  # ... if it arrives within this long
 # What a kept-alive connection the server closed while idle raises on its next request.
 _STALE_CONNECTION = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 WRITE_BEHIND_BYTES = 4 * 1024 * 1024  # start flushing an artifact every 4 MB received
@@ -188,6 +190,9 @@ class _Connections:
             connection = http.client.HTTPConnection(address, timeout=self._timeout_s)
         self._open[origin] = connection
         return connection, False
+
+    def current(self, origin: tuple[str, str]) -> http.client.HTTPConnection | None:
+        return self._open.get(origin)
 
     def drop(self, origin: tuple[str, str]) -> None:
         """Close the connection to `origin` (after an error, or a body not read to its end)."""
@@ -377,17 +382,29 @@ class ResumableFetcher(FetcherInterface):
                 raise
 
     def _discard(self, response: http.client.HTTPResponse, origin: tuple[str, str]) -> None:
-        """Done with a response whose body is not wanted (an error or a redirect): read a
-        small one to its end, so the connection serves the next request; else close it."""
-        try:
-            if response.length is not None and response.length <= 64 * 1024:
-                response.read()
-                response.close()
-                return
-        except (OSError, http.client.HTTPException):
-            pass
+        """Done with a response whose body is not wanted (an error or a redirect, such as
+        every refresh's 404 for the next root): read a small one to its end within
+        DRAIN_S, so the connection serves the next request; else close the connection
+        (a server trickling an error body must not stall the update)."""
+        connection = self._connections.current(origin)
+        sock = connection.sock if connection is not None else None
+        drained = False
+        if sock is not None and response.length is not None and response.length <= DRAIN_BYTES:
+            deadline = time.monotonic() + DRAIN_S
+            try:
+                while response.length and (left := deadline - time.monotonic()) > 0:
+                    sock.settimeout(left)
+                    if not response.read1(response.length):
+                        break
+                drained = response.length == 0
+            except (OSError, http.client.HTTPException):
+                pass
+            finally:
+                with suppress(OSError):  # closed by a failed read
+                    sock.settimeout(self.policy.timeout_s)
         response.close()
-        self._connections.drop(origin)
+        if not drained:
+            self._connections.drop(origin)
 
     def _connect_once(self, url: str, offset: int) -> _Opened:
         """Open `url` from `offset`, following redirects."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import random
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from tuf.api import exceptions as tuf_errors
 
 from agent.compatibility import incompatibility, supported_opset
-from agent.fetcher import FetchPolicy, ResumableFetcher, is_immutable_url
+from agent.fetcher import DRAIN_S, FetchPolicy, ResumableFetcher, is_immutable_url
 from tests.ota.support import (
     Behaviour,
     ProxyServer,
@@ -176,6 +177,27 @@ def test_a_body_left_half_read_never_leaks_into_the_next_response(
         fetch.download_bytes(server.url + NAME, 100_000)  # the file is 1 MiB: abandoned
     assert fetch.download_bytes(server.url + "/tuf/metadata/timestamp.json", 1000) == b"x" * 1000
     assert server.connections == 2 and sleeps == []  # a new connection, not a failed reuse
+
+
+def test_an_error_body_trickled_by_the_server_does_not_stall_the_update(
+    server: RepoServer, tmp_path: Path
+) -> None:
+    def withhold_the_body(handler: RangeHandler, _data: bytes) -> None:
+        handler.send_response(404)
+        handler.send_header("Content-Length", "1000")
+        handler.end_headers()
+        handler.wfile.flush()
+        time.sleep(4)  # ... and keep the connection, sending nothing
+        handler.close_connection = True
+
+    server.behaviours[r"2\.root\.json$"] = withhold_the_body
+    fetch, sleeps = fetcher(tmp_path, timeout_s=30.0)
+    started = time.monotonic()
+    with pytest.raises(tuf_errors.DownloadHTTPError):
+        fetch.download_bytes(server.url + "/tuf/metadata/2.root.json", 1000)
+    assert time.monotonic() - started < 1 + DRAIN_S  # not the 30 s read timeout
+    assert fetch.download_bytes(server.url + "/tuf/metadata/timestamp.json", 1000) == b"x" * 1000
+    assert server.connections == 2 and sleeps == []
 
 
 def test_redirects_are_followed_a_few_times(server: RepoServer, tmp_path: Path) -> None:
