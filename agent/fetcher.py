@@ -166,7 +166,14 @@ class _Connections:
     def __init__(self, timeout_s: float) -> None:
         self._timeout_s = timeout_s
         self._open: dict[tuple[str, str], http.client.HTTPConnection] = {}
+        self._proxies: dict[tuple[str, str], urllib.parse.SplitResult | None] = {}
         self._tls: ssl.SSLContext | None = None
+
+    def proxy(self, origin: tuple[str, str]) -> urllib.parse.SplitResult | None:
+        """The proxy for `origin`, looked up in the environment once per fetcher."""
+        if origin not in self._proxies:
+            self._proxies[origin] = proxy_for(*origin)
+        return self._proxies[origin]
 
     def get(self, origin: tuple[str, str]) -> tuple[http.client.HTTPConnection, bool]:
         """The connection to `origin` and whether it served a request before."""
@@ -176,7 +183,7 @@ class _Connections:
         scheme, netloc = origin
         if scheme not in ("http", "https"):
             raise tuf_errors.DownloadError(f"unsupported URL scheme {scheme!r}")
-        proxy = proxy_for(scheme, netloc)
+        proxy = self.proxy(origin)
         address = proxy.netloc.rpartition("@")[2] if proxy is not None else netloc
         if scheme == "https":
             if self._tls is None:
@@ -364,7 +371,7 @@ class ResumableFetcher(FetcherInterface):
         origin = (parts.scheme, parts.netloc)
         path = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
         headers = self._headers(offset)
-        if parts.scheme == "http" and (proxy := proxy_for("http", parts.netloc)) is not None:
+        if parts.scheme == "http" and (proxy := self._connections.proxy(origin)) is not None:
             path = urllib.parse.urlunsplit(parts._replace(fragment=""))  # absolute, for the proxy
             headers.update(proxy_headers(proxy))
         while True:
