@@ -241,7 +241,6 @@ def run(quick: bool, rtt_ms: float = 0.0) -> dict[str, Any]:
         target, _path, sha = release(10 + i, size_mb * 1024 * 1024)
         sizes[f"{size_mb}mb"] = {"target": target, "sha": sha, "homes": []}
 
-    port_holder: dict[str, Any] = {}
     app = build_app(settings, with_fleet=False)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -252,7 +251,6 @@ def run(quick: bool, rtt_ms: float = 0.0) -> dict[str, Any]:
     if rtt_ms > 0:
         port = DelayLink(port, rtt_ms / 1000).port
     url = f"http://127.0.0.1:{port}"
-    port_holder["url"] = url
     root = (settings.tuf_dir / "metadata" / "1.root.json").read_bytes()
     for key, item in sizes.items():
         directory, _, name = item["target"].rpartition("/")
