@@ -146,18 +146,17 @@ class DelayLink:
         self._rtt_s = rtt_s
         self._ready = threading.Event()
         self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
         threading.Thread(target=self._run, name="delay-link", daemon=True).start()
         self._ready.wait(10)
 
     def _run(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        server = self._loop.run_until_complete(
+        loop = asyncio.new_event_loop()
+        server = loop.run_until_complete(
             asyncio.start_server(self._relay, "127.0.0.1", 0)
         )
         self.port = server.sockets[0].getsockname()[1]
         self._ready.set()
-        self._loop.run_forever()
+        loop.run_forever()
 
     async def _relay(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         await asyncio.sleep(self._rtt_s)  # SYN, SYN-ACK
