@@ -151,7 +151,7 @@ def run(home: HomeOption) -> None:
 
 def local_status(home: Path) -> dict[str, Any]:
     """What the home says is installed, read from disk only."""
-    from agent.model_store import SLOTS, ModelStore
+    from agent.ota.model_store import SLOTS, ModelStore
 
     config = load_config(home)
     store = ModelStore(config.home)
@@ -183,7 +183,7 @@ def local_status(home: Path) -> dict[str, Any]:
 
 def _update_status(home: Path, active: dict[str, Any] | None) -> dict[str, Any]:
     """The DeviceStatus fields the agent would publish, from `<home>/update_state.json`."""
-    from agent.update_journal import UpdateJournal
+    from agent.ota.journal import UpdateJournal
 
     record = UpdateJournal(home).load()
     serving = active is not None and "error" not in active

@@ -88,7 +88,7 @@ class AgentConfig:
     broker_tls: bool = False
     outbox_max_messages: int = 10_000  # telemetry batches kept while the broker is away
     outbox_max_bytes: int = 64 * 1024 * 1024  # beyond either, the oldest are dropped, counted
-    # OTA updates (see agent/update_runner.py). The health window's duration and sample
+    # OTA updates (see agent/ota/runner.py). The health window's duration and sample
     # count default to the release's health policy; these override it on this device.
     health_window_s: float | None = None
     health_min_samples: int | None = None
@@ -154,7 +154,7 @@ class AgentConfig:
         return Topics.for_fleet(self.fleet, self.topic_root)
 
     @property
-    def identity(self) -> "DeviceIdentityFiles":
+    def identity(self) -> DeviceIdentityFiles:
         """Where enrollment keeps the device's key, certificate and the fleet CA."""
         directory = self.home / IDENTITY_DIR
         return DeviceIdentityFiles(

@@ -23,16 +23,16 @@ from numpy.typing import ArrayLike
 
 from agent.config import AgentConfig
 from agent.http_api import HttpApi
-from agent.model_store import ModelStore, SlotName, other_slot
-from agent.mqtt_link import MqttLink
-from agent.outbox import Outbox
-from agent.process_stats import ProcessStats
+from agent.ota.health import HealthSampler
+from agent.ota.machine import UpdateRecord
+from agent.ota.model_store import ModelStore, SlotName, other_slot
+from agent.ota.runner import UpdateRunner, kill_at
+from agent.ota.updater import InstalledModel, ReleaseUpdater
 from agent.runtime import ModelRuntime, NoModelError
-from agent.telemetry import TelemetryWindow, WindowRelease
-from agent.health import HealthSampler
-from agent.update_machine import UpdateRecord
-from agent.update_runner import UpdateRunner, kill_at
-from agent.updater import InstalledModel, ReleaseUpdater
+from agent.telemetry.mqtt_link import MqttLink
+from agent.telemetry.outbox import Outbox
+from agent.telemetry.process_stats import ProcessStats
+from agent.telemetry.window import TelemetryWindow, WindowRelease
 from edgeops import __version__
 from edgeops.errors import EdgeOpsError, PayloadError, UpdateError
 from edgeops.messages import AgentState, Command, DeviceStatus, TelemetryBatch, decode
@@ -109,7 +109,7 @@ class Agent:
 
     # Lifecycle -------------------------------------------------------------------------
 
-    def start(self) -> "Agent":
+    def start(self) -> Agent:
         if self._started:
             return self
         self._started = True
@@ -168,7 +168,7 @@ class Agent:
             self._outbox = None
         logger.info("device %s: stopped", self.device_id)
 
-    def __enter__(self) -> "Agent":
+    def __enter__(self) -> Agent:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

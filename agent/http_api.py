@@ -16,10 +16,9 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
+from agent.runtime import NoModelError
 from edgeops.errors import PayloadError
 from edgeops.messages import DeviceStatus
-
-from agent.runtime import NoModelError
 
 logger = logging.getLogger(__name__)
 

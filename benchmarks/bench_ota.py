@@ -101,8 +101,8 @@ def agent_main(spec_path: Path) -> None:
     # Warm up imports and lazily built validators on a throwaway home (same code path,
     # its own metadata cache), so the timed updates measure steady-state work.
     from agent.config import load_config as _load
-    from agent.model_store import ModelStore
-    from agent.updater import ReleaseUpdater
+    from agent.ota.model_store import ModelStore
+    from agent.ota.updater import ReleaseUpdater
 
     warm = _load(Path(spec["warmup_home"]))
     ReleaseUpdater(warm, ModelStore(warm.home)).lookup(next(iter(spec["sizes"].values()))["target"])
@@ -202,11 +202,11 @@ def run(quick: bool, rtt_ms: float = 0.0) -> dict[str, Any]:
 
     from agent import AgentConfig, init_agent_home
     from edgeops.schemas import GoldenVectors, InputSchema, ReleaseInfo, target_path
-    from server.artifact_store import ArtifactStore
-    from server.home import init_home
-    from server.service import build_app
-    from server.settings import ServerSettings
-    from server.tuf_repository import TufRepository
+    from server.app.build import build_app
+    from server.app.home import init_home
+    from server.config.settings import ServerSettings
+    from server.registry.artifact_store import ArtifactStore
+    from server.trust.repository import TufRepository
 
     repeats = 3 if quick else 10
     work = Path(tempfile.mkdtemp(prefix="bench-ota-"))
@@ -261,7 +261,7 @@ def run(quick: bool, rtt_ms: float = 0.0) -> dict[str, Any]:
                 health_window_s=0.0, health_min_samples=0,
             )
             init_agent_home(home, config, root)
-            from agent.model_store import ModelStore
+            from agent.ota.model_store import ModelStore
 
             store_ = ModelStore(home)
             data = base_path.read_bytes()

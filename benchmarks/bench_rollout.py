@@ -93,10 +93,10 @@ def run(devices: int, workdir: Path) -> dict[str, object]:
     import httpx
     import psutil
 
-    from server.database import close_database, open_database
-    from server.home import init_home
-    from server.publishing import publish_package
-    from server.settings import ServerSettings, load_settings
+    from server.app.home import init_home
+    from server.config.settings import ServerSettings, load_settings
+    from server.db.engine import close_database, open_database
+    from server.pipeline.publishing import publish_package
     from simulations.mosquitto import MosquittoBroker, free_port, wait_for_port
     from tests.server.helpers import make_package
 

@@ -58,9 +58,9 @@ def bench_ingest(workdir: Path, messages: int, trials: int = 3) -> dict[str, flo
 
     from edgeops.messages import TelemetryBatch, encode
     from edgeops.topics import Topics
-    from server.database import close_database, open_database
-    from server.ingest import Ingest, IngestTuning
-    from server.settings import ServerSettings
+    from server.config.settings import ServerSettings
+    from server.db.engine import close_database, open_database
+    from server.fleet.ingest.worker import Ingest, IngestTuning
     from simulations.mosquitto import MosquittoBroker
 
     broker = MosquittoBroker(workdir=workdir / "broker-a").start()
@@ -171,7 +171,7 @@ import sys, threading, time
 threading.stack_size(256 * 1024)
 from pathlib import Path
 from agent.config import AgentConfig
-from agent.mqtt_link import MqttLink
+from agent.telemetry.mqtt_link import MqttLink
 from edgeops.messages import DeviceStatus
 count, port, home = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
 links = []
@@ -203,9 +203,9 @@ sys.stdin.readline()
 
 
 def bench_agents(workdir: Path, count: int) -> dict[str, float]:
-    from server.database import close_database, open_database
-    from server.ingest import Ingest
-    from server.settings import ServerSettings
+    from server.config.settings import ServerSettings
+    from server.db.engine import close_database, open_database
+    from server.fleet.ingest.worker import Ingest
     from simulations.mosquitto import MosquittoBroker
 
     # The child and the broker each hold one descriptor per agent (the child two: the MQTT

@@ -43,7 +43,7 @@ class InputSchema(StrictModel):
         return len(self.feature_bin_edges) - 1
 
     @model_validator(mode="after")
-    def _check(self) -> "InputSchema":
+    def _check(self) -> InputSchema:
         if self.min_value >= self.max_value:
             raise ValueError("min_value must be below max_value")
         edges = self.feature_bin_edges
@@ -60,7 +60,7 @@ class GoldenVectors(StrictModel):
     atol: float = Field(gt=0)
 
     @model_validator(mode="after")
-    def _check(self) -> "GoldenVectors":
+    def _check(self) -> GoldenVectors:
         if len(self.inputs) != len(self.outputs):
             raise ValueError("golden inputs and outputs must pair up")
         return self
@@ -114,7 +114,7 @@ class ReleaseInfo(StrictModel):
         return json.loads(as_json, parse_float=str)
 
     @classmethod
-    def from_custom(cls, custom: dict | None) -> "ReleaseInfo":
+    def from_custom(cls, custom: dict | None) -> ReleaseInfo:
         if not isinstance(custom, dict) or "edgeops" not in custom:
             raise ValueError("target has no 'edgeops' release info in its custom field")
         return cls.model_validate(custom["edgeops"])

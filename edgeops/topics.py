@@ -37,7 +37,7 @@ class Topics:
     prefix: str = "edgeops/default"
 
     @classmethod
-    def for_fleet(cls, fleet: str = "default", root: str = "edgeops") -> "Topics":
+    def for_fleet(cls, fleet: str = "default", root: str = "edgeops") -> Topics:
         return cls(prefix=f"{root}/{fleet}")
 
     def device(self, device_id: str, kind: TopicKind) -> str:

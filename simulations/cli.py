@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -26,7 +26,7 @@ def simulate(
     devices: Annotated[int, typer.Option("--devices", "-n", min=1, help="How many agents to run.")] = 10,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the report, logs and homes (must be empty or new).")] = Path("runs/latest"),
     task: Annotated[str, typer.Option(help="Built-in task name or module:attribute.")] = "digits",
-    alpha: Annotated[Optional[float], typer.Option(help="Dirichlet alpha for non-IID local data (default: IID).")] = None,
+    alpha: Annotated[float | None, typer.Option(help="Dirichlet alpha for non-IID local data (default: IID).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for training and data partitioning.")] = 0,
     training: Annotated[str, typer.Option(help="federated: the devices train the model with Flower rounds under SecAgg+ on their own data (default); centralized: the server trains it on the whole training split.")] = "federated",
     rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 5,

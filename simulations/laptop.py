@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,10 +31,10 @@ from agent.daemon import Agent
 from edgeops.errors import ConfigError, TransportError
 from edgeops.packaging import package_model
 from edgeops.tasks import Task, load_task, partition_devices
-from server.database import open_database
-from server.home import init_home
-from server.publishing import publish_package
-from server.settings import ServerSettings, load_settings
+from server.app.home import init_home
+from server.config.settings import ServerSettings, load_settings
+from server.db.engine import open_database
+from server.pipeline.publishing import publish_package
 from simulations.mosquitto import MosquittoBroker, find_mosquitto, free_port, wait_for_port
 from simulations.processes import stop_process
 from simulations.report import DeviceResult, SimulationResult
@@ -142,11 +142,11 @@ def train_federated(
 ) -> tuple[Path, int, list[list[int]] | None, dict[str, Any]]:
     """A federated run over the devices' training partitions, recorded in the registry:
     (weights file, training run id, drift reference, summary)."""
-    from server.artifact_store import ArtifactStore
-    from server.database import close_database
+    from server.db.engine import close_database
     from server.federated.config import FederatedConfig, SecAggConfig
     from server.federated.driver import EngineResources, run_simulation_engine
     from server.federated.runs import TrainingRuns
+    from server.registry.artifact_store import ArtifactStore
 
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     federated = FederatedConfig(
@@ -158,7 +158,7 @@ def train_federated(
         alpha=config.alpha,
         secagg=SecAggConfig() if config.devices >= 3 else None,
     )
-    started_at = datetime.now(timezone.utc)
+    started_at = datetime.now(UTC)
     result = run_simulation_engine(
         federated,
         on_round=lambda r: progress(

@@ -4,7 +4,7 @@ Used by `edgeops simulate` and by the test fixtures. The embedded Python brokers
 only MQTT 3.1.1 and lose session state, so there is no fallback: a missing `mosquitto`
 stops at once with the command that installs it.
 
-The config is rendered by `server.broker_config` (the same generator as
+The config is rendered by `server.identity.broker_config` (the same generator as
 `edgeops server broker-config`); `MosquittoBroker.secured()` starts the production setup
 (TLS, client certificates from the fleet CA, ACLs) on a free local port.
 """
@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeops.errors import MissingDependencyError, TransportError
-from server.broker_config import (
+from server.config.settings import ServerSettings
+from server.identity.broker_config import (
     MAX_QUEUED_MESSAGES,
     BrokerAuth,
     BrokerSpec,
@@ -29,7 +30,6 @@ from server.broker_config import (
     render_mosquitto_conf,
     write_broker_config,
 )
-from server.settings import ServerSettings
 from simulations.processes import stop_process
 
 INSTALL_HINT = "sudo apt-get install -y mosquitto   (macOS: brew install mosquitto)"
@@ -89,7 +89,7 @@ class MosquittoBroker:
     @classmethod
     def secured(
         cls, workdir: Path, settings: ServerSettings, *, host: str = "127.0.0.1", port: int = 0
-    ) -> "MosquittoBroker":
+    ) -> MosquittoBroker:
         """A broker configured as `edgeops server broker-config` would for `settings`
         (TLS, client certificates or passwords, ACLs), listening on a free local port."""
         workdir = Path(workdir)
@@ -143,7 +143,7 @@ class MosquittoBroker:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGHUP)
 
-    def start(self, timeout_s: float = 10.0) -> "MosquittoBroker":
+    def start(self, timeout_s: float = 10.0) -> MosquittoBroker:
         binary = find_mosquitto()
         if self.process is not None and self.process.poll() is None:
             return self
@@ -190,7 +190,7 @@ class MosquittoBroker:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def __enter__(self) -> "MosquittoBroker":
+    def __enter__(self) -> MosquittoBroker:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

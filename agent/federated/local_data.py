@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edgeops.errors import ConfigError
-from edgeops.federated_config import ClientRecipe
+from edgeops.federated.config import ClientRecipe
 from edgeops.tasks import Task, load_task, partition_devices
 
 __all__ = ["LocalData", "load_local_data"]

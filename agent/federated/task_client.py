@@ -13,12 +13,12 @@ from flwr.app import ArrayRecord, Context
 from flwr.client import NumPyClient
 from numpy.typing import NDArray
 
-from edgeops.errors import ConfigError
-from edgeops.federated_config import ClientRecipe
-from edgeops.federated_histograms import local_frequencies
-from edgeops.tasks import Task, TrainConfig, load_task
 from agent.federated.local_data import LocalData, load_local_data, partition_id
 from agent.federated.mods import HISTOGRAM_STATE_KEY
+from edgeops.errors import ConfigError
+from edgeops.federated.config import ClientRecipe
+from edgeops.federated.histograms import local_frequencies
+from edgeops.tasks import Task, TrainConfig, load_task
 
 __all__ = ["HISTOGRAM_STATE_KEY", "SimulatedDropout", "TaskClient", "get_weights", "set_weights"]
 

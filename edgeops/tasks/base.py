@@ -65,9 +65,9 @@ class Task:
     input_schema: InputSchema
     num_classes: int
     load_data: Callable[[], Dataset]
-    make_model: Callable[[], "torch.nn.Module"]
-    train: Callable[["torch.nn.Module", NDArray, NDArray, TrainConfig], TrainResult]
-    evaluate: Callable[["torch.nn.Module", NDArray, NDArray], dict[str, float]]
+    make_model: Callable[[], torch.nn.Module]
+    train: Callable[[torch.nn.Module, NDArray, NDArray, TrainConfig], TrainResult]
+    evaluate: Callable[[torch.nn.Module, NDArray, NDArray], dict[str, float]]
     description: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
 

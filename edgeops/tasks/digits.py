@@ -45,7 +45,7 @@ def load_digits_dataset() -> Dataset:
     return Dataset(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
 
 
-def make_digits_model() -> "torch.nn.Module":
+def make_digits_model() -> torch.nn.Module:
     import torch
 
     return torch.nn.Sequential(

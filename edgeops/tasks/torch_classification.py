@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def train_classifier(
-    model: "torch.nn.Module", x: NDArray, y: NDArray, config: TrainConfig
+    model: torch.nn.Module, x: NDArray, y: NDArray, config: TrainConfig
 ) -> TrainResult:
     """Plain minibatch Adam on cross-entropy; deterministic for a given seed."""
     import torch
@@ -27,7 +27,7 @@ def train_classifier(
         torch.set_num_threads(threads_before)
 
 
-def _train(model: "torch.nn.Module", x: NDArray, y: NDArray, config: TrainConfig) -> TrainResult:
+def _train(model: torch.nn.Module, x: NDArray, y: NDArray, config: TrainConfig) -> TrainResult:
     import torch
 
     generator = torch.Generator().manual_seed(config.seed)
@@ -61,14 +61,14 @@ def _train(model: "torch.nn.Module", x: NDArray, y: NDArray, config: TrainConfig
 
 
 def _proximal_term(
-    model: "torch.nn.Module", anchor: "list[torch.Tensor]", mu: float
-) -> "torch.Tensor":
+    model: torch.nn.Module, anchor: list[torch.Tensor], mu: float
+) -> torch.Tensor:
     """FedProx's mu/2 * ||w - w_start||^2 over every parameter."""
     squared = sum((p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor, strict=True))
     return 0.5 * mu * squared  # type: ignore[return-value]
 
 
-def evaluate_classifier(model: "torch.nn.Module", x: NDArray, y: NDArray) -> dict[str, float]:
+def evaluate_classifier(model: torch.nn.Module, x: NDArray, y: NDArray) -> dict[str, float]:
     import torch
 
     model.eval()

@@ -82,8 +82,8 @@ class ApiClient:
 def connect(home: Path | None, server: str | None, token: str | None) -> ApiClient:
     """A client for `--home`, or `--server`/`--token`; ConfigError says what is missing."""
     if home is not None:
-        from server.home import read_admin_token
-        from server.settings import load_settings
+        from server.app.home import read_admin_token
+        from server.config.settings import load_settings
 
         settings = load_settings(home)
         return ApiClient(server or settings.resolved_public_url, token or read_admin_token(settings))

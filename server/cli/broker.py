@@ -46,8 +46,8 @@ def broker_config(
     With device_auth = "password" (simulations; needs allow_password_auth = true) devices
     log in with the passwords issued at enrollment instead of client certificates.
     """
-    from server.broker_config import write_broker_config
-    from server.settings import load_settings
+    from server.config.settings import load_settings
+    from server.identity.broker_config import write_broker_config
 
     settings = load_settings(home)
     files = write_broker_config(
@@ -84,8 +84,8 @@ def enroll_token(
 ) -> None:
     """Create a one-time enrollment token (stored hashed; shown once). A device uses it with
     `edgeops agent enroll --token ...` to get its certificate."""
-    from server.enrollment import Enrollment
-    from server.settings import load_settings
+    from server.config.settings import load_settings
+    from server.identity.enrollment import Enrollment
 
     token, record = Enrollment(load_settings(home)).tokens.create(ttl_s=ttl_s, device_id=device_id)
     emit(

@@ -38,8 +38,8 @@ OfflineOut = Annotated[
 
 
 def _repo(home: Path) -> Any:
-    from server.settings import load_settings
-    from server.tuf_repository import TufRepository
+    from server.config.settings import load_settings
+    from server.trust.repository import TufRepository
 
     return TufRepository(load_settings(home).tuf_dir)
 
@@ -56,7 +56,7 @@ def _summary(result: dict[str, Any]) -> str:
 @app.command("list")
 def list_(home: HomeOption, as_json: JsonOption = False) -> None:
     """Show every role's threshold and keys, marking keys whose private half is here."""
-    from server.tuf_keys import list_keys
+    from server.trust.keys import list_keys
 
     result = list_keys(_repo(home))
     lines = [f"root v{result['root_version']} (expires {result['root_expires']})"]
@@ -76,7 +76,7 @@ def create(
     as_json: JsonOption = False,
 ) -> None:
     """Generate a key and add it to ROLE in a new root version."""
-    from server.tuf_keys import create_key
+    from server.trust.keys import create_key
 
     result = create_key(_repo(home), role, offline_out=out)
     emit(result, as_json, f"new {role} key {result['keyid'][:16]}; {_summary(result)}")
@@ -91,7 +91,7 @@ def rotate(
     as_json: JsonOption = False,
 ) -> None:
     """Replace a key of ROLE with a new one (the old key is revoked)."""
-    from server.tuf_keys import rotate_key
+    from server.trust.keys import rotate_key
 
     result = rotate_key(_repo(home), role, keyid, offline_out=out)
     emit(
@@ -109,7 +109,7 @@ def revoke(
     as_json: JsonOption = False,
 ) -> None:
     """Remove a key from every role; clients with the new root refuse what it signs."""
-    from server.tuf_keys import revoke_key
+    from server.trust.keys import revoke_key
 
     result = revoke_key(_repo(home), keyid, offline_out=out)
     emit(result, as_json, f"revoked {result['revoked'][:16]} ({', '.join(result['roles'])}); {_summary(result)}")
@@ -122,7 +122,7 @@ def sign_root(
     as_json: JsonOption = False,
 ) -> None:
     """Add one signature to an exported root. Runs anywhere: needs no server home."""
-    from server.tuf_keys import sign_root_file
+    from server.trust.keys import sign_root_file
 
     keyid = sign_root_file(root_file, key)
     emit({"file": str(root_file), "signed_by": keyid}, as_json, f"signed {root_file} with {keyid[:16]}")
@@ -135,7 +135,7 @@ def import_root_(
     as_json: JsonOption = False,
 ) -> None:
     """Verify a root signed offline (old and new thresholds) and install it."""
-    from server.tuf_keys import import_root, load_root_file
+    from server.trust.keys import import_root, load_root_file
 
     version = import_root(_repo(home), load_root_file(root_file))
     emit({"root_version": version, "installed": True}, as_json, f"installed root v{version}")

@@ -214,10 +214,10 @@ def package(
 
 def _training_run(home: Path, run_id: int) -> tuple[Any, Path]:
     """The run's record and the local path of its weights in the artifact store."""
-    from server.artifact_store import ArtifactStore
-    from server.database import close_database, open_database
+    from server.config.settings import load_settings
+    from server.db.engine import close_database, open_database
     from server.federated.runs import TrainingRuns
-    from server.settings import load_settings
+    from server.registry.artifact_store import ArtifactStore
 
     settings = load_settings(home)
     store = ArtifactStore(settings.artifacts_dir)

@@ -35,9 +35,9 @@ def publish(
 ) -> None:
     """Register both formats of PACKAGE as the model's next version and sign FORMAT as a
     TUF target that agents can install."""
-    from server.database import close_database, open_database
-    from server.publishing import publish_package
-    from server.settings import load_settings
+    from server.config.settings import load_settings
+    from server.db.engine import close_database, open_database
+    from server.pipeline.publishing import publish_package
 
     if fmt not in ("int8", "fp32"):
         raise ConfigError(f"--format must be int8 or fp32, got {fmt!r}")
@@ -59,10 +59,10 @@ def publish(
 @app.command("list")
 def list_releases(home: HomeOption, as_json: JsonOption = False) -> None:
     """List every published release, oldest first."""
-    from server.artifact_store import ArtifactStore
-    from server.database import close_database, open_database
-    from server.registry import Registry
-    from server.settings import load_settings
+    from server.config.settings import load_settings
+    from server.db.engine import close_database, open_database
+    from server.registry.artifact_store import ArtifactStore
+    from server.registry.registry import Registry
 
     settings = load_settings(home)
     session_factory = open_database(settings.resolved_database_url)

@@ -10,8 +10,8 @@ from typing import Annotated
 import typer
 
 from edgeops.cli import emit
-from server.settings import ServerSettings
 from server.cli.keys import app as keys_app
+from server.config.settings import ServerSettings
 
 __all__ = ["app"]
 
@@ -52,7 +52,7 @@ def init(
 ) -> None:
     """Create a new server home: settings, database, artifact store, TUF keys and metadata,
     and an admin token. Refuses a folder that is not empty."""
-    from server.home import init_home
+    from server.app.home import init_home
 
     settings = ServerSettings(
         home=home.expanduser().resolve(),
@@ -99,8 +99,8 @@ def run(
     MQTT ingest of device status and telemetry from the broker in server.toml."""
     import uvicorn
 
-    from server.service import build_app
-    from server.settings import load_settings
+    from server.app.build import build_app
+    from server.config.settings import load_settings
 
     settings = load_settings(home)
     if http_host is not None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import click
 import typer
@@ -39,8 +39,8 @@ def train(
     rounds: Annotated[int, typer.Option("--rounds", "-r", min=1, help="Federated rounds.")] = 5,
     secagg: Annotated[bool, typer.Option("--secagg/--no-secagg", help="SecAgg+ secure aggregation (needs >= 3 clients).")] = True,
     strategy: Annotated[str, typer.Option(help="fedavg, fedprox or fedadam.")] = "fedavg",
-    alpha: Annotated[Optional[float], typer.Option(help="Dirichlet alpha for non-IID local data (default: IID).")] = None,
-    home: Annotated[Optional[Path], typer.Option("--home", help="Server home: record the run in its registry.")] = None,
+    alpha: Annotated[float | None, typer.Option(help="Dirichlet alpha for non-IID local data (default: IID).")] = None,
+    home: Annotated[Path | None, typer.Option("--home", help="Server home: record the run in its registry.")] = None,
     epochs: Annotated[int, typer.Option("--local-epochs", min=1, help="Local epochs per round.")] = 2,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
     learning_rate: Annotated[float, typer.Option("--lr", help="Client learning rate (Adam).")] = 1e-3,
@@ -52,10 +52,10 @@ def train(
     reconstruction_threshold: Annotated[float, typer.Option(help="SecAgg+ shares needed to unmask: an int < num-shares, or a fraction <= 1 of them.")] = 3,
     clipping_range: Annotated[float, typer.Option(help="SecAgg+ clipping range of weights before quantization.")] = 8.0,
     secagg_timeout_s: Annotated[float, typer.Option(help="Longest wait for the replies of one SecAgg+ stage.")] = 120.0,
-    dp_noise_multiplier: Annotated[Optional[float], typer.Option(help="Central DP (client-side fixed clipping): Gaussian noise multiplier.")] = None,
-    dp_clipping_norm: Annotated[Optional[float], typer.Option(help="Central DP: clipping norm of each client's update.")] = None,
+    dp_noise_multiplier: Annotated[float | None, typer.Option(help="Central DP (client-side fixed clipping): Gaussian noise multiplier.")] = None,
+    dp_clipping_norm: Annotated[float | None, typer.Option(help="Central DP: clipping norm of each client's update.")] = None,
     drop_clients: Annotated[str, typer.Option(help="Fault injection: comma-separated client ids that fail every fit.")] = "",
-    cpus: Annotated[Optional[int], typer.Option(help="CPUs the Simulation Engine may use (default: all).")] = None,
+    cpus: Annotated[int | None, typer.Option(help="CPUs the Simulation Engine may use (default: all).")] = None,
     client_cpus: Annotated[float, typer.Option(help="CPUs each virtual client reserves.")] = 1.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")] = False,
 ) -> None:
@@ -67,7 +67,7 @@ def train(
         raise ConfigError("differential privacy needs both --dp-noise-multiplier and --dp-clipping-norm")
     settings = None
     if home is not None:
-        from server.settings import load_settings
+        from server.config.settings import load_settings
 
         settings = load_settings(home)  # fail before training if the home is wrong
     config = FederatedConfig(
@@ -102,7 +102,7 @@ def train(
     flwr_logger.propagate = False  # Flower prints through its own handler already
     if logging.getLogger().getEffectiveLevel() > logging.INFO:
         flwr_logger.setLevel(logging.WARNING)
-    started_at = datetime.now(timezone.utc)
+    started_at = datetime.now(UTC)
     click.echo(
         f"Training {task} on {clients} simulated devices, {rounds} rounds, {strategy}"
         f"{' + SecAgg+' if secagg else ''}{' + DP' if config.dp else ''}",
@@ -135,9 +135,9 @@ def train(
         "code_version": result.code_version,
     }
     if settings is not None:
-        from server.artifact_store import ArtifactStore
-        from server.database import close_database, open_database
+        from server.db.engine import close_database, open_database
         from server.federated.runs import TrainingRuns
+        from server.registry.artifact_store import ArtifactStore
 
         session_factory = open_database(settings.resolved_database_url)
         try:

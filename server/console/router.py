@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import time
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
@@ -19,15 +19,15 @@ from pydantic import ValidationError
 from sqlalchemy import select
 
 from edgeops.errors import EdgeOpsError
-from server import inventory
-from server.api_deps import CONSOLE_COOKIE, Principal, authenticate
-from server.audit import note
+from server.api.audit import note
+from server.api.deps import CONSOLE_COOKIE, Principal, authenticate
+from server.app.http_app import status_for
+from server.auth.tokens import has_role
 from server.console.render import bar, button_form, e, page, table
-from server.db import DeviceEvent, DeviceLabel, Release, TelemetryRecord
-from server.http_app import status_for
+from server.db.tables import DeviceEvent, DeviceLabel, Release, TelemetryRecord
+from server.fleet import inventory
 from server.rollouts import store
 from server.rollouts.summary import summarize
-from server.tokens import has_role
 
 __all__ = ["console_router"]
 
@@ -81,7 +81,7 @@ def _ago(moment: datetime | None) -> str:
     if moment is None:
         return "never"
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     seconds = max(0.0, time.time() - moment.timestamp())
     return f"{seconds:.0f} s ago" if seconds < 120 else f"{seconds / 60:.0f} min ago"
 
@@ -196,7 +196,7 @@ def console_router() -> APIRouter:
     @router.post("/rollouts")
     @guarded
     def start_rollout(request: Request, form: FormDep) -> Response:
-        from server.api_rollouts import RolloutCreate
+        from server.api.routes.rollouts import RolloutCreate
 
         user = _operator(request)
         target, group = form.get("target", ""), form.get("group", "")

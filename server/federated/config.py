@@ -85,7 +85,7 @@ class SecAggConfig:
         if self.timeout_s is not None and self.timeout_s <= 0:
             raise ConfigError(f"the SecAgg+ stage timeout must be > 0 s, got {self.timeout_s}")
 
-    def resolved(self, num_sampled: int, largest_local_examples: int | None) -> "SecAggConfig":
+    def resolved(self, num_sampled: int, largest_local_examples: int | None) -> SecAggConfig:
         """Shares never exceed the sampled clients; max_weight covers every local dataset."""
         shares = self.num_shares
         threshold = self.reconstruction_threshold
@@ -173,7 +173,7 @@ class FederatedConfig:
         return flat
 
     @classmethod
-    def from_run_config(cls, run_config: Mapping[str, Any]) -> "FederatedConfig":
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> FederatedConfig:
         """Rebuild from `[tool.flwr.app.config]` keys (`num-rounds`, `secagg.num-shares`,
         `strategy.name`, `dp.noise-multiplier`, ...); missing keys keep their defaults.
         `secagg.enabled = false` turns SecAgg+ off; DP is on when both dp keys are given."""

@@ -34,7 +34,7 @@ from flwr.server.strategy import Strategy
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 
 from edgeops.errors import PayloadError
-from edgeops.federated_histograms import summed_counts
+from edgeops.federated.histograms import summed_counts
 
 __all__ = ["RoundLedger", "RoundOutcome", "Workflow"]
 

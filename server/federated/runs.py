@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import torch
 from sqlalchemy.exc import SQLAlchemyError
@@ -17,11 +17,11 @@ from sqlalchemy.orm import sessionmaker
 
 from edgeops.errors import NotFoundError, RegistryError
 from edgeops.tasks import load_task
-from server.artifact_store import ArtifactStore
-from server.db import TrainingRun
+from server.db.tables import TrainingRun
 from server.federated.result import FederatedResult
 from server.federated.task_model import state_dict_from
-from server.training_run_record import TrainingRunRecord, training_run_record
+from server.registry.artifact_store import ArtifactStore
+from server.registry.training_runs import TrainingRunRecord, training_run_record
 
 __all__ = ["TrainingRunRecord", "TrainingRuns"]
 
@@ -68,7 +68,7 @@ class TrainingRuns:
             code_version=result.code_version[:MAX_CODE_VERSION_CHARS],
             weights_sha256=sha256,
             started_at=started_at,
-            finished_at=datetime.now(timezone.utc),
+            finished_at=datetime.now(UTC),
         )
         try:
             with self._session_factory.begin() as session:

@@ -30,7 +30,7 @@ from flwr.server.workflow.default_workflows import (
 )
 from flwr.serverapp import Grid, ServerApp
 
-from edgeops.federated_config import ClientRecipe
+from edgeops.federated.config import ClientRecipe
 from edgeops.packaging.lineage import code_version
 from edgeops.tasks import load_task
 from server.federated.config import FederatedConfig, SecAggConfig

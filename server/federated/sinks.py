@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +19,13 @@ SERVER_HOME_KEY = "server-home"
 
 
 def registry_sink(home: Path, task_spec: str) -> Callable[[FederatedResult], None]:
-    started_at = datetime.now(timezone.utc)
+    started_at = datetime.now(UTC)
 
     def record(result: FederatedResult) -> None:
-        from server.artifact_store import ArtifactStore
-        from server.database import close_database, open_database
+        from server.config.settings import load_settings
+        from server.db.engine import close_database, open_database
         from server.federated.runs import TrainingRuns
-        from server.settings import load_settings
+        from server.registry.artifact_store import ArtifactStore
 
         settings = load_settings(home)
         factory = open_database(settings.resolved_database_url)

@@ -18,7 +18,7 @@ from flwr.server.strategy import (
     Strategy,
 )
 
-from edgeops.federated_config import ClientRecipe
+from edgeops.federated.config import ClientRecipe
 from server.federated.config import FederatedConfig
 
 __all__ = ["build_strategy", "weighted_average"]

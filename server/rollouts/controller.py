@@ -127,7 +127,7 @@ class RolloutPolicy:
         }
 
     @classmethod
-    def from_json(cls, raw: Mapping[str, object]) -> "RolloutPolicy":
+    def from_json(cls, raw: Mapping[str, object]) -> RolloutPolicy:
         return cls(**{k: (tuple(v) if k == "waves_pct" else v) for k, v in raw.items()})  # type: ignore[arg-type]
 
 

@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
-from server.db import Device, Rollout, RolloutDevice
+from server.db.tables import Device, Rollout, RolloutDevice
 from server.rollouts.controller import ACTIVE_STATUSES, TRANSITIONS
 from server.rollouts.runner import RunnerStats
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -30,9 +30,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from edgeops.errors import EdgeOpsError
 from edgeops.messages import Command
-from server.background import LifespanHook, periodic
-from server.commands import CommandDeliveryError, CommandPublisher
-from server.db import DeviceEvent, Rollout
+from server.app.background import LifespanHook, periodic
+from server.db.tables import DeviceEvent, Rollout
+from server.fleet.commands import CommandDeliveryError, CommandPublisher
 from server.rollouts import store
 from server.rollouts.controller import (
     ACTIVE_STATUSES,
@@ -135,7 +135,7 @@ class RolloutRunner:
         previous, self._seen = self._seen, current
         if previous is None:
             return  # first tick of this process: nothing to compare with yet
-        stamp = datetime.fromtimestamp(now, timezone.utc)
+        stamp = datetime.fromtimestamp(now, UTC)
         rows = [
             {"device_id": device_id, "at": stamp, "online": snap[0], "state": snap[1],
              "release": snap[2], "target": snap[3], "reason": snap[4]}

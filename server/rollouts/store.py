@@ -11,14 +11,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from edgeops.errors import ConfigError, NotFoundError
-from server.db import Device, DeviceLabel, Release, Rollout, RolloutDevice
+from server.db.tables import Device, DeviceLabel, Release, Rollout, RolloutDevice
 from server.rollouts.controller import (
     ACTIVE_STATUSES,
     Decision,
@@ -60,7 +60,7 @@ def _epoch(moment: datetime | None) -> float | None:
     if moment is None:
         return None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
 
 
@@ -107,7 +107,7 @@ def create_rollout(session: Session, spec: RolloutSpec, actor: str, now: float) 
         where = f"group {spec.group!r}" if spec.group is not None else "the fleet"
         tags = f" with tags {sorted(spec.tags)}" if spec.tags else ""
         raise ConfigError(f"no device in {where}{tags}: nothing to roll out to")
-    stamp = datetime.fromtimestamp(now, timezone.utc)
+    stamp = datetime.fromtimestamp(now, UTC)
     rollout = Rollout(
         target=spec.target,
         group_name=spec.group,
@@ -242,7 +242,7 @@ def _write_rollout(session: Session, state: RolloutState, revision: int, now: fl
         "reason": state.reason,
         "finished_at": state.finished_at,
         "revision": revision + 1,
-        "updated_at": datetime.fromtimestamp(now, timezone.utc),
+        "updated_at": datetime.fromtimestamp(now, UTC),
     }
     if state.status not in ACTIVE_STATUSES:
         values["active_scope"] = None

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from server.db import Rollout, RolloutDevice
+from server.db.tables import Rollout, RolloutDevice
 
 __all__ = ["DONE_PHASES", "FAILED_PHASES", "RolloutSummary", "WaveSummary", "summarize"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -91,7 +91,7 @@ def make_release(
 
 def install_model(home: Path, release: ReleaseInfo, data: bytes) -> None:
     """Put a model straight into the staging slot and activate it (no TUF)."""
-    from agent.model_store import ModelStore
+    from agent.ota.model_store import ModelStore
 
     store = ModelStore(home)
     slot = store.staging_slot()
@@ -104,7 +104,7 @@ def install_model(home: Path, release: ReleaseInfo, data: bytes) -> None:
 
 
 def _expiry(days: int = 7) -> datetime:
-    return datetime.now(timezone.utc).replace(microsecond=0) + timedelta(days=days)
+    return datetime.now(UTC).replace(microsecond=0) + timedelta(days=days)
 
 
 class TufTestRepository:

@@ -7,7 +7,13 @@ import pytest
 
 from edgeops.cli import main
 from edgeops.exit_codes import ExitCode
-from tests.agent.support import TufTestRepository, build_model, install_model, make_release, model_weights
+from tests.agent.support import (
+    TufTestRepository,
+    build_model,
+    install_model,
+    make_release,
+    model_weights,
+)
 
 pytestmark = [pytest.mark.skeleton]
 

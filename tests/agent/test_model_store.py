@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.model_store import ModelStore
+from agent.ota.model_store import ModelStore
 from edgeops.errors import UpdateError
 from tests.agent.support import make_release, model_weights
 

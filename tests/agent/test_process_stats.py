@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from agent.process_stats import ProcessStats
+from agent.telemetry.process_stats import ProcessStats
 
 psutil = pytest.importorskip("psutil")
 
@@ -36,7 +36,7 @@ def test_cpu_percent_is_cpu_seconds_over_wall_seconds() -> None:
 
 
 def test_without_proc_it_falls_back_to_psutil(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("agent.process_stats._STATM", "/nonexistent/statm")
+    monkeypatch.setattr("agent.telemetry.process_stats._STATM", "/nonexistent/statm")
     stats = ProcessStats()
 
     rss_mb, percent = stats.sample()

@@ -7,7 +7,13 @@ import pytest
 
 from agent.runtime import ModelRuntime
 from edgeops.errors import PayloadError, SmokeTestError, UpdateError
-from tests.agent.support import NUM_FEATURES, build_model, make_release, model_weights, softmax_outputs
+from tests.agent.support import (
+    NUM_FEATURES,
+    build_model,
+    make_release,
+    model_weights,
+    softmax_outputs,
+)
 
 pytestmark = [pytest.mark.skeleton]
 

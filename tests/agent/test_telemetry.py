@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 
-from agent.telemetry import TelemetryWindow, WindowRelease
+from agent.telemetry.window import TelemetryWindow, WindowRelease
 from tests.agent.support import BIN_EDGES, NUM_FEATURES, make_release, model_weights
 
 pytestmark = [pytest.mark.skeleton]

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from tuf.api import exceptions as tuf_errors
 
-from agent.updater import map_tuf_error
+from agent.ota.updater import map_tuf_error
 from edgeops.errors import TransportError, TrustError, UpdateError
 
 pytestmark = [pytest.mark.skeleton]

@@ -28,10 +28,10 @@ def run_local(
 
 def recorded_training_runs(home: Path) -> list[dict]:
     """The training runs in the registry of the server home `home`, as JSON."""
-    from server.artifact_store import ArtifactStore
-    from server.database import close_database, open_database
+    from server.config.settings import load_settings
+    from server.db.engine import close_database, open_database
     from server.federated.runs import TrainingRuns
-    from server.settings import load_settings
+    from server.registry.artifact_store import ArtifactStore
 
     settings = load_settings(home)
     factory = open_database(settings.resolved_database_url)

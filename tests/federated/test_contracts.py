@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from edgeops.errors import ConfigError, PayloadError
-from edgeops.federated_config import ClientRecipe
-from edgeops.federated_histograms import local_frequencies, summed_counts
+from edgeops.federated.config import ClientRecipe
+from edgeops.federated.histograms import local_frequencies, summed_counts
 from server.federated.config import DPConfig, FederatedConfig, SecAggConfig, StrategyConfig
 
 pytestmark = [pytest.mark.federated]

@@ -47,7 +47,7 @@ def _free_port() -> int:
 
 def _write_tls(where: Path) -> tuple[Path, Path, Path]:
     """A throwaway CA and a server certificate for 127.0.0.1 / localhost."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edgeops-test-ca")])
     ca_cert = (
@@ -266,7 +266,7 @@ def _write_device_data(where: Path, index: int) -> Path:
     splits (what `partition-id`/`num-partitions` would cut), as an operator gives it to a
     SuperNode with `data-path`."""
     from agent.federated.local_data import load_local_data
-    from edgeops.federated_config import ClientRecipe
+    from edgeops.federated.config import ClientRecipe
 
     data = load_local_data(
         {"partition-id": index, "num-partitions": NUM_NODES}, ClientRecipe(task="digits")

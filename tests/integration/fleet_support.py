@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import sessionmaker
 
-from server.database import close_database, open_database
+from server.db.engine import close_database, open_database
 
 POSTGRES_URL = os.environ.get(
     "EDGEOPS_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"

@@ -12,7 +12,14 @@ import pytest
 from agent import AgentConfig, init_agent_home
 from edgeops.messages import DeviceStatus, decode
 from simulations.mosquitto import MosquittoBroker
-from tests.agent.support import Subscriber, TufTestRepository, build_model, install_model, make_release, model_weights
+from tests.agent.support import (
+    Subscriber,
+    TufTestRepository,
+    build_model,
+    install_model,
+    make_release,
+    model_weights,
+)
 
 pytestmark = [pytest.mark.skeleton, pytest.mark.integration]
 

@@ -26,7 +26,7 @@ def test_running_the_agent_loads_no_heavy_dependency(tmp_path: Path) -> None:
         from pathlib import Path
         import numpy as np
         from agent import Agent, AgentConfig
-        from agent.model_store import ModelStore
+        from agent.ota.model_store import ModelStore
         from edgeops.schemas import ReleaseInfo
 
         tmp = Path({str(tmp_path)!r})

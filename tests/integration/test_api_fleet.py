@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import queue
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -12,17 +12,17 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import sessionmaker
 
 from edgeops.messages import Command, DeviceStatus, decode
-from server import inventory
-from server.api_deps import require_admin
-from server.api_fleet import fleet_router
-from server.artifact_store import ArtifactStore
-from server.commands import CommandPublisher
-from server.api_training import router as training_router
-from server.db import Artifact, Model, ModelVersion, Release, TrainingRun
-from server.fleet_lifespan import fleet_lifespan
-from server.http_app import create_app
-from server.ingest import Ingest
-from server.settings import ServerSettings
+from server.api.deps import require_admin
+from server.api.routes.fleet import fleet_router
+from server.api.routes.training_runs import router as training_router
+from server.app.fleet_lifespan import fleet_lifespan
+from server.app.http_app import create_app
+from server.config.settings import ServerSettings
+from server.db.tables import Artifact, Model, ModelVersion, Release, TrainingRun
+from server.fleet import inventory
+from server.fleet.commands import CommandPublisher
+from server.fleet.ingest.worker import Ingest
+from server.registry.artifact_store import ArtifactStore
 from simulations.mosquitto import MosquittoBroker
 from tests.integration.fleet_support import device_client, sqlite_database, wait_until
 
@@ -43,7 +43,7 @@ def settings(tmp_path: Path, mosquitto: MosquittoBroker) -> ServerSettings:
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[sessionmaker]:
     with sqlite_database(tmp_path) as factory:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         with factory.begin() as session:
             for device_id in ("d1", "d2"):
                 inventory.apply_status(
@@ -213,7 +213,7 @@ def test_fleet_lifespan_starts_and_stops_mqtt_with_the_app(
 def test_training_runs_are_served_with_utc_timestamps(
     settings: ServerSettings, db: sessionmaker
 ) -> None:
-    started = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
+    started = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
     with db.begin() as session:
         session.add(TrainingRun(task="digits", kind="federated", status="succeeded",
                                 config={"rounds": 2}, metrics={"accuracy": 0.9},

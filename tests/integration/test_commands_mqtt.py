@@ -11,8 +11,8 @@ import pytest
 from edgeops.errors import ConfigError, TransportError
 from edgeops.messages import Command, decode
 from edgeops.topics import Topics
-from server.commands import CommandDeliveryError, CommandPublisher
-from server.settings import ServerSettings
+from server.config.settings import ServerSettings
+from server.fleet.commands import CommandDeliveryError, CommandPublisher
 from simulations.mosquitto import MosquittoBroker, free_port
 from tests.integration.fleet_support import device_client
 

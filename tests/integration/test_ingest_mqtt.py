@@ -16,10 +16,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from edgeops.messages import MAX_PAYLOAD_BYTES, DeviceStatus, TelemetryBatch, encode
 from edgeops.topics import Topics
-from server import inventory
-from server.db import Device, TelemetryRecord
-from server.ingest import Ingest, IngestTuning
-from server.settings import ServerSettings
+from server.config.settings import ServerSettings
+from server.db.tables import Device, TelemetryRecord
+from server.fleet import inventory
+from server.fleet.ingest.worker import Ingest, IngestTuning
 from simulations.mosquitto import MosquittoBroker
 from tests.integration.fleet_support import (
     device_client,

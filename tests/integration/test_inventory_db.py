@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -13,13 +13,13 @@ from sqlalchemy.orm import sessionmaker
 
 from edgeops.errors import NotFoundError
 from edgeops.messages import DeviceStatus, TelemetryBatch
-from server import inventory
-from server.db import TelemetryRecord
+from server.db.tables import TelemetryRecord
+from server.fleet import inventory
 from tests.integration.fleet_support import postgres_database, sqlite_database
 
 pytestmark = [pytest.mark.skeleton, pytest.mark.integration]
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

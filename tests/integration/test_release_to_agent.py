@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from agent import Agent, AgentConfig, init_agent_home
-from server.database import close_database, open_database
-from server.home import init_home
-from server.publishing import publish_package
-from server.service import build_app
-from server.settings import ServerSettings
+from server.app.build import build_app
+from server.app.home import init_home
+from server.config.settings import ServerSettings
+from server.db.engine import close_database, open_database
+from server.pipeline.publishing import publish_package
 from simulations.mosquitto import MosquittoBroker
 from tests.server.helpers import live_server, make_package
 

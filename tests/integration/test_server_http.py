@@ -16,11 +16,11 @@ import pytest
 from tuf.ngclient import Updater
 
 from edgeops.schemas import ReleaseInfo
-from server.database import close_database, open_database
-from server.home import init_home, read_admin_token
-from server.publishing import PublishedRelease, publish_package
-from server.service import build_app
-from server.settings import ServerSettings
+from server.app.build import build_app
+from server.app.home import init_home, read_admin_token
+from server.config.settings import ServerSettings
+from server.db.engine import close_database, open_database
+from server.pipeline.publishing import PublishedRelease, publish_package
 from tests.server.helpers import live_server, make_package
 
 pytestmark = [pytest.mark.skeleton, pytest.mark.integration]

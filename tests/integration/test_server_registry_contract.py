@@ -12,10 +12,10 @@ from sqlalchemy import inspect
 from sqlalchemy.orm import sessionmaker
 
 from edgeops.errors import ConfigError, NotFoundError, RegistryError
-from server.artifact_store import ArtifactStore
-from server.database import close_database, open_database
-from server.db import Base, TrainingRun
-from server.registry import Lineage, NewVersion, Registry
+from server.db.engine import close_database, open_database
+from server.db.tables import Base, TrainingRun
+from server.registry.artifact_store import ArtifactStore
+from server.registry.registry import Lineage, NewVersion, Registry
 from tests.server.helpers import postgres_available, postgres_schema_url
 
 pytestmark = [pytest.mark.skeleton, pytest.mark.integration]

@@ -25,7 +25,7 @@ from tuf.api.metadata import Metadata
 from tuf.api.serialization.json import JSONSerializer
 
 from agent import AgentConfig, init_agent_home
-from agent.model_store import ModelStore
+from agent.ota.model_store import ModelStore
 from edgeops.schemas import ReleaseInfo
 from tests.agent.support import (
     NUM_FEATURES,
@@ -44,7 +44,7 @@ class RangeHandler(BaseHTTPRequestHandler):
     """GET with single-range support; a per-path `Behaviour` can replace the answer.
     HTTP/1.1: a connection serves requests until a behaviour or the client closes it."""
 
-    server: "RepoServer._Server"
+    server: RepoServer._Server
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
@@ -107,7 +107,7 @@ class RepoServer(ServerThread):
     """Serves a folder over HTTP(S); `behaviours` map path regexes to misbehaviour."""
 
     class _Server(ThreadingHTTPServer):
-        owner: "RepoServer"
+        owner: RepoServer
 
     def __init__(self, root: Path, *, tls: ssl.SSLContext | None = None) -> None:
         self.root = Path(root)
@@ -126,9 +126,9 @@ class RepoServer(ServerThread):
 
 def tls_server_context(directory: Path, host: str) -> tuple[Path, ssl.SSLContext]:
     """A CA file and a server TLS context whose certificate that CA issued for `host`."""
-    from server import ca
+    from server.identity import ca
 
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key, server_key = ca.new_private_key(), ca.new_private_key()
     ca_cert = ca.make_ca_certificate(ca_key, "test CA", now)
     cert = ca.issue_certificate(
@@ -146,7 +146,7 @@ def tls_server_context(directory: Path, host: str) -> tuple[Path, ssl.SSLContext
 class ProxyHandler(BaseHTTPRequestHandler):
     """A forward proxy: `GET http://...` is fetched and relayed, `CONNECT host:port` tunnels."""
 
-    server: "ProxyServer._Server"
+    server: ProxyServer._Server
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
@@ -196,7 +196,7 @@ class ProxyServer(ServerThread):
     """A forward proxy; `seen` lists (method, target, Proxy-Authorization) of its requests."""
 
     class _Server(ThreadingHTTPServer):
-        owner: "ProxyServer"
+        owner: ProxyServer
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, str, str | None]] = []

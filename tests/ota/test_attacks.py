@@ -5,7 +5,7 @@ reason, and the running model is untouched (same target, same bytes, same predic
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -130,7 +130,7 @@ def test_fast_forward_metadata_ahead_of_its_signed_version_is_refused(setup: Ota
 def test_indefinite_freeze_expired_metadata_is_refused(setup: OtaSetup) -> None:
     target = setup.publish(2)
     timestamp = setup.repo.timestamp
-    timestamp.signed.expires = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=1)
+    timestamp.signed.expires = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
     setup.repo.sign_raw(timestamp, setup.repo.signers["timestamp"], "timestamp.json")
 
     status = attempt(setup, target)

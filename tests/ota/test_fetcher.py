@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from tuf.api import exceptions as tuf_errors
 
-from agent.compatibility import incompatibility, supported_opset
-from agent.fetcher import DRAIN_S, FetchPolicy, ResumableFetcher, is_immutable_url
+from agent.ota.compatibility import incompatibility, supported_opset
+from agent.ota.fetcher import DRAIN_S, FetchPolicy, ResumableFetcher, is_immutable_url
 from tests.ota.support import (
     Behaviour,
     ProxyServer,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.health import HealthSampler, HealthStats, judge, resolve_policy
+from agent.ota.health import HealthSampler, HealthStats, judge, resolve_policy
 from edgeops.schemas import HealthPolicy
 
 pytestmark = [pytest.mark.ota]

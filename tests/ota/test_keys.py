@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from agent import Agent
 from edgeops.errors import ConfigError
 from edgeops.messages import Command
-from server import tuf_keys
-from server.tuf_repository import TufRepository, init_repository
+from server.trust import keys as tuf_keys
+from server.trust.repository import TufRepository, init_repository
 from tests.ota.support import (
     ControlledRepository,
     OtaSetup,
@@ -69,9 +69,9 @@ def test_rotation_without_enough_local_root_keys_needs_offline_signing(tmp_path:
 
 
 def test_keys_cli_list_rotate_revoke(tmp_path: Path) -> None:
+    from server.app.home import init_home
     from server.cli.keys import app
-    from server.home import init_home
-    from server.settings import ServerSettings
+    from server.config.settings import ServerSettings
 
     settings = ServerSettings(home=tmp_path / "server")
     init_home(settings)

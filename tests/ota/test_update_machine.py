@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.update_machine import (
+from agent.ota.machine import (
     TERMINAL_STATES,
     TRANSITIONS,
     InvalidTransition,

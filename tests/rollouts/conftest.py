@@ -4,20 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import sessionmaker
 
 from edgeops.messages import DeviceStatus
-from server import inventory
-from server.database import close_database, open_database
-from server.home import init_home
-from server.publishing import publish_package
-from server.service import build_app
-from server.settings import ServerSettings
-from server.tokens import create_token
+from server.app.build import build_app
+from server.app.home import init_home
+from server.auth.tokens import create_token
+from server.config.settings import ServerSettings
+from server.db.engine import close_database, open_database
+from server.fleet import inventory
+from server.pipeline.publishing import publish_package
 from tests.server.helpers import free_port, make_package
 
 
@@ -34,7 +34,7 @@ class ApiWorld:
 
 
 def add_devices(session_factory: sessionmaker, ids: list[str], release: str | None = None) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with session_factory.begin() as session:
         for device_id in ids:
             inventory.apply_status(

@@ -193,7 +193,7 @@ class PredictionDriver:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="prediction-driver", daemon=True)
 
-    def start(self) -> "PredictionDriver":
+    def start(self) -> PredictionDriver:
         self._thread.start()
         return self
 

@@ -10,12 +10,12 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from server.database import close_database, open_database
-from server.home import init_home
-from server.publishing import publish_package
-from server.service import build_app
-from server.settings import ServerSettings
-from server.tokens import create_token
+from server.app.build import build_app
+from server.app.home import init_home
+from server.auth.tokens import create_token
+from server.config.settings import ServerSettings
+from server.db.engine import close_database, open_database
+from server.pipeline.publishing import publish_package
 from simulations.mosquitto import MosquittoBroker
 from tests.rollouts.conftest import add_devices
 from tests.server.helpers import live_server, make_package

@@ -10,12 +10,12 @@ import pytest
 from click.testing import CliRunner
 
 from edgeops.cli import root
+from server.app.build import build_app
+from server.app.home import init_home
 from server.cli.rollout import render_rollout
-from server.database import close_database, open_database
-from server.home import init_home
-from server.publishing import publish_package
-from server.service import build_app
-from server.settings import ServerSettings
+from server.config.settings import ServerSettings
+from server.db.engine import close_database, open_database
+from server.pipeline.publishing import publish_package
 from tests.rollouts.conftest import add_devices
 from tests.server.helpers import free_port, live_server, make_package
 

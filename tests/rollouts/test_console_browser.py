@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from server.database import close_database, open_database
-from server.home import init_home
-from server.publishing import publish_package
-from server.service import build_app
-from server.settings import ServerSettings
-from server.tokens import create_token
+from server.app.build import build_app
+from server.app.home import init_home
+from server.auth.tokens import create_token
+from server.config.settings import ServerSettings
+from server.db.engine import close_database, open_database
+from server.pipeline.publishing import publish_package
 from simulations.mosquitto import MosquittoBroker
 from tests.rollouts.fleet_support import SimulatedDevices, wait_for
 from tests.server.helpers import live_server, make_package
@@ -52,7 +52,7 @@ def console(tmp_path: Path, mosquitto: MosquittoBroker) -> Iterator[dict]:
 def test_operator_starts_watches_and_pauses_a_rollout(console: dict, tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    from server.db import Device
+    from server.db.tables import Device
 
     def known() -> int:
         with console["factory"]() as session:
@@ -94,7 +94,7 @@ def test_operator_starts_watches_and_pauses_a_rollout(console: dict, tmp_path: P
     assert first != advanced
     assert int(advanced.split("/")[0]) >= 1
     with console["factory"]() as session:
-        from server.db import AuditEntry, Rollout
+        from server.db.tables import AuditEntry, Rollout
 
         assert session.get(Rollout, 1).status == "paused"
         actions = {(a.actor, a.resource) for a in session.query(AuditEntry)}

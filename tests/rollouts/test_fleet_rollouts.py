@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from server.database import close_database, open_database
-from server.home import init_home
-from server.publishing import publish_package
-from server.settings import ServerSettings, load_settings
+from server.app.home import init_home
+from server.config.settings import ServerSettings, load_settings
+from server.db.engine import close_database, open_database
+from server.pipeline.publishing import publish_package
 from simulations.mosquitto import MosquittoBroker
 from tests.rollouts.fleet_support import (
     AgentPools,

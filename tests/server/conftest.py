@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import sessionmaker
 
-from server.database import close_database, open_database
-from server.home import init_home
-from server.settings import ServerSettings
+from server.app.home import init_home
+from server.config.settings import ServerSettings
+from server.db.engine import close_database, open_database
 from tests.server.helpers import make_package
 
 

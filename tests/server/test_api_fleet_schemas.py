@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from server.api_fleet import DeploymentCreate
+from server.api.routes.fleet import DeploymentCreate
 
 pytestmark = [pytest.mark.skeleton]
 

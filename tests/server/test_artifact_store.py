@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from edgeops.errors import ConfigError, NotFoundError
-from server.artifact_store import ArtifactStore
+from server.registry.artifact_store import ArtifactStore
 
 pytestmark = [pytest.mark.skeleton]
 

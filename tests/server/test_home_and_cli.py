@@ -8,10 +8,10 @@ import pytest
 from typer.testing import CliRunner
 
 from edgeops.errors import ConfigError
+from server.app.home import init_home, read_admin_token
 from server.cli.release import app as release_app
 from server.cli.server import app as server_app
-from server.home import init_home, read_admin_token
-from server.settings import ServerSettings, load_settings
+from server.config.settings import ServerSettings, load_settings
 
 pytestmark = [pytest.mark.skeleton]
 

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -10,11 +10,11 @@ from sqlalchemy.orm import sessionmaker
 from starlette.testclient import TestClient
 
 from edgeops import errors
-from server.artifact_store import ArtifactStore
-from server.http_app import create_app
-from server.service import build_app, tuf_refresher
-from server.settings import ServerSettings
-from server.tuf_repository import TufRepository, init_repository
+from server.app.build import build_app, tuf_refresher
+from server.app.http_app import create_app
+from server.config.settings import ServerSettings
+from server.registry.artifact_store import ArtifactStore
+from server.trust.repository import TufRepository, init_repository
 
 pytestmark = [pytest.mark.skeleton]
 
@@ -77,7 +77,7 @@ def test_build_app_serves_with_its_lifespan(server_settings: ServerSettings) -> 
 
 
 def test_the_refresher_renews_an_expiring_timestamp_at_start(tmp_path: Path) -> None:
-    init_repository(tmp_path / "tuf", now=datetime.now(timezone.utc) - timedelta(hours=20))
+    init_repository(tmp_path / "tuf", now=datetime.now(UTC) - timedelta(hours=20))
     repository = TufRepository(tmp_path / "tuf")
 
     async def run() -> None:
@@ -90,4 +90,4 @@ def test_the_refresher_renews_an_expiring_timestamp_at_start(tmp_path: Path) -> 
 
     timestamp = Metadata.from_file(str(repository.metadata_dir / "timestamp.json")).signed
     assert timestamp.version == 2
-    assert timestamp.expires > datetime.now(timezone.utc) + timedelta(hours=23)
+    assert timestamp.expires > datetime.now(UTC) + timedelta(hours=23)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.http_range import RangeNotSatisfiable, bytes_response, parse_range
+from server.api.http_range import RangeNotSatisfiable, bytes_response, parse_range
 
 pytestmark = [pytest.mark.skeleton]
 

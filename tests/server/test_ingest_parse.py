@@ -6,7 +6,7 @@ import pytest
 
 from edgeops.messages import MAX_PAYLOAD_BYTES, DeviceStatus, TelemetryBatch, encode
 from edgeops.topics import Topics
-from server.ingest_parse import Rejected, parse_message
+from server.fleet.ingest.parse import Rejected, parse_message
 
 pytestmark = [pytest.mark.skeleton]
 

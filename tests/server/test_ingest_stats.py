@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from server.ingest_stats import IngestCounters, RateLimitedLog
+from server.fleet.ingest.stats import IngestCounters, RateLimitedLog
 
 pytestmark = [pytest.mark.skeleton]
 

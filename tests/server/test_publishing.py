@@ -12,12 +12,12 @@ from sqlalchemy.orm import sessionmaker
 
 from edgeops.errors import ConfigError, RegistryError
 from edgeops.schemas import ReleaseInfo
-from server import publishing
-from server.artifact_store import ArtifactStore
-from server.publishing import load_package, publish_package
-from server.registry import Registry
-from server.settings import ServerSettings
-from server.tuf_repository import TufRepository
+from server.config.settings import ServerSettings
+from server.pipeline import publishing
+from server.pipeline.publishing import load_package, publish_package
+from server.registry.artifact_store import ArtifactStore
+from server.registry.registry import Registry
+from server.trust.repository import TufRepository
 
 pytestmark = [pytest.mark.skeleton]
 
@@ -91,9 +91,9 @@ def test_a_publish_killed_before_signing_is_removed_by_the_next(
     code = """if True:
         import os, signal, sys
         from pathlib import Path
-        from server import publishing
-        from server.database import open_database
-        from server.settings import ServerSettings
+        from server.pipeline import publishing
+        from server.db.engine import open_database
+        from server.config.settings import ServerSettings
 
         publishing.TufRepository.add_target = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
         settings = ServerSettings(home=Path(sys.argv[1]))

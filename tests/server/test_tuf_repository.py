@@ -2,19 +2,19 @@ from __future__ import annotations
 
 import json
 import stat
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from tuf.api.metadata import Metadata
 
 from edgeops.errors import ConfigError, RegistryError
-from server import tuf_repository
-from server.tuf_repository import TufExpiry, TufRepository, init_repository
+from server.trust import repository as tuf_repository
+from server.trust.repository import TufExpiry, TufRepository, init_repository
 
 pytestmark = [pytest.mark.skeleton]
 
-NOW = datetime(2030, 1, 1, tzinfo=timezone.utc)
+NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from server.ca import FleetCA, IdentityFiles
-from server.settings import ServerSettings
+from server.config.settings import ServerSettings
+from server.identity.ca import FleetCA, IdentityFiles
 from simulations.mosquitto import MosquittoBroker
 from tests.integration.fleet_support import wait_until
 

@@ -19,12 +19,12 @@ from agent.config import AgentConfig, dump_toml, load_config
 from agent.daemon import Agent
 from agent.enroll import enroll, load_or_create_key, make_csr
 from edgeops.errors import ConfigError, TrustError
-from server.ca import FleetCA
-from server.enrollment import Enrollment, TokenRecord, consume_token, hash_token
-from server.home import init_home, read_admin_token
-from server.ingest import Ingest, IngestTuning
-from server.service import build_app
-from server.settings import ServerSettings, load_settings
+from server.app.build import build_app
+from server.app.home import init_home, read_admin_token
+from server.config.settings import ServerSettings, load_settings
+from server.fleet.ingest.worker import Ingest, IngestTuning
+from server.identity.ca import FleetCA
+from server.identity.enrollment import Enrollment, TokenRecord, consume_token, hash_token
 from simulations.mosquitto import MosquittoBroker
 from tests.agent.support import build_model, install_model, make_release, model_weights
 from tests.integration.fleet_support import sqlite_database, wait_until

@@ -21,8 +21,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
-from server.db import TelemetryRecord
-from server.ingest import Ingest, IngestTuning
+from server.db.tables import TelemetryRecord
+from server.fleet.ingest.worker import Ingest, IngestTuning
 from tests.agent.support import build_model, install_model, make_release, model_weights
 from tests.integration.fleet_support import sqlite_database, wait_until
 from tests.telemetry.conftest import FLEET, SecureFleet

@@ -1,4 +1,4 @@
-"""Device identity at a real Mosquitto configured by `server.broker_config`: certificates
+"""Device identity at a real Mosquitto configured by `server.identity.broker_config`: certificates
 from the fleet CA, CN as username and client id, ACLs on %u."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from sqlalchemy.orm import sessionmaker
 
 from edgeops.messages import Command, DeviceStatus, TelemetryBatch, encode
 from edgeops.topics import Topics
-from server.ca import FleetCA
-from server.commands import CommandPublisher
-from server.ingest import Ingest, IngestTuning
+from server.fleet.commands import CommandPublisher
+from server.fleet.ingest.worker import Ingest, IngestTuning
+from server.identity.ca import FleetCA
 from tests.integration.fleet_support import sqlite_database, wait_until
 from tests.telemetry.conftest import FLEET, SecureFleet, tls_client
 

@@ -9,15 +9,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.orm import sessionmaker
 
 from edgeops.messages import MAX_PAYLOAD_BYTES, DeviceStatus, TelemetryBatch, encode
 from edgeops.topics import Topics
-from server.ingest import Ingest, IngestTuning
-from server.ingest_parse import Rejected, parse_message
-from server.metrics import IngestCollector, create_registry, metrics_router, register
+from server.api.routes.metrics import IngestCollector, create_registry, metrics_router, register
+from server.fleet.ingest.parse import Rejected, parse_message
+from server.fleet.ingest.worker import Ingest, IngestTuning
 from tests.integration.fleet_support import sqlite_database, wait_until
 from tests.telemetry.conftest import FLEET, SecureFleet, tls_client
 

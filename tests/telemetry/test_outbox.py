@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.mqtt_link import Backoff
-from agent.outbox import Outbox
+from agent.telemetry.mqtt_link import Backoff
+from agent.telemetry.outbox import Outbox
 
 pytestmark = [pytest.mark.telemetry]
 

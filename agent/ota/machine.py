@@ -1,0 +1,224 @@
+"""The update state machine, pure: a transition table, a record, and recovery after a restart.
+
+Nothing here touches disk, network or clock; the shell (`update_runner`) persists the
+record this module returns *before* it performs the step the new state names, and feeds
+the step's outcome back as an event. Mender's daemon works the same way.
+
+    downloading ──ok──► verifying ──ok──► staged ──ok──► smoke_testing ──ok──► switching
+         │                  │               │                 │                  │ ok
+         └──────fail────────┴─────fail──────┴──────fail───────┴─► update_failed  ▼
+                                                                     ▲      health_window
+                                             switching ──fail──► rolling_back ◄─regressed / rollback
+                                                                     │ ok       │ healthy
+                                                                     ▼          ▼
+                                                                rolled_back   committed
+
+`update_failed` means the switch never happened: the previous model kept serving.
+`rolled_back` means the new model served for a while and the previous one is back.
+
+On restart (`recover`) a saved state maps to the step to run again; every step is
+idempotent. Pre-switch states resume (the download resumes with HTTP Range) until
+`max_attempts` interrupted attempts, then fail; `switching`, `health_window` count boots
+and past `max_boots` force a rollback (the loop guard: a model that crashes the agent
+never gets to stay).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+from edgeops.errors import UpdateError
+
+__all__ = [
+    "ACTIVE_STATES",
+    "TERMINAL_STATES",
+    "TRANSITIONS",
+    "Event",
+    "InvalidTransition",
+    "UpdateRecord",
+    "UpdateState",
+    "new_update",
+    "recover",
+    "transition",
+]
+
+UpdateState = Literal[
+    "downloading",
+    "verifying",
+    "staged",
+    "smoke_testing",
+    "switching",
+    "health_window",
+    "committed",
+    "update_failed",
+    "rolling_back",
+    "rolled_back",
+]
+Event = Literal["ok", "fail", "healthy", "regressed", "rollback"]
+
+TRANSITIONS: dict[tuple[UpdateState, Event], UpdateState] = {
+    ("downloading", "ok"): "verifying",
+    ("downloading", "fail"): "update_failed",
+    ("verifying", "ok"): "staged",
+    ("verifying", "fail"): "update_failed",
+    ("staged", "ok"): "smoke_testing",
+    ("staged", "fail"): "update_failed",
+    ("smoke_testing", "ok"): "switching",
+    ("smoke_testing", "fail"): "update_failed",
+    ("switching", "ok"): "health_window",
+    ("switching", "fail"): "rolling_back",
+    ("switching", "rollback"): "rolling_back",
+    ("health_window", "healthy"): "committed",
+    ("health_window", "regressed"): "rolling_back",
+    ("health_window", "rollback"): "rolling_back",
+    ("health_window", "fail"): "rolling_back",
+    ("rolling_back", "ok"): "rolled_back",
+    ("rolling_back", "fail"): "update_failed",
+}
+TERMINAL_STATES: frozenset[UpdateState] = frozenset({"committed", "update_failed", "rolled_back"})
+ACTIVE_STATES: frozenset[UpdateState] = frozenset(get_args(UpdateState)) - TERMINAL_STATES
+PRE_SWITCH_STATES: frozenset[UpdateState] = frozenset(
+    {"downloading", "verifying", "staged", "smoke_testing"}
+)
+BOOT_COUNTED_STATES: frozenset[UpdateState] = frozenset({"switching", "health_window"})
+HISTORY_LIMIT = 32
+
+
+class InvalidTransition(UpdateError):
+    """An event that the transition table does not allow in the current state (a bug)."""
+
+
+@dataclass(frozen=True)
+class UpdateRecord:
+    """Everything the agent must remember about one update across a power cut.
+
+    `slot` is the slot the update writes into; `previous_slot`/`previous_target` what
+    served before (the rollback destination). `baseline` holds the previous model's
+    health statistics recorded just before the switch. `history` is the chain of
+    (state, timestamp) the update went through, for status and tests.
+    """
+
+    target: str
+    state: UpdateState
+    slot: str
+    previous_slot: str | None
+    previous_target: str | None
+    started_at: float
+    updated_at: float
+    reason: str | None = None
+    attempts: int = 0  # interrupted pre-switch attempts
+    boots: int = 0  # restarts while switching or in the health window
+    baseline: dict[str, Any] | None = None
+    health_started_at: float | None = None
+    history: tuple[tuple[str, float], ...] = field(default_factory=tuple)
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    def to_json(self) -> dict[str, Any]:
+        value = dataclasses.asdict(self)
+        value["history"] = [list(item) for item in self.history]
+        value["schema"] = 1
+        return value
+
+    @classmethod
+    def from_json(cls, raw: Any) -> UpdateRecord:
+        """Parse a saved record; UpdateError if it is not one."""
+        try:
+            if raw.get("schema") != 1:
+                raise ValueError(f"unknown schema {raw.get('schema')!r}")
+            values = {f.name: raw[f.name] for f in dataclasses.fields(cls) if f.name in raw}
+            values["history"] = tuple((str(s), float(t)) for s, t in values.get("history", ()))
+            record = cls(**values)
+        except (AttributeError, KeyError, TypeError, ValueError) as err:
+            raise UpdateError(f"update state record is corrupt: {err}") from err
+        if record.state not in get_args(UpdateState):
+            raise UpdateError(f"update state record has unknown state {record.state!r}")
+        return record
+
+
+def new_update(
+    target: str,
+    slot: str,
+    previous_slot: str | None,
+    previous_target: str | None,
+    now: float,
+) -> UpdateRecord:
+    """The record of an update about to start downloading."""
+    return UpdateRecord(
+        target=target,
+        state="downloading",
+        slot=slot,
+        previous_slot=previous_slot,
+        previous_target=previous_target,
+        started_at=now,
+        updated_at=now,
+        history=(("downloading", now),),
+    )
+
+
+def transition(
+    record: UpdateRecord, event: Event, now: float, reason: str | None = None, **changes: Any
+) -> UpdateRecord:
+    """The record after `event` in `record.state`; InvalidTransition if the table forbids it."""
+    next_state = TRANSITIONS.get((record.state, event))
+    if next_state is None:
+        raise InvalidTransition(f"no transition from {record.state!r} on {event!r}")
+    history = (*record.history, (next_state, now))[-HISTORY_LIMIT:]
+    if next_state == "health_window":
+        changes.setdefault("health_started_at", now)
+    keep_reason = reason if reason is not None else (record.reason if next_state == "rolled_back" else None)
+    return dataclasses.replace(
+        record, state=next_state, updated_at=now, reason=keep_reason, history=history, **changes
+    )
+
+
+def recover(
+    record: UpdateRecord, now: float, *, max_attempts: int, max_boots: int
+) -> UpdateRecord:
+    """The record to continue from after the agent restarted with `record` on disk."""
+    if record.terminal:
+        return record
+    state = record.state
+    if state in PRE_SWITCH_STATES:
+        attempts = record.attempts + 1
+        if attempts > max_attempts:
+            return _jump(
+                record,
+                "update_failed",
+                now,
+                f"gave up after {record.attempts} interrupted attempts (last in {state})",
+                attempts=attempts,
+            )
+        # verifying reads the downloaded file, which is only trusted straight after
+        # ngclient checked it: go through the (cached, resumable) download again.
+        resume: UpdateState = "downloading" if state == "verifying" else state
+        return _jump(record, resume, now, None, attempts=attempts)
+    if state in BOOT_COUNTED_STATES:
+        boots = record.boots + 1
+        if boots > max_boots:
+            return _jump(
+                record,
+                "rolling_back",
+                now,
+                f"loop guard: the agent restarted {record.boots} times in {state}",
+                boots=boots,
+            )
+        changes: dict[str, Any] = {"boots": boots}
+        if state == "health_window":
+            changes["health_started_at"] = now  # the samples were in memory: start over
+        return _jump(record, state, now, None, **changes)
+    return _jump(record, state, now, record.reason)  # rolling_back: finish it
+
+
+def _jump(
+    record: UpdateRecord, state: UpdateState, now: float, reason: str | None, **changes: Any
+) -> UpdateRecord:
+    """A recovery move (outside the table: it maps a saved state to where to resume)."""
+    history = (*record.history, (f"recover:{state}", now))[-HISTORY_LIMIT:]
+    return dataclasses.replace(
+        record, state=state, updated_at=now, reason=reason, history=history, **changes
+    )

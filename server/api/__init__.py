@@ -1,0 +1,8 @@
+"""The REST API: FastAPI dependencies, the audit middleware, and one router per resource.
+
+    deps          Annotated dependency aliases: services (RegistryDep, SessionFactoryDep, ...)
+                  and the one auth idiom (ViewerDep / OperatorDep / AdminDep)
+    audit         AuditMiddleware and `note()` for mutating calls
+    http_range    single-range `Range` support for in-memory bodies
+    routes/       one module-level router per resource
+"""

@@ -1,0 +1,136 @@
+"""`/api/devices/{id}/labels|history|telemetry` and `/api/groups`: device groups and tags
+(what rollouts select by), status history and recent telemetry.
+
+The device list and detail themselves are in server.api.routes.fleet.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy import func, select
+
+from edgeops.topics import DEVICE_ID_PATTERN
+from server.api.audit import note
+from server.api.deps import OperatorDep, SessionFactoryDep, ViewerDep
+from server.db.tables import Device, DeviceEvent, DeviceLabel, TelemetryRecord, as_utc
+from server.fleet import inventory
+
+__all__ = ["DeviceEventPublic", "DeviceLabelsUpdate", "GroupPublic", "router"]
+
+router = APIRouter(prefix="/api", tags=["devices"])
+
+LABEL = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+DeviceId = Annotated[str, Path(max_length=64, pattern=DEVICE_ID_PATTERN.pattern)]
+
+
+class DeviceLabelsUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    group: str = Field(default="default", pattern=LABEL)
+    tags: list[str] = Field(default_factory=list, max_length=20)
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: list[str]) -> list[str]:
+        bad = [t for t in value if not re.match(LABEL, t)]
+        if bad:
+            raise ValueError(f"invalid tags {bad[:5]!r}: letters, digits, '.', '_', '-'")
+        return sorted(set(value))
+
+
+class DeviceLabelsPublic(BaseModel):
+    device_id: str
+    group: str
+    tags: list[str]
+
+
+class DeviceEventPublic(BaseModel):
+    at: datetime
+    online: bool
+    state: str | None
+    release: str | None
+    target: str | None
+    reason: str | None
+
+
+class GroupPublic(BaseModel):
+    group: str
+    devices: int
+
+
+@router.put("/devices/{device_id}/labels", response_model=DeviceLabelsPublic)
+def set_labels(device_id: DeviceId, body: DeviceLabelsUpdate, _user: OperatorDep,
+               session_factory: SessionFactoryDep, request: Request) -> DeviceLabelsPublic:
+    """Put a device in a group and give it tags (replacing the previous ones)."""
+    with session_factory.begin() as session:
+        inventory.get_device(session, device_id)  # NotFoundError -> 404
+        label = session.get(DeviceLabel, device_id)
+        if label is None:
+            label = DeviceLabel(device_id=device_id)
+            session.add(label)
+        label.group_name = body.group
+        label.tags = body.tags
+        label.updated_at = datetime.now(UTC)
+    note(request, f"device {device_id}: group {body.group}, tags {body.tags}")
+    return DeviceLabelsPublic(device_id=device_id, group=body.group, tags=body.tags)
+
+
+@router.get("/groups", response_model=list[GroupPublic])
+def list_groups(_user: ViewerDep, session_factory: SessionFactoryDep) -> list[GroupPublic]:
+    """Groups and how many devices each holds (unlabelled devices are in "default")."""
+    with session_factory() as session:
+        labelled = dict(
+            session.execute(
+                select(DeviceLabel.group_name, func.count()).group_by(DeviceLabel.group_name)
+            ).all()
+        )
+        total = session.scalar(select(func.count()).select_from(Device)) or 0
+        known_labelled = session.scalar(
+            select(func.count()).select_from(DeviceLabel).join(
+                Device, Device.device_id == DeviceLabel.device_id)
+        ) or 0
+        labelled["default"] = labelled.get("default", 0) + max(0, total - known_labelled)
+        return [GroupPublic(group=g, devices=n) for g, n in sorted(labelled.items()) if n]
+
+
+@router.get("/devices/{device_id}/history", response_model=list[DeviceEventPublic])
+def device_history(
+    device_id: DeviceId,
+    _user: ViewerDep,
+    session_factory: SessionFactoryDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[DeviceEventPublic]:
+    """Status changes the server observed, newest first."""
+    with session_factory() as session:
+        inventory.get_device(session, device_id)
+        rows = session.scalars(
+            select(DeviceEvent).where(DeviceEvent.device_id == device_id)
+            .order_by(DeviceEvent.id.desc()).limit(limit)
+        )
+        return [
+            DeviceEventPublic(at=as_utc(e.at), online=e.online, state=e.state, release=e.release,
+                              target=e.target, reason=e.reason)
+            for e in rows
+        ]
+
+
+@router.get("/devices/{device_id}/telemetry")
+def device_telemetry(
+    device_id: DeviceId,
+    _user: ViewerDep,
+    session_factory: SessionFactoryDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+) -> list[dict[str, Any]]:
+    """The latest telemetry batches of the device as received (newest first)."""
+    with session_factory() as session:
+        inventory.get_device(session, device_id)
+        rows = session.scalars(
+            select(TelemetryRecord).where(TelemetryRecord.device_id == device_id)
+            .order_by(TelemetryRecord.window_end.desc()).limit(limit)
+        )
+        return [dict(r.payload) for r in rows]

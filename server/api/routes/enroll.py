@@ -1,0 +1,70 @@
+"""Enrollment API: one-time tokens for operators, certificates for devices.
+
+    POST /api/enroll          {token, csr}             -> the device certificate and the CA
+    POST /api/enroll/tokens   {device_id?, ttl_s?}     -> a one-time token (admin)
+    GET  /api/enroll/ca                                -> the fleet CA certificate (PEM)
+
+`/api/enroll` needs no admin token: the one-time token is the credential. Refusals come
+from `server.identity.enrollment` as domain errors, mapped to HTTP in one place (http_app):
+a bad, used or expired token is 403, a broken CSR 422, a reserved device id 400.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from server.api.deps import AdminDep, SettingsDep
+from server.identity.enrollment import DEFAULT_TOKEN_TTL_S, Enrollment
+
+__all__ = ["EnrollPublic", "EnrollRequest", "TokenCreate", "TokenPublic", "enroll_router"]
+
+
+class EnrollRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    token: str = Field(min_length=8, max_length=256)
+    csr: str = Field(min_length=1, max_length=16 * 1024, description="PEM CSR, CN = device id")
+
+
+class EnrollPublic(BaseModel):
+    device_id: str
+    mode: str
+    ca_certificate: str
+    certificate: str | None = None
+    username: str | None = None
+    password: str | None = None
+
+
+class TokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    device_id: str | None = Field(default=None, description="Bind the token to one device id")
+    ttl_s: float = Field(default=DEFAULT_TOKEN_TTL_S, gt=0, le=365 * 24 * 3600)
+
+
+class TokenPublic(BaseModel):
+    token: str
+    device_id: str | None
+    expires_at: float
+
+
+def enroll_router() -> APIRouter:
+    router = APIRouter(prefix="/api/enroll", tags=["enrollment"])
+
+    @router.post("", response_model=EnrollPublic)
+    def enroll(body: EnrollRequest, settings: SettingsDep) -> EnrollPublic:
+        result = Enrollment(settings).enroll(body.token, body.csr.encode())
+        return EnrollPublic(**result.__dict__)
+
+    @router.post("/tokens", response_model=TokenPublic, status_code=201, dependencies=[AdminDep])
+    def create_token(body: TokenCreate, settings: SettingsDep) -> TokenPublic:
+        token, record = Enrollment(settings).tokens.create(ttl_s=body.ttl_s, device_id=body.device_id)
+        return TokenPublic(token=token, device_id=record.device_id, expires_at=record.expires_at)
+
+    @router.get("/ca", response_class=PlainTextResponse)
+    def ca_certificate(settings: SettingsDep) -> str:
+        return Enrollment(settings).ca().ca_pem.decode()
+
+    return router

@@ -1,0 +1,221 @@
+"""`/api/rollouts`: start, watch, pause, resume and abort staged rollouts.
+
+Reads need a viewer token, changes an operator token. Refusals are domain errors mapped
+to HTTP in one place (server.app.http_app): a second active rollout for the same group is
+409 (RolloutConflictError), pausing a finished rollout 409 (RolloutStateError), an
+unknown release or rollout 404, a rollout that selects no device 400.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from server.api.audit import note
+from server.api.deps import OperatorDep, SessionFactoryDep, ViewerDep
+from server.rollouts import store
+from server.rollouts.controller import DEFAULT_WAVES_PCT, RolloutPolicy
+from server.rollouts.summary import summarize
+
+__all__ = ["RolloutCreate", "RolloutDevicePublic", "RolloutPublic", "router"]
+
+router = APIRouter(prefix="/api/rollouts", tags=["rollouts"])
+
+TARGET_PATH = r"^[A-Za-z0-9][A-Za-z0-9._+-]*(?:/[A-Za-z0-9][A-Za-z0-9._+-]*)*$"
+LABEL = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+MAX_ID = 2**31 - 1
+DAY_S = 24 * 3600.0
+RolloutId = Annotated[int, Path(ge=1, le=MAX_ID, description="rollout id")]
+Status = Literal["running", "paused", "aborting", "completed", "aborted"]
+
+
+class RolloutCreate(BaseModel):
+    """A staged rollout of one release to a group (or the whole fleet)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: str = Field(min_length=1, max_length=300, pattern=TARGET_PATH,
+                        description="TUF target path of the release")
+    group: str | None = Field(default=None, pattern=LABEL,
+                              description="device group; null: every device")
+    tags: list[str] = Field(default_factory=list, max_length=20,
+                            description="a device must carry every tag")
+    waves_pct: list[float] = Field(default_factory=lambda: list(DEFAULT_WAVES_PCT),
+                                   min_length=1, max_length=20,
+                                   description="cumulative % of devices per wave; 100 is added")
+    soak_s: float = Field(default=60.0, ge=0, le=7 * DAY_S)
+    success_pct: float = Field(default=90.0, gt=0, le=100)
+    failure_threshold_pct: float = Field(default=10.0, gt=0, le=100)
+    failure_min_count: int = Field(default=1, ge=1, le=1_000_000)
+    device_timeout_s: float = Field(default=600.0, ge=1, le=7 * DAY_S)
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: list[str]) -> list[str]:
+        bad = [t for t in value if not re.match(LABEL, t)]
+        if bad:
+            raise ValueError(f"invalid tags {bad[:5]!r}: letters, digits, '.', '_', '-'")
+        return sorted(set(value))
+
+    @model_validator(mode="after")
+    def _waves(self) -> RolloutCreate:
+        waves = self.waves_pct
+        if any(not 0 < p <= 100 for p in waves) or waves != sorted(set(waves)):
+            raise ValueError("waves_pct must be strictly increasing percentages in (0, 100]")
+        return self
+
+    def policy(self) -> RolloutPolicy:
+        return RolloutPolicy(
+            waves_pct=tuple(self.waves_pct),
+            soak_s=self.soak_s,
+            success_pct=self.success_pct,
+            failure_threshold_pct=self.failure_threshold_pct,
+            failure_min_count=self.failure_min_count,
+            device_timeout_s=self.device_timeout_s,
+        )
+
+
+class WavePublic(BaseModel):
+    index: int
+    devices: int
+    cumulative_devices: int
+    phases: dict[str, int]
+    done: int
+    failed: int
+    status: str
+
+
+class RolloutPublic(BaseModel):
+    id: int
+    target: str
+    group: str | None
+    tags: list[str]
+    status: str
+    reason: str | None
+    policy: dict[str, Any]
+    current_wave: int
+    wave_count: int
+    devices: int
+    done: int
+    failed: int
+    progress_pct: float
+    phases: dict[str, int]
+    waves: list[WavePublic]
+    created_by: str
+    created_at: str
+    updated_at: str
+    finished_at: float | None
+
+
+class RolloutDevicePublic(BaseModel):
+    device_id: str
+    wave: int
+    phase: str
+    reason: str | None
+    command_id: str | None
+    sent_at: float | None
+    resolved_at: float | None
+    rollback_sent_at: float | None
+
+
+def rollout_public(session: Any, rollout_id: int) -> RolloutPublic:
+    rollout = store.get_rollout(session, rollout_id)
+    summary = summarize(rollout, store.assignments(session, rollout_id))
+    return RolloutPublic.model_validate(summary.to_json())
+
+
+@router.get("", response_model=list[RolloutPublic])
+def list_rollouts(
+    _user: ViewerDep,
+    session_factory: SessionFactoryDep,
+    status: Status | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[RolloutPublic]:
+    """Newest first, with totals (per-wave detail is on GET /api/rollouts/{id})."""
+    with session_factory() as session:
+        rollouts = store.list_rollouts(session, status, limit)
+        counts = store.phase_counts(session, [r.id for r in rollouts])
+        return [
+            RolloutPublic.model_validate(summarize(r, phase_counts=counts[r.id]).to_json())
+            for r in rollouts
+        ]
+
+
+@router.post("", response_model=RolloutPublic, status_code=201)
+def create_rollout(
+    body: RolloutCreate, user: OperatorDep, session_factory: SessionFactoryDep, request: Request
+) -> RolloutPublic:
+    """Start a rollout: devices are chosen now (group, tags), in id order, and cut into
+    waves; the first wave starts within a second."""
+    spec = store.RolloutSpec(
+        target=body.target, group=body.group, tags=tuple(body.tags), policy=body.policy()
+    )
+    with session_factory.begin() as session:
+        rollout = store.create_rollout(session, spec, user.name, time.time())
+        rollout_id = rollout.id
+    note(request, f"rollout {rollout_id} of {body.target} to "
+                  f"{body.group or 'the whole fleet'}")
+    with session_factory() as session:
+        return rollout_public(session, rollout_id)
+
+
+@router.get("/{rollout_id}", response_model=RolloutPublic)
+def get_rollout(
+    rollout_id: RolloutId, _user: ViewerDep, session_factory: SessionFactoryDep
+) -> RolloutPublic:
+    with session_factory() as session:
+        return rollout_public(session, rollout_id)
+
+
+@router.get("/{rollout_id}/devices", response_model=list[RolloutDevicePublic])
+def list_rollout_devices(
+    rollout_id: RolloutId,
+    _user: ViewerDep,
+    session_factory: SessionFactoryDep,
+    phase: Annotated[str | None, Query(max_length=16)] = None,
+) -> list[RolloutDevicePublic]:
+    """Every device of the rollout in wave order, with its phase and why."""
+    with session_factory() as session:
+        store.get_rollout(session, rollout_id)
+        return [
+            RolloutDevicePublic(
+                device_id=row.device_id, wave=row.wave + 1, phase=row.phase, reason=row.reason,
+                command_id=row.command_id, sent_at=row.sent_at, resolved_at=row.resolved_at,
+                rollback_sent_at=row.rollback_sent_at,
+            )
+            for row in store.assignments(session, rollout_id)
+            if phase is None or row.phase == phase
+        ]
+
+
+def _act(what: store.Request, rollout_id: int, user: Any, session_factory: Any,
+         request: Request) -> RolloutPublic:
+    with session_factory.begin() as session:
+        store.request(session, rollout_id, what, user.name)
+    note(request, f"{what} rollout {rollout_id}")
+    with session_factory() as session:
+        return rollout_public(session, rollout_id)
+
+
+@router.post("/{rollout_id}/pause", response_model=RolloutPublic)
+def pause_rollout(rollout_id: RolloutId, user: OperatorDep,
+                  session_factory: SessionFactoryDep, request: Request) -> RolloutPublic:
+    """Stop starting waves and sending updates; devices already updating carry on."""
+    return _act("pause", rollout_id, user, session_factory, request)
+
+
+@router.post("/{rollout_id}/resume", response_model=RolloutPublic)
+def resume_rollout(rollout_id: RolloutId, user: OperatorDep,
+                   session_factory: SessionFactoryDep, request: Request) -> RolloutPublic:
+    return _act("resume", rollout_id, user, session_factory, request)
+
+
+@router.post("/{rollout_id}/abort", response_model=RolloutPublic)
+def abort_rollout(rollout_id: RolloutId, user: OperatorDep,
+                  session_factory: SessionFactoryDep, request: Request) -> RolloutPublic:
+    """Stop, and roll back every device this rollout put on the release."""
+    return _act("abort", rollout_id, user, session_factory, request)

@@ -1,0 +1,4 @@
+"""Who may call the server: API tokens and their roles (viewer < operator < admin).
+
+    tokens        create, find, list and revoke tokens; only SHA-256 digests are stored
+"""

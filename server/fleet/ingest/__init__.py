@@ -1,0 +1,6 @@
+"""MQTT ingest: validate device messages and store them in batches.
+
+    worker        Ingest: the subscriber, batching and the flush thread
+    parse         parse_message: pure validation of one message
+    stats         counters and rate-limited logging of rejections
+"""

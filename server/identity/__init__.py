@@ -1,0 +1,6 @@
+"""Device identity: the fleet CA, one-time enrollment and the broker's config.
+
+    ca            FleetCA: device and server certificates
+    enrollment    one-time tokens in, a certificate (or a simulation password) out
+    broker_config the one Mosquitto config and ACL renderer
+"""

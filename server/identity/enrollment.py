@@ -1,0 +1,242 @@
+"""Device enrollment: one-time tokens in, a certificate (or, in simulation, a password) out.
+
+    <home>/ca/enroll_tokens.json    token records (0600): sha256 of the token, never the token
+    <home>/ca/passwords             Mosquitto password file (0600), password mode only
+
+Flow (`Enrollment.enroll`): check the CSR (signature, CN = device id, not reserved) *before*
+spending the token, so a broken request does not burn it; then consume the token (exists,
+unexpired, unused, bound to this device if it names one) under a file lock, so two requests
+racing with one token cannot both win; then sign. Refusals raise `TrustError` (bad, used or
+expired token: HTTP 403), `PayloadError` (bad CSR: 422) or `ConfigError` (reserved id: 400).
+
+Password mode (`device_auth = "password"`) issues a random broker password instead of a
+certificate, stored hashed in Mosquitto's PBKDF2-SHA512 format. It exists for simulations:
+it is refused unless the settings say `allow_password_auth = true`.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+from edgeops.atomic_io import write_bytes_atomic
+from edgeops.errors import ConfigError, TrustError
+from server.config.settings import ServerSettings
+from server.identity.ca import CA_DIR, FleetCA, check_device_name, csr_common_name, load_csr
+
+__all__ = [
+    "DEFAULT_TOKEN_TTL_S",
+    "EnrollmentResult",
+    "Enrollment",
+    "TokenRecord",
+    "TokenStore",
+    "check_password_mode",
+    "consume_token",
+    "mosquitto_password_hash",
+]
+
+DEFAULT_TOKEN_TTL_S = 24 * 3600
+PBKDF2_ITERATIONS = 101  # what mosquitto_passwd 2.0 writes for `$7$`
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    token_sha256: str
+    created_at: float
+    expires_at: float
+    device_id: str | None = None  # None: the device names itself in its CSR
+    used_at: float | None = None
+    used_by: str | None = None
+
+
+@dataclass(frozen=True)
+class EnrollmentResult:
+    device_id: str
+    mode: Literal["certificate", "password"]
+    ca_certificate: str
+    certificate: str | None = None
+    username: str | None = None
+    password: str | None = None
+
+
+# Pure core ------------------------------------------------------------------------------
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def consume_token(
+    records: list[TokenRecord], token: str, device_id: str, now: float
+) -> list[TokenRecord]:
+    """The records with `token` spent by `device_id`; TrustError if it cannot be spent."""
+    digest = hash_token(token)
+    for index, record in enumerate(records):  # noqa: B007 (index is used after the loop)
+        if hmac.compare_digest(record.token_sha256, digest):
+            break
+    else:
+        raise TrustError("unknown enrollment token")
+    if record.used_at is not None:
+        raise TrustError("this enrollment token was already used")
+    if now >= record.expires_at:
+        raise TrustError("this enrollment token has expired")
+    if record.device_id is not None and record.device_id != device_id:
+        raise TrustError(f"this enrollment token is for another device, not {device_id!r}")
+    spent = replace(record, used_at=now, used_by=device_id)
+    return [*records[:index], spent, *records[index + 1 :]]
+
+
+def prune(records: list[TokenRecord], now: float, keep_s: float = 30 * 24 * 3600) -> list[TokenRecord]:
+    """Drop records expired or used more than `keep_s` ago (the file stays small)."""
+    return [r for r in records if max(r.expires_at, r.used_at or 0.0) + keep_s > now]
+
+
+def mosquitto_password_hash(password: str, salt: bytes | None = None) -> str:
+    """`$7$` PBKDF2-SHA512 hash, the format of mosquitto_passwd (Mosquitto >= 2.0)."""
+    salt = salt or os.urandom(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, PBKDF2_ITERATIONS)
+    return f"$7${PBKDF2_ITERATIONS}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def check_password_mode(settings: ServerSettings) -> None:
+    """ConfigError unless password authentication is explicitly allowed."""
+    if not settings.allow_password_auth:
+        raise ConfigError(
+            "password authentication of devices is for simulations; production uses "
+            "certificates. Set allow_password_auth = true in server.toml to allow it anyway."
+        )
+
+
+# File shell -----------------------------------------------------------------------------
+
+
+class TokenStore:
+    """Token records in one JSON file, changed under an exclusive lock (several workers)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    @contextmanager
+    def _locked(self) -> Iterator[list[TokenRecord]]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_suffix(".lock"), "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield self._read()
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _read(self) -> list[TokenRecord]:
+        try:
+            raw = json.loads(self.path.read_bytes())
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"cannot read enrollment tokens {self.path}: {err}") from err
+        return [TokenRecord(**item) for item in raw]
+
+    def _write(self, records: list[TokenRecord]) -> None:
+        data = json.dumps([asdict(r) for r in records], indent=1).encode()
+        write_bytes_atomic(self.path, data)
+        os.chmod(self.path, 0o600)
+
+    def create(
+        self, *, ttl_s: float = DEFAULT_TOKEN_TTL_S, device_id: str | None = None,
+        now: float | None = None,
+    ) -> tuple[str, TokenRecord]:
+        """A new token (returned once, stored only as its hash) and its record."""
+        if ttl_s <= 0:
+            raise ConfigError("an enrollment token needs a positive lifetime")
+        if device_id is not None:
+            check_device_name(device_id)
+        now = time.time() if now is None else now
+        token = secrets.token_urlsafe(24)
+        record = TokenRecord(hash_token(token), now, now + ttl_s, device_id)
+        with self._locked() as records:
+            self._write([*prune(records, now), record])
+        return token, record
+
+    def consume(self, token: str, device_id: str, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self._locked() as records:
+            self._write(consume_token(records, token, device_id, now))
+
+    def records(self) -> list[TokenRecord]:
+        return self._read()
+
+
+class PasswordFile:
+    """Mosquitto's password file: `<username>:<hash>` lines, one per device."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def set(self, username: str, password: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_suffix(".lock"), "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                lines = self.path.read_text().splitlines() if self.path.exists() else []
+                kept = [line for line in lines if line.split(":", 1)[0] != username]
+                kept.append(f"{username}:{mosquitto_password_hash(password)}")
+                write_bytes_atomic(self.path, ("\n".join(kept) + "\n").encode())
+                os.chmod(self.path, 0o600)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+class Enrollment:
+    """Enrollment for one server home (the API and the CLI both use this)."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self._settings = settings
+        self.tokens = TokenStore(settings.home / CA_DIR / "enroll_tokens.json")
+        self.passwords = PasswordFile(settings.home / CA_DIR / "passwords")
+
+    def ca(self) -> FleetCA:
+        return FleetCA.ensure(self._settings.home)
+
+    def server_password(self, name: str) -> str:
+        """The broker password of the server's own client `name` (password mode), created
+        once, kept in `<home>/ca/server_passwords.json` (0600) and in the password file."""
+        check_password_mode(self._settings)
+        path = self._settings.home / CA_DIR / "server_passwords.json"
+        with open(path.with_suffix(".lock"), "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                known = json.loads(path.read_text()) if path.exists() else {}
+                if name not in known:
+                    known[name] = secrets.token_urlsafe(24)
+                    write_bytes_atomic(path, json.dumps(known).encode())
+                    os.chmod(path, 0o600)
+                    self.passwords.set(name, known[name])
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        return str(known[name])
+
+    def enroll(self, token: str, csr_pem: bytes) -> EnrollmentResult:
+        csr = load_csr(csr_pem)
+        device_id = check_device_name(csr_common_name(csr))
+        ca = self.ca()
+        if self._settings.device_auth == "password":
+            check_password_mode(self._settings)
+            self.tokens.consume(token, device_id)
+            password = secrets.token_urlsafe(24)
+            self.passwords.set(device_id, password)
+            return EnrollmentResult(
+                device_id, "password", ca.ca_pem.decode(), username=device_id, password=password
+            )
+        self.tokens.consume(token, device_id)
+        certificate = ca.sign_csr(csr_pem, device_id)
+        return EnrollmentResult(device_id, "certificate", ca.ca_pem.decode(), certificate.decode())
