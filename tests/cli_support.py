@@ -7,6 +7,9 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+# The checkout's root: the working directory for `python -m tests....` child processes.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
 
 def run_edgeops(
     *args: str,
