@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from agent.config import DEFAULT_CLI_HTTP_PORT, AgentConfig, init_agent_home, load_config
-from edgeops.cli import emit
+from edgeops.cli import JsonOption, emit, home_option
 from edgeops.errors import ConfigError, UpdateError
 
 app = typer.Typer(
@@ -23,9 +23,8 @@ app = typer.Typer(
 )
 
 HomeOption = Annotated[
-    Path, typer.Option("--home", help="The agent's home directory (settings, trust root, models).")
+    Path, home_option("The agent's home directory (settings, trust root, models).")
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")]
 
 
 def _parse_broker(value: str) -> tuple[str, int]:

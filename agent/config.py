@@ -21,9 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import shutil
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,12 +30,29 @@ from urllib.parse import urlparse
 
 from edgeops.atomic_io import write_bytes_atomic
 from edgeops.errors import ConfigError
+from edgeops.settings_file import env_prefix, load_settings_file
 from edgeops.topics import Topics, validate_device_id
+
+__all__ = [
+    "CONFIG_FILE",
+    "DEFAULT_CLI_HTTP_PORT",
+    "ENV_PREFIX",
+    "ENV_SCOPE",
+    "IDENTITY_DIR",
+    "TRUSTED_ROOT_FILE",
+    "TUF_DIR",
+    "AgentConfig",
+    "DeviceIdentityFiles",
+    "dump_toml",
+    "init_agent_home",
+    "load_config",
+]
 
 CONFIG_FILE = "agent.toml"
 TUF_DIR = "tuf"
 TRUSTED_ROOT_FILE = "trusted_root.json"
-ENV_PREFIX = "EDGEOPS_AGENT_"
+ENV_SCOPE = "agent"
+ENV_PREFIX = env_prefix(ENV_SCOPE)  # EDGEOPS_AGENT_
 DEFAULT_CLI_HTTP_PORT = 8765
 
 IDENTITY_DIR = "identity"
@@ -88,6 +103,11 @@ class AgentConfig:
     broker_tls: bool = False
     outbox_max_messages: int = 10_000  # telemetry batches kept while the broker is away
     outbox_max_bytes: int = 64 * 1024 * 1024  # beyond either, the oldest are dropped, counted
+    # Fleet monitor (issue 12): feedback labels and on-device privacy of telemetry windows.
+    prediction_cache_size: int = 10_000  # recent predicted samples kept to join feedback to
+    feedback_max_examples: int = 10_000  # labelled examples kept in <home>/feedback.db
+    telemetry_min_count: int = 0  # a window of fewer predictions sends no sketches
+    telemetry_epsilon: float | None = None  # Laplace noise per window; None: exact counts
     # OTA updates (see agent/ota/runner.py). The health window's duration and sample
     # count default to the release's health policy; these override it on this device.
     health_window_s: float | None = None
@@ -119,6 +139,8 @@ class AgentConfig:
             "http_max_body_bytes": self.http_max_body_bytes,
             "outbox_max_messages": self.outbox_max_messages,
             "outbox_max_bytes": self.outbox_max_bytes,
+            "prediction_cache_size": self.prediction_cache_size,
+            "feedback_max_examples": self.feedback_max_examples,
             "mqtt_keepalive_s": self.mqtt_keepalive_s,
             "mqtt_reconnect_min_s": self.mqtt_reconnect_min_s,
             "intra_op_threads": self.intra_op_threads,
@@ -132,6 +154,8 @@ class AgentConfig:
             "health_window_s": self.health_window_s,
             "health_min_samples": self.health_min_samples,
             "download_retries": self.download_retries,
+            "telemetry_min_count": self.telemetry_min_count,
+            "telemetry_epsilon": self.telemetry_epsilon,
             "download_min_bytes_per_s": self.download_min_bytes_per_s,
         }
         for name, value in non_negative.items():
@@ -225,49 +249,12 @@ def dump_toml(config: AgentConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _coerce(field: dataclasses.Field, raw: str) -> Any:
-    """Convert an environment string to the field's type."""
-    kind = str(field.type)
-    if kind == "bool":
-        value = raw.strip().lower()
-        if value not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-            raise ConfigError(f"{ENV_PREFIX}{field.name.upper()}={raw!r} is not true or false")
-        return value in ("1", "true", "yes", "on")
-    try:
-        if "int" in kind:
-            return None if raw.strip().lower() in ("", "none", "off") and "None" in kind else int(raw)
-        if "float" in kind:
-            return float(raw)
-    except ValueError as err:
-        raise ConfigError(f"{ENV_PREFIX}{field.name.upper()}={raw!r} is not a number") from err
-    return raw
-
-
 def load_config(home: Path, environ: Mapping[str, str] | None = None) -> AgentConfig:
     """Read `<home>/agent.toml` and apply `EDGEOPS_AGENT_*` overrides. Entry points only."""
     home = Path(home)
-    path = home / CONFIG_FILE
-    if not path.is_file():
-        raise ConfigError(
-            f"no agent home at {home} ({CONFIG_FILE} missing); create one with 'edgeops agent init'"
-        )
-    try:
-        values: dict[str, Any] = tomllib.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
-        raise ConfigError(f"{path} is not valid TOML: {err}") from err
-    fields = {f.name: f for f in dataclasses.fields(AgentConfig) if f.name not in _NOT_IN_FILE}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ConfigError(f"{path}: unknown settings {', '.join(unknown)}")
-    env = os.environ if environ is None else environ
-    for name, field in fields.items():
-        raw = env.get(f"{ENV_PREFIX}{name.upper()}")
-        if raw is not None:
-            values[name] = _coerce(field, raw)
-    try:
-        return AgentConfig(home=home, **values)
-    except TypeError as err:
-        raise ConfigError(f"{path}: {err}") from err
+    missing = f"no agent home at {home} ({CONFIG_FILE} missing); create one with 'edgeops agent init'"
+    return load_settings_file(AgentConfig, home / CONFIG_FILE, scope=ENV_SCOPE, missing=missing,
+                              fixed={"home": home}, environ=environ)
 
 
 def _check_root(trusted_root: bytes) -> None:

@@ -22,13 +22,14 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from agent.config import CONFIG_FILE, AgentConfig, dump_toml
 from edgeops.atomic_io import write_bytes_atomic
-from edgeops.errors import ConfigError, PayloadError, TransportError, TrustError
+from edgeops.errors import ConfigError, EdgeOpsError, PayloadError, TransportError, TrustError
+from edgeops.x509 import key_pem, make_csr, new_private_key
 
 __all__ = ["EnrollmentOutcome", "check_certificate", "enroll", "load_or_create_key", "make_csr"]
 
@@ -52,21 +53,11 @@ def load_or_create_key(config: AgentConfig) -> ec.EllipticCurvePrivateKey:
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise ConfigError(f"{path} is not an EC private key")
         return key
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = new_private_key()
     path.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(path.parent, 0o700)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    write_bytes_atomic(path, pem)  # mkstemp: 0600
-    os.chmod(path, 0o600)
+    write_bytes_atomic(path, key_pem(key), mode=0o600)
     return key
-
-
-def make_csr(key: ec.EllipticCurvePrivateKey, device_id: str) -> bytes:
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)])
-    csr = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
-    return csr.public_bytes(serialization.Encoding.PEM)
 
 
 def check_certificate(
@@ -106,7 +97,7 @@ def _post_json(url: str, body: dict[str, Any], timeout_s: float) -> dict[str, An
             raw = response.read(MAX_RESPONSE_BYTES + 1)
     except urllib.error.HTTPError as err:
         detail = err.read(4096).decode(errors="replace")
-        error_type = TrustError if err.code in (401, 403) else ConfigError
+        error_type: type[EdgeOpsError] = TrustError if err.code in (401, 403) else ConfigError
         if err.code >= 500:
             error_type = TransportError
         raise error_type(f"enrollment refused by {url}: HTTP {err.code} {detail}") from err

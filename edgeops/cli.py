@@ -12,7 +12,8 @@ import json
 import logging
 import sys
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
 import click
 import typer
@@ -21,9 +22,31 @@ from edgeops import __version__
 from edgeops.errors import EdgeOpsError
 from edgeops.exit_codes import ExitCode, exit_code_for
 
+__all__ = [
+    "JSON_HELP",
+    "JsonOption",
+    "ServerHomeOption",
+    "emit",
+    "home_option",
+    "main",
+]
+
 ENTRY_POINT_GROUP = "edgeops.commands"
 EXTRA_FOR_GROUP = {"agent": "agent", "simulate": "all"}
 OWN_PACKAGES = {"edgeops", "agent", "server", "simulations"}
+
+
+# Options every command group shares, defined once (`edgeops agent ...` imports these too).
+JSON_HELP = "Print one JSON object instead of text."
+JsonOption = Annotated[bool, typer.Option("--json", help=JSON_HELP)]
+
+
+def home_option(help_text: str = "The server home folder.") -> Any:
+    """The `--home PATH` option, with the help that says whose home it is."""
+    return typer.Option("--home", help=help_text)
+
+
+ServerHomeOption = Annotated[Path, home_option()]
 
 
 def _plugins() -> dict[str, EntryPoint]:

@@ -2,6 +2,13 @@
 
 Both sides call `decode()`: a payload that is too large, not JSON or not of the schema
 raises `PayloadError`, which callers count and log; it never crashes a process.
+
+`TelemetryBatch` has two schemas. Schema 1: per-feature histograms of B counts, values
+outside the bin edges clipped into the edge bins. Schema 2 (what agents send now): B+2
+counts per feature (index 0 underflow, 1..B the bins, B+1 overflow, see
+`edgeops.sketches.feature_histograms_v2`), a (predicted class x confidence bin) count, the
+confusion count of predictions labelled by feedback, and what privacy mechanism shaped the
+counts. Sketches that cannot come from one window of `count` predictions are refused.
 """
 
 from __future__ import annotations
@@ -10,32 +17,35 @@ import time
 import uuid
 from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edgeops.errors import PayloadError
 from edgeops.topics import DEVICE_ID_PATTERN
+from edgeops.update_states import AgentState  # re-exported: the state a status reports
+
+__all__ = [
+    "CONFIDENCE_BINS",
+    "DEVICE_ID_FIELD",
+    "MAX_PAYLOAD_BYTES",
+    "TELEMETRY_SCHEMA",
+    "AgentState",
+    "Command",
+    "ConfidenceSummary",
+    "DeviceStatus",
+    "LatencySummary",
+    "PrivacyInfo",
+    "TelemetryBatch",
+    "WireMessage",
+    "decode",
+    "encode",
+]
 
 MAX_PAYLOAD_BYTES = 256 * 1024
+# Top-1 confidence bins: 10 equal bins over [0, 1], bin = min(int(c * 10), 9).
+CONFIDENCE_BINS = 10
+# The telemetry schema agents send.
+TELEMETRY_SCHEMA: Literal[2] = 2
 DEVICE_ID_FIELD = Field(pattern=DEVICE_ID_PATTERN.pattern)
-
-AgentState = Literal[
-    "starting",
-    "idle",  # no model yet
-    "running",  # serving the active model, no update in progress
-    # the update of `target`, in order:
-    "downloading",
-    "verifying",
-    "staged",
-    "smoke_testing",
-    "switching",
-    "health_window",  # serving `target`, comparing its health with the previous model
-    "committed",  # `target` passed its health window and is the active model
-    # failure paths of the update of `target`:
-    "update_failed",  # refused before the switch; the previous model keeps serving
-    "rolling_back",
-    "rolled_back",  # switched back to the previous model; `reason` says why
-    "offline",  # published by the broker as the last will
-]
 
 
 class WireMessage(BaseModel):
@@ -73,9 +83,27 @@ class ConfidenceSummary(WireMessage):
     histogram: list[int]  # 10 equal bins over [0, 1]
 
 
+class PrivacyInfo(WireMessage):
+    """How the device protected the counts of one window.
+
+    `mechanism` "none": exact counts. "laplace" / "gaussian": noise added to every count
+    (rounded, clipped at 0) with `epsilon` spent on this window. `suppressed`: the window
+    had fewer than `min_count` predictions, so its sketches were not sent at all.
+    """
+
+    mechanism: Literal["none", "laplace", "gaussian"] = "none"
+    epsilon: float | None = Field(default=None, gt=0)
+    min_count: int = Field(default=0, ge=0)
+    suppressed: bool = False
+
+
 class TelemetryBatch(WireMessage):
     """One window of inference statistics. Never carries raw inputs."""
 
+    # Widens WireMessage's Literal[1]: telemetry alone has a second schema.
+    schema_version: Literal[1, 2] = Field(  # type: ignore[assignment]
+        default=TELEMETRY_SCHEMA, alias="schema"
+    )
     message_id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=8, max_length=64)
     device_id: str = DEVICE_ID_FIELD
     model: str | None = None
@@ -87,11 +115,96 @@ class TelemetryBatch(WireMessage):
     latency: LatencySummary | None = None
     confidence: ConfidenceSummary | None = None
     predicted_classes: list[int] = Field(default_factory=list)  # counts per class
-    feature_histograms: list[list[int]] = Field(default_factory=list)  # per feature, per bin
+    # Per feature, per bin. Schema 1: B bins (clipped); schema 2: B+2 (under, bins, over).
+    feature_histograms: list[list[int]] = Field(default_factory=list)
     rss_mb: float | None = None
     cpu_percent: float | None = None
     # Batches the agent's outbox dropped (oldest first, when full) since it was created.
     outbox_dropped: int | None = Field(default=None, ge=0)
+    # Schema 2 only ----------------------------------------------------------------------
+    # (num_classes, CONFIDENCE_BINS): predictions by predicted class x top-1 confidence bin.
+    class_confidence: list[list[int]] | None = None
+    # (num_classes, num_classes), [true][predicted]: predictions labelled in this window.
+    confusion: list[list[int]] | None = None
+    feedback_count: int | None = Field(default=None, ge=0)  # labels received in the window
+    privacy: PrivacyInfo | None = None
+
+    @property
+    def noisy(self) -> bool:
+        """True when the counts carry privacy noise, so sums need not match `count`."""
+        return self.privacy is not None and self.privacy.mechanism != "none"
+
+    @model_validator(mode="after")
+    def _check_sketches(self) -> TelemetryBatch:
+        if self.schema_version == 1:
+            extra = [
+                name
+                for name in ("class_confidence", "confusion", "feedback_count", "privacy")
+                if getattr(self, name) is not None
+            ]
+            if extra:
+                raise ValueError(f"schema 1 telemetry cannot carry {', '.join(extra)}")
+        if self.privacy is not None and self.privacy.suppressed:
+            sent = [
+                name
+                for name in ("feature_histograms", "class_confidence", "confusion")
+                if getattr(self, name)
+            ]
+            if sent:
+                raise ValueError(f"a suppressed window cannot carry {', '.join(sent)}")
+        exact = not self.noisy
+        _check_matrix(
+            "feature_histograms", self.feature_histograms, self.count,
+            row_sum=self.count if exact else None,
+        )
+        _check_counts("predicted_classes", self.predicted_classes, self.count)
+        if self.class_confidence is not None:
+            _check_matrix(
+                "class_confidence", self.class_confidence, self.count, width=CONFIDENCE_BINS
+            )
+            total = sum(sum(row) for row in self.class_confidence)
+            if exact and total != self.count:
+                raise ValueError(f"class_confidence sums to {total}, not count {self.count}")
+        if self.confusion is not None:
+            _check_matrix("confusion", self.confusion, self.count, width=len(self.confusion))
+            labelled = sum(sum(row) for row in self.confusion)
+            if labelled > self.count:
+                raise ValueError(f"confusion sums to {labelled}, above count {self.count}")
+            if exact and self.feedback_count is not None and labelled != self.feedback_count:
+                raise ValueError(
+                    f"confusion sums to {labelled}, not feedback_count {self.feedback_count}"
+                )
+        if self.feedback_count is not None and self.feedback_count > self.count:
+            raise ValueError(f"feedback_count {self.feedback_count} above count {self.count}")
+        return self
+
+
+def _check_counts(name: str, counts: list[int], limit: int) -> None:
+    if counts and min(counts) < 0:
+        raise ValueError(f"{name} has a negative count")
+    if counts and max(counts) > limit:
+        raise ValueError(f"{name} has a count of {max(counts)}, above the window's {limit}")
+
+
+def _check_matrix(
+    name: str,
+    rows: list[list[int]],
+    limit: int,
+    *,
+    width: int | None = None,
+    row_sum: int | None = None,
+) -> None:
+    """Rows of one length (`width` if given), counts in [0, limit], each row summing to
+    `row_sum` if given."""
+    if not rows:
+        return
+    expected = len(rows[0]) if width is None else width
+    for index, row in enumerate(rows):
+        if len(row) != expected or not row:
+            raise ValueError(f"{name}[{index}] has {len(row)} counts, expected {expected}")
+        _check_counts(f"{name}[{index}]", row, limit)
+        if row_sum is not None and sum(row) != row_sum:
+            raise ValueError(f"{name}[{index}] sums to {sum(row)}, not count {row_sum}")
 
 
 class Command(WireMessage):

@@ -27,9 +27,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 from edgeops.errors import UpdateError
+from edgeops.update_states import (
+    ACTIVE_UPDATE_STATES,
+    TERMINAL_UPDATE_STATES,
+    UPDATE_STATES,
+    UpdateState,
+)
 
 __all__ = [
     "ACTIVE_STATES",
@@ -44,18 +50,6 @@ __all__ = [
     "transition",
 ]
 
-UpdateState = Literal[
-    "downloading",
-    "verifying",
-    "staged",
-    "smoke_testing",
-    "switching",
-    "health_window",
-    "committed",
-    "update_failed",
-    "rolling_back",
-    "rolled_back",
-]
 Event = Literal["ok", "fail", "healthy", "regressed", "rollback"]
 
 TRANSITIONS: dict[tuple[UpdateState, Event], UpdateState] = {
@@ -77,8 +71,8 @@ TRANSITIONS: dict[tuple[UpdateState, Event], UpdateState] = {
     ("rolling_back", "ok"): "rolled_back",
     ("rolling_back", "fail"): "update_failed",
 }
-TERMINAL_STATES: frozenset[UpdateState] = frozenset({"committed", "update_failed", "rolled_back"})
-ACTIVE_STATES: frozenset[UpdateState] = frozenset(get_args(UpdateState)) - TERMINAL_STATES
+TERMINAL_STATES: frozenset[UpdateState] = TERMINAL_UPDATE_STATES
+ACTIVE_STATES: frozenset[UpdateState] = ACTIVE_UPDATE_STATES
 PRE_SWITCH_STATES: frozenset[UpdateState] = frozenset(
     {"downloading", "verifying", "staged", "smoke_testing"}
 )
@@ -135,7 +129,7 @@ class UpdateRecord:
             record = cls(**values)
         except (AttributeError, KeyError, TypeError, ValueError) as err:
             raise UpdateError(f"update state record is corrupt: {err}") from err
-        if record.state not in get_args(UpdateState):
+        if record.state not in UPDATE_STATES:
             raise UpdateError(f"update state record has unknown state {record.state!r}")
         return record
 

@@ -20,7 +20,9 @@ agent resends everything still in its outbox. Duplicates are harmless: ingest
 de-duplicates by message id. A PUBACK saying "no matching subscribers" (MQTT 5 reason
 0x10) does not count as delivered: nobody was listening (e.g. Mosquitto 2.0 does not restore
 a shared subscription after a broker restart until ingest resubscribes), so the message
-stays in the outbox and is sent again a second later. Statuses are not queued on disk: the
+stays in the outbox and is sent again a second later (a message not yet refused is
+sent at once). Stopping does not wait for messages nobody is subscribed to: they stay in
+the outbox for the next start. Statuses are not queued on disk: the
 latest status is restated on every connect, which is what the retained status topic needs.
 """
 
@@ -125,6 +127,9 @@ class MqttLink:
         self._acks: collections.deque[tuple[int, int]] = collections.deque()  # (mid, reason)
         self._hold_until = 0.0  # no subscriber was listening: wait before resending
         self._inflight: dict[int, tuple[str, float]] = {}  # mid -> (message_id, sent at)
+        # Message ids whose last PUBACK said "no subscribers"; replaced, never mutated, so
+        # `drain` (another thread) reads a consistent set.
+        self._unrouted_ids: frozenset[str] = frozenset()
         self._backoff = Backoff(config.mqtt_reconnect_min_s, config.mqtt_reconnect_max_s, rng)
         self._threads: list[threading.Thread] = []
         self._idle_poll_s = min(MAX_IDLE_POLL_S, max(0.05, config.mqtt_keepalive_s / 4))
@@ -216,15 +221,26 @@ class MqttLink:
             self._wake_fd = self._wake_write_fd = -1
 
     def drain(self, timeout_s: float) -> bool:
-        """Wait until the outbox is empty (True) or `timeout_s` passed or the link is down."""
+        """Wait until the outbox is empty (True), or `timeout_s` passed, or the link is down,
+        or every message left was answered "no subscribers" (waiting cannot deliver those:
+        they stay in the outbox and are sent again after the next start)."""
         outbox = self._outbox
         if outbox is None:
             return True
         deadline = time.monotonic() + timeout_s
         while len(outbox) and self.connected and time.monotonic() < deadline:
+            if self._only_unrouted_left(outbox):
+                break
             self._wake.set()
             time.sleep(0.01)
         return not len(outbox)
+
+    def _only_unrouted_left(self, outbox: Outbox) -> bool:
+        """Nothing in flight, and every stored message was last refused for lack of a
+        subscriber."""
+        if self._inflight:
+            return False
+        return not outbox.pending(1, exclude=self._unrouted_ids)
 
     @property
     def connected(self) -> bool:
@@ -373,9 +389,11 @@ class MqttLink:
                 continue  # a PUBACK for a message already given up on and resent
             if reason == NO_SUBSCRIBERS:
                 self._unrouted += 1
+                self._unrouted_ids = self._unrouted_ids | {entry[0]}
                 self._hold_until = time.monotonic() + NO_SUBSCRIBERS_RETRY_S
                 continue
             done.append(entry[0])
+            self._unrouted_ids = self._unrouted_ids - {entry[0]}
             if reason < 0x80:
                 self._published += 1
             else:
@@ -388,8 +406,7 @@ class MqttLink:
     def _send_pending(self) -> None:
         assert self._outbox is not None
         now = time.monotonic()
-        if now < self._hold_until:
-            return
+        held = now < self._hold_until  # retry unrouted messages later; new ones go now
         stale = [mid for mid, (_, sent) in self._inflight.items()
                  if now - sent > INFLIGHT_TIMEOUT_S]
         for mid in stale:  # resend under a new mid; a late PUBACK of the old one is ignored
@@ -398,6 +415,8 @@ class MqttLink:
         if room <= 0:
             return
         sending = {message_id for message_id, _ in self._inflight.values()}
+        if held:
+            sending |= self._unrouted_ids
         for item in self._outbox.pending(room, exclude=sending):
             info = self._client.publish(item.topic, item.payload, qos=1)
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -458,7 +477,7 @@ class MqttLink:
         if message.topic != self.cmd_topic:
             return
         try:
-            self._on_command(message.payload)
+            self._on_command(bytes(message.payload))  # bytes(b) is b itself: no copy
         except Exception:  # the handler must not kill paho's network thread
             logger.exception("device %s: command handler failed", self._config.device_id)
 

@@ -56,8 +56,7 @@ def init_home(settings: ServerSettings, expiry: TufExpiry | None = None) -> Home
         ArtifactStore(settings.artifacts_dir).ensure()
         init_repository(settings.tuf_dir, expiry or TufExpiry())
         token_file = settings.admin_token_file
-        write_bytes_atomic(token_file, secrets.token_urlsafe(32).encode() + b"\n")
-        os.chmod(token_file, 0o600)
+        write_bytes_atomic(token_file, secrets.token_urlsafe(32).encode() + b"\n", mode=0o600)
     except (EdgeOpsError, OSError) as err:
         _remove_partial_home(home, created)
         if isinstance(err, EdgeOpsError):

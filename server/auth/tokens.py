@@ -32,7 +32,7 @@ __all__ = [
 
 Role = Literal["viewer", "operator", "admin"]
 ROLES: tuple[Role, ...] = ("viewer", "operator", "admin")
-_RANK = {role: rank for rank, role in enumerate(ROLES)}
+_RANK: dict[str, int] = {role: rank for rank, role in enumerate(ROLES)}
 
 
 def has_role(role: str, minimum: Role) -> bool:

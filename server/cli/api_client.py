@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
+from edgeops.cli import JsonOption
 from edgeops.errors import ConfigError, EdgeOpsError, NotFoundError, TransportError
 from server.rollouts.errors import RolloutError
 
@@ -36,7 +37,6 @@ TokenOption = Annotated[
                  help="API token (POST /api/tokens; operators can change rollouts).",
                  show_default=False),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 
 class ApiClient:

@@ -8,14 +8,13 @@ from typing import Annotated
 
 import typer
 
-from edgeops.cli import emit
+from edgeops.cli import JsonOption, emit, home_option
 
 __all__ = ["app"]
 
 app = typer.Typer()
 
-HomeOption = Annotated[Path, typer.Option("--home", help="The server home folder (holds the fleet CA).")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")]
+HomeOption = Annotated[Path, home_option("The server home folder (holds the fleet CA).")]
 
 
 @app.command("broker-config")

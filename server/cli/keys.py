@@ -19,7 +19,7 @@ from typing import Annotated, Any
 
 import typer
 
-from edgeops.cli import emit
+from edgeops.cli import JsonOption, ServerHomeOption, emit
 
 __all__ = ["app"]
 
@@ -29,8 +29,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-HomeOption = Annotated[Path, typer.Option("--home", help="The server home folder.")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")]
+HomeOption = ServerHomeOption
 OfflineOut = Annotated[
     Path | None,
     typer.Option("--offline-out", "--out", help="Write the unsigned-by-all new root here instead of installing it."),

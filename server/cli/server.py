@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from edgeops.cli import emit
+from edgeops.cli import JsonOption, emit
 from server.cli.keys import app as keys_app
 from server.config.settings import ServerSettings
 
@@ -29,7 +29,6 @@ HomeOption = Annotated[
         "--home", help="The server home folder (settings, database, artifacts, TUF keys)."
     ),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")]
 
 
 @app.command("init")

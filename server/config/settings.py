@@ -5,19 +5,27 @@ Only entry points call `load_settings`; library code takes a `ServerSettings`.
 
 from __future__ import annotations
 
-import os
-import tomllib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import tomli_w
 
 from edgeops.errors import ConfigError
+from edgeops.settings_file import env_prefix, load_settings_file
+
+__all__ = [
+    "ENV_PREFIX",
+    "ENV_SCOPE",
+    "SETTINGS_FILE",
+    "ServerSettings",
+    "load_settings",
+    "save_settings",
+]
 
 SETTINGS_FILE = "server.toml"
-ENV_PREFIX = "EDGEOPS_SERVER_"
+ENV_SCOPE = "server"
+ENV_PREFIX = env_prefix(ENV_SCOPE)  # EDGEOPS_SERVER_
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,14 @@ class ServerSettings:
     broker_identity: str = "edgeops-server"  # CN prefix of the server's MQTT client certs
     device_auth: str = "certificate"  # "certificate", or "password" (simulations only)
     allow_password_auth: bool = False  # password mode is refused unless this is true
+    # Fleet monitor (server/monitoring): time windows per cohort, retention of raw telemetry.
+    monitor_enabled: bool = True
+    monitor_window_s: float = 300.0  # seconds in simulations, minutes to hours in production
+    monitor_interval_s: float = 5.0  # how often the monitor looks for closed windows
+    monitor_grace_s: float = 5.0  # a window is scored this long after it closed
+    monitor_retention_s: float = 7 * 86400.0  # telemetry rows rolled up and older are pruned
+    monitor_false_alarm_rate: float = 0.001  # per cohort-window, with no drift
+    monitor_min_count: int = 100  # fewer predictions in a window: inconclusive
 
     @property
     def resolved_database_url(self) -> str:
@@ -60,49 +76,17 @@ class ServerSettings:
         return self.home / "admin.token"
 
 
-def _coerce(name: str, raw: Any, target_type: type) -> Any:
-    try:
-        if target_type is bool:
-            if isinstance(raw, bool):
-                return raw
-            text = str(raw).strip().lower()
-            if text not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-                raise ValueError(text)
-            return text in ("1", "true", "yes", "on")
-        if target_type is int:
-            return int(raw)
-        return str(raw)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"setting {name!r} must be {target_type.__name__}, got {raw!r}") from err
-
-
 def load_settings(home: Path, environ: Mapping[str, str] | None = None) -> ServerSettings:
     """Read `home/server.toml` and apply `EDGEOPS_SERVER_<NAME>` overrides."""
     home = Path(home).expanduser().resolve()
-    settings_path = home / SETTINGS_FILE
-    if not settings_path.is_file():
-        raise ConfigError(f"{home} is not a server home (no {SETTINGS_FILE}); run: edgeops server init --home {home}")
-    try:
-        values: dict[str, Any] = tomllib.loads(settings_path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{settings_path} is not valid TOML: {err}") from err
-    environ = os.environ if environ is None else environ
-    known = {f.name: f.type for f in fields(ServerSettings) if f.name != "home"}
-    unknown = set(values) - set(known)
-    if unknown:
-        raise ConfigError(f"{settings_path}: unknown settings {sorted(unknown)}; known: {sorted(known)}")
-    for name in known:
-        env_value = environ.get(ENV_PREFIX + name.upper())
-        if env_value is not None:
-            values[name] = env_value
-    typed = {name: _coerce(name, value, _TYPES.get(str(known[name]), str)) for name, value in values.items()}
-    settings = replace(ServerSettings(home=home), **typed)
+    hint = f"{home} is not a server home (no {SETTINGS_FILE}); run: edgeops server init --home {home}"
+    settings = load_settings_file(
+        ServerSettings, home / SETTINGS_FILE, scope=ENV_SCOPE, fixed={"home": home},
+        environ=environ, missing=hint,
+    )
     if settings.device_auth not in ("certificate", "password"):
         raise ConfigError(f"device_auth must be 'certificate' or 'password', not {settings.device_auth!r}")
     return settings
-
-
-_TYPES: dict[str, type] = {"int": int, "<class 'int'>": int, "bool": bool, "<class 'bool'>": bool}
 
 
 def save_settings(settings: ServerSettings) -> None:

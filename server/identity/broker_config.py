@@ -22,7 +22,6 @@ Security model (certificate mode)
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,10 +189,10 @@ def write_broker_config(
     ca = FleetCA.ensure(settings.home)
     issued = ca.identity(BROKER_IDENTITY, server=True, hosts=tuple(hosts), reissue=True)
     tls = TlsFiles(out / "ca.crt", out / "broker.crt", out / "broker.key")
-    for source, target in ((issued.ca_file, tls.cafile), (issued.cert_file, tls.certfile),
-                           (issued.key_file, tls.keyfile)):
-        shutil.copyfile(source, target)
-    tls.keyfile.chmod(0o600)
+    for source, target, mode in ((issued.ca_file, tls.cafile, 0o644),
+                                 (issued.cert_file, tls.certfile, 0o644),
+                                 (issued.key_file, tls.keyfile, 0o600)):
+        write_bytes_atomic(target, source.read_bytes(), mode=mode)
     password_file: Path | None = None
     auth: BrokerAuth = "certificate"
     if settings.device_auth == "password":
@@ -204,21 +203,16 @@ def write_broker_config(
         for name in (*server_client_names(settings), *extra_server_clients):
             enrollment.server_password(name)
         source = enrollment.passwords.path
-        if source.exists():
-            shutil.copyfile(source, password_file)
-        else:
-            password_file.write_text("")
-        password_file.chmod(0o600)
+        write_bytes_atomic(password_file, source.read_bytes() if source.exists() else b"",
+                           mode=0o600)
     acl_file = out / "acl"
     clients = [*server_client_names(settings), *extra_server_clients]
     topics = Topics.for_fleet(settings.fleet, settings.topic_root)
-    write_bytes_atomic(acl_file, render_acl(topics, clients).encode())
+    write_bytes_atomic(acl_file, render_acl(topics, clients).encode(), mode=0o644)
     spec = BrokerSpec(
         port=port, bind_host=bind_host, auth=auth, tls=tls, acl_file=acl_file,
         password_file=password_file, data_dir=data_dir, log_file=log_file,
     )
     config_file = out / "mosquitto.conf"
-    write_bytes_atomic(config_file, render_mosquitto_conf(spec).encode())
-    for path in (acl_file, config_file):
-        path.chmod(0o644)
+    write_bytes_atomic(config_file, render_mosquitto_conf(spec).encode(), mode=0o644)
     return BrokerFiles(config_file, acl_file, tls.cafile, password_file, spec)

@@ -34,6 +34,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from edgeops.atomic_io import write_bytes_atomic
 from edgeops.errors import ConfigError, PayloadError, TrustError
 from edgeops.topics import validate_device_id
+from edgeops.x509 import common_name as _name
+from edgeops.x509 import key_pem, make_csr, new_private_key
 
 __all__ = [
     "CA_DIR",
@@ -68,18 +70,6 @@ class IdentityFiles:
 # Pure core ------------------------------------------------------------------------------
 
 
-def new_private_key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
 def cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
@@ -93,10 +83,6 @@ def check_device_name(device_id: str) -> str:
             f"{SERVER_IDENTITY_PREFIX!r} belong to the server"
         )
     return device_id
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
 def make_ca_certificate(
@@ -205,22 +191,11 @@ def sign_device_csr(
     return issue_certificate(ca_key, ca_cert, public, device_id, now)
 
 
-def make_csr(key: ec.EllipticCurvePrivateKey, common_name: str) -> bytes:
-    """A PEM CSR for `common_name` signed by `key` (what a device sends to enroll)."""
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(_name(common_name))
-        .sign(key, hashes.SHA256())
-    )
-    return csr.public_bytes(serialization.Encoding.PEM)
-
-
 # File shell -----------------------------------------------------------------------------
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    write_bytes_atomic(path, data)  # mkstemp: created 0600
-    os.chmod(path, 0o600)
+    write_bytes_atomic(path, data, mode=0o600)
 
 
 class FleetCA:
@@ -251,8 +226,7 @@ class FleetCA:
         key = new_private_key()
         cert = make_ca_certificate(key, name, dt.datetime.now(dt.UTC))
         _write_private(key_file, key_pem(key))
-        write_bytes_atomic(cert_file, cert_pem(cert))
-        os.chmod(cert_file, 0o644)
+        write_bytes_atomic(cert_file, cert_pem(cert), mode=0o644)
         logger.info("created the fleet CA in %s", directory)
         return cls(directory, key, cert)
 

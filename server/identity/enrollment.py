@@ -32,6 +32,7 @@ from typing import Literal
 
 from edgeops.atomic_io import write_bytes_atomic
 from edgeops.errors import ConfigError, TrustError
+from server.auth.tokens import hash_token
 from server.config.settings import ServerSettings
 from server.identity.ca import CA_DIR, FleetCA, check_device_name, csr_common_name, load_csr
 
@@ -71,10 +72,6 @@ class EnrollmentResult:
 
 
 # Pure core ------------------------------------------------------------------------------
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def consume_token(
@@ -148,8 +145,7 @@ class TokenStore:
 
     def _write(self, records: list[TokenRecord]) -> None:
         data = json.dumps([asdict(r) for r in records], indent=1).encode()
-        write_bytes_atomic(self.path, data)
-        os.chmod(self.path, 0o600)
+        write_bytes_atomic(self.path, data, mode=0o600)
 
     def create(
         self, *, ttl_s: float = DEFAULT_TOKEN_TTL_S, device_id: str | None = None,
@@ -190,8 +186,7 @@ class PasswordFile:
                 lines = self.path.read_text().splitlines() if self.path.exists() else []
                 kept = [line for line in lines if line.split(":", 1)[0] != username]
                 kept.append(f"{username}:{mosquitto_password_hash(password)}")
-                write_bytes_atomic(self.path, ("\n".join(kept) + "\n").encode())
-                os.chmod(self.path, 0o600)
+                write_bytes_atomic(self.path, ("\n".join(kept) + "\n").encode(), mode=0o600)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -218,8 +213,7 @@ class Enrollment:
                 known = json.loads(path.read_text()) if path.exists() else {}
                 if name not in known:
                     known[name] = secrets.token_urlsafe(24)
-                    write_bytes_atomic(path, json.dumps(known).encode())
-                    os.chmod(path, 0o600)
+                    write_bytes_atomic(path, json.dumps(known).encode(), mode=0o600)
                     self.passwords.set(name, known[name])
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)

@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from edgeops.update_states import BUSY_STATES, COMMITTED_STATES, FAILED_UPDATE_STATES
 from server.rollouts.errors import RolloutStateError
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "RolloutPolicy",
     "RolloutState",
     "RolloutStatus",
+    "REQUESTED_STATUS",
     "TRANSITIONS",
     "apply_request",
     "decide",
@@ -69,8 +71,16 @@ Phase = Literal[
     "rollback_failed",
 ]
 Request = Literal["pause", "resume", "abort"]
+# The status each operator request moves a rollout to (from where: `TRANSITIONS`).
+REQUESTED_STATUS: Mapping[Request, RolloutStatus] = {
+    "pause": "paused",
+    "resume": "running",
+    "abort": "aborting",
+}
 
 ACTIVE_STATUSES: frozenset[str] = frozenset({"running", "paused", "aborting"})
+# Every status change `decide` and `apply_request` make goes through `_move`, which
+# refuses a move this table does not list.
 TRANSITIONS: Mapping[str, frozenset[str]] = {
     "running": frozenset({"paused", "aborting", "completed"}),
     "paused": frozenset({"running", "aborting"}),
@@ -78,15 +88,8 @@ TRANSITIONS: Mapping[str, frozenset[str]] = {
     "completed": frozenset(),
     "aborted": frozenset(),
 }
-# A device runs the target and its health window is over. "running" is the steady state an
-# agent reports after a restart (or an agent without a health window) with the same release.
-COMMITTED_STATES: frozenset[str] = frozenset({"committed", "running"})
-FAILED_STATES: frozenset[str] = frozenset({"update_failed", "rolled_back"})
-# States in which a device is still busy with an update or a rollback.
-BUSY_STATES: frozenset[str] = frozenset(
-    {"downloading", "verifying", "staged", "smoke_testing", "switching", "health_window",
-     "rolling_back", "starting"}
-)
+# Device states (edgeops.update_states): committed = runs the target, health window over.
+FAILED_STATES: frozenset[str] = FAILED_UPDATE_STATES
 UPDATED_PHASES: frozenset[str] = frozenset({"sent", "succeeded", "failed", "timed_out"})
 DEFAULT_WAVES_PCT: tuple[float, ...] = (1.0, 10.0, 50.0, 100.0)
 
@@ -232,20 +235,32 @@ def assign_waves(device_ids: Sequence[str], waves_pct: Sequence[float]) -> list[
 
 
 def apply_request(rollout: RolloutState, request: Request, actor: str, now: float) -> RolloutState:
-    """An operator's pause, resume or abort; RolloutStateError if the status forbids it."""
-    wanted: dict[Request, tuple[frozenset[str], RolloutStatus]] = {
-        "pause": (frozenset({"running"}), "paused"),
-        "resume": (frozenset({"paused"}), "running"),
-        "abort": (frozenset({"running", "paused"}), "aborting"),
-    }
-    allowed_from, new_status = wanted[request]
-    if rollout.status not in allowed_from:
+    """An operator's pause, resume or abort; RolloutStateError if `TRANSITIONS` does not
+    lead from the rollout's status to the one the request asks for."""
+    if request not in REQUESTED_STATUS:
+        raise RolloutStateError(
+            f"unknown request {request!r} for rollout {rollout.id} "
+            f"(expected one of {', '.join(REQUESTED_STATUS)})"
+        )
+    new_status = REQUESTED_STATUS[request]
+    if new_status not in TRANSITIONS.get(rollout.status, frozenset()):
+        allowed_from = sorted(s for s, to in TRANSITIONS.items() if new_status in to)
         raise RolloutStateError(
             f"cannot {request} rollout {rollout.id}: it is {rollout.status} "
-            f"(allowed from {', '.join(sorted(allowed_from))})"
+            f"(allowed from {', '.join(allowed_from)})"
         )
     reason = f"{request}d by {actor}" if request != "abort" else f"aborted by {actor}"
-    return replace(rollout, status=new_status, reason=reason if request != "resume" else None)
+    return _move(rollout, new_status, reason=reason if request != "resume" else None)
+
+
+def _move(rollout: RolloutState, to: RolloutStatus, **changes: object) -> RolloutState:
+    """`rollout` with status `to` (and `changes`), if `TRANSITIONS` allows the move; a move
+    the table does not list raises RolloutStateError (in `decide` that is a bug)."""
+    if to not in TRANSITIONS.get(rollout.status, frozenset()):
+        raise RolloutStateError(
+            f"rollout {rollout.id} cannot go from {rollout.status} to {to}"
+        )
+    return replace(rollout, status=to, **changes)  # type: ignore[arg-type]
 
 
 # The pure core ----------------------------------------------------------------------------
@@ -313,7 +328,7 @@ def decide(
     if rollout.status in ("running", "paused"):
         abort_reason = _failure_threshold_crossed(tick)
         if abort_reason is not None:
-            rollout = replace(rollout, status="aborting", reason=abort_reason)
+            rollout = _move(rollout, "aborting", reason=abort_reason)
             tick.events.append(f"aborting: {abort_reason}")
     if rollout.status == "running":
         rollout = _run(tick, rollout)
@@ -398,7 +413,7 @@ def _run(tick: _Tick, rollout: RolloutState) -> RolloutState:
             f"committed (needs {policy.success_pct:g}%)"
         )
         tick.events.append(f"aborting: {reason}")
-        return replace(rollout, status="aborting", reason=reason)
+        return _move(rollout, "aborting", reason=reason)
     if rollout.soak_started_at is None:
         tick.events.append(f"wave {wave + 1} passed; soaking {policy.soak_s:g} s")
         return replace(rollout, soak_started_at=tick.now)
@@ -430,7 +445,7 @@ def _finish_when_caught_up(tick: _Tick, rollout: RolloutState) -> RolloutState:
         return rollout
     missed = sum(1 for a in tick.devices.values() if a.phase == "missed")
     tick.events.append("completed" + (f" ({missed} devices missed)" if missed else ""))
-    return replace(rollout, status="completed", finished_at=tick.now)
+    return _move(rollout, "completed", finished_at=tick.now)
 
 
 def _abort(tick: _Tick, rollout: RolloutState) -> RolloutState:
@@ -464,7 +479,7 @@ def _abort(tick: _Tick, rollout: RolloutState) -> RolloutState:
                          reason=f"still on {target} {timeout_s:.0f} s after rollback was sent")
     if _abort_settled(tick, rollout):
         tick.events.append("aborted")
-        return replace(rollout, status="aborted", finished_at=tick.now)
+        return _move(rollout, "aborted", finished_at=tick.now)
     return rollout
 
 

@@ -272,8 +272,8 @@ def write_assignments(
     session.execute(
         update(RolloutDevice.__table__)  # type: ignore[arg-type]
         .where(
-            RolloutDevice.__table__.c.rollout_id == rollout_id,  # type: ignore[attr-defined]
-            RolloutDevice.__table__.c.device_id == bindparam("b_device_id"),  # type: ignore[attr-defined]
+            RolloutDevice.__table__.c.rollout_id == rollout_id,
+            RolloutDevice.__table__.c.device_id == bindparam("b_device_id"),
         )
         .values(
             phase=bindparam("b_phase"),

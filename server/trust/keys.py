@@ -69,7 +69,7 @@ def _now() -> datetime:
 def _root_md(repo: TufRepository) -> Metadata[Root]:
     metadata = Metadata.from_bytes(repo.root_bytes())
     assert isinstance(metadata.signed, Root)
-    return metadata  # type: ignore[return-value]
+    return metadata
 
 
 def list_keys(repo: TufRepository) -> dict[str, Any]:
@@ -115,7 +115,7 @@ def propose_root(repo: TufRepository, change: RootChange, now: datetime | None =
                 f"{role} would have {len(root.roles[role].keyids)} keys, "
                 f"fewer than its threshold {root.roles[role].threshold}"
             )
-    return proposed  # type: ignore[return-value]
+    return proposed
 
 
 def sign_with_local_keys(repo: TufRepository, proposed: Metadata[Root]) -> int:
@@ -265,7 +265,7 @@ def load_root_file(path: Path) -> Metadata[Root]:
         raise ConfigError(f"cannot read root metadata {path}: {err}") from err
     if not isinstance(metadata.signed, Root):
         raise ConfigError(f"{path} holds {metadata.signed.type} metadata, not root")
-    return metadata  # type: ignore[return-value]
+    return metadata
 
 
 def sign_root_file(path: Path, key_file: Path) -> str:

@@ -163,8 +163,7 @@ def write_private_key(keys_dir: Path, role: str, signer: CryptoSigner) -> Path:
     while (keys_dir / key_filename(role, index)).exists():
         index += 1
     path = keys_dir / key_filename(role, index)
-    write_bytes_atomic(path, signer.private_bytes)
-    os.chmod(path, 0o600)
+    write_bytes_atomic(path, signer.private_bytes, mode=0o600)
     return path
 
 
@@ -345,7 +344,7 @@ class TufRepository:
         needed = root.roles[role].threshold if threshold is None else threshold
         keyids = root.roles[role].keyids
         local = self.local_signers()
-        signers = [signer for keyid, (_p, signer) in local.items() if keyid in keyids]
+        signers: list[Signer] = [s for keyid, (_p, s) in local.items() if keyid in keyids]
         if len(signers) < needed:
             strays = [
                 f"the key in {path} is not a {role} key of the current root"

@@ -186,7 +186,10 @@ class ServerThread:
         server.daemon_threads = True
         self._server = server
         self._scheme = scheme
-        self._thread = threading.Thread(target=server.serve_forever, daemon=True)
+        # shutdown() waits for serve_forever's next poll: keep it short so teardown is quick.
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     @property
     def url(self) -> str:

@@ -102,6 +102,7 @@ def setup(tmp_path: Path) -> OtaSetup:
         server.__exit__(None, None, None)
 
 
+@pytest.mark.integration  # a real HTTP server serves the repository
 def test_agent_follows_root_v1_to_v3_and_refuses_revoked_keys(setup: OtaSetup) -> None:
     old_root_key = setup.repo.rotate("root")  # v2: signed by old 2-of-3 and new 2-of-3
     old_timestamp_key = setup.repo.rotate("timestamp")  # v3

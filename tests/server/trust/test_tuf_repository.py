@@ -12,7 +12,7 @@ from edgeops.errors import ConfigError, RegistryError
 from server.trust import repository as tuf_repository
 from server.trust.repository import TufExpiry, TufRepository, init_repository
 
-pytestmark = [pytest.mark.skeleton]
+pytestmark = [pytest.mark.ota]
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
