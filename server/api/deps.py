@@ -1,47 +1,57 @@
 """FastAPI dependencies shared by every router: the app's services and authentication.
 
-`create_app` puts the services on `app.state`; routers take them through these
-`Annotated` aliases (`RegistryDep`, `SessionFactoryDep`, ...). Authentication:
+The composition root puts the services on `app.state`; routers take them
+through these `Annotated` aliases:
+
+    SettingsDep  SessionFactoryDep  ArtifactStoreDep  RegistryDep     always there
+    EnrollmentDep  MetricsRegistryDep  PublisherDep                   503 when not wired
+    IngestDep                                                         None when not wired
+
+Authentication, one idiom for every route:
 
     Authorization: Bearer <token>     API clients and the CLI
     cookie edgeops_token=<token>      the console (set by its login form)
 
-`ViewerDep`, `OperatorDep` and `AdminUserDep` resolve the caller to a `Principal` of at
-least that role (401 without a valid token, 403 with too small a role) and leave it on
-`request.state.principal` for the audit log. `AdminDep` / `require_admin` guard the older
-routes the same way.
+`ViewerDep`, `OperatorDep` and `AdminDep` resolve the caller to a `Principal` of at least
+that role (401 without a valid token, 403 with too small a role) and leave it on
+`request.state.principal` for the audit log.
 """
 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, HTTPException, Request
+from prometheus_client import CollectorRegistry
 from sqlalchemy.orm import sessionmaker
 
 from server.auth import tokens
 from server.auth.tokens import Role
 from server.config.settings import ServerSettings
+from server.fleet.commands import CommandPublisher
+from server.fleet.ingest.worker import Ingest
+from server.identity.enrollment import Enrollment
 from server.registry.artifact_store import ArtifactStore
 from server.registry.registry import Registry
 
 __all__ = [
     "AdminDep",
-    "AdminUserDep",
     "ArtifactStoreDep",
     "CONSOLE_COOKIE",
+    "EnrollmentDep",
+    "IngestDep",
+    "MetricsRegistryDep",
     "OperatorDep",
     "Principal",
+    "PublisherDep",
     "RegistryDep",
     "SessionFactoryDep",
     "SettingsDep",
     "ViewerDep",
     "authenticate",
-    "require_admin",
-    "require_operator",
-    "require_viewer",
 ]
 
 CONSOLE_COOKIE = "edgeops_token"
@@ -69,6 +79,34 @@ def _registry(request: Request) -> Registry:
     return request.app.state.registry
 
 
+def _wired(request: Request, name: str, what: str) -> Any:
+    """The service `app.state.<name>`, or a 503 saying this process does not run it."""
+    service = getattr(request.app.state, name, None)
+    if service is None:
+        raise HTTPException(503, detail=f"no {what} runs in this server process")
+    return service
+
+
+def _enrollment(request: Request) -> Enrollment:
+    enrollment: Enrollment = _wired(request, "enrollment", "device enrollment")
+    return enrollment
+
+
+def _metrics_registry(request: Request) -> CollectorRegistry:
+    registry: CollectorRegistry = _wired(request, "metrics_registry", "metrics registry")
+    return registry
+
+
+def _publisher(request: Request) -> CommandPublisher:
+    publisher: CommandPublisher = _wired(request, "publisher", "MQTT command publisher")
+    return publisher
+
+
+def _ingest(request: Request) -> Ingest | None:
+    ingest: Ingest | None = getattr(request.app.state, "ingest", None)
+    return ingest
+
+
 def authenticate(request: Request, secret: str) -> Principal | None:
     """The principal holding `secret`: the home's admin token, or a live API token."""
     if not secret:
@@ -88,7 +126,9 @@ def _presented(request: Request, authorization: str | None) -> str:
     return request.cookies.get(CONSOLE_COOKIE, "")
 
 
-def _require(minimum: Role):  # type: ignore[no-untyped-def]
+def _require(minimum: Role) -> Callable[..., Principal]:
+    """The dependency behind the `<Role>Dep` aliases: the caller, of at least `minimum`."""
+
     def dependency(
         request: Request, authorization: Annotated[str | None, Header()] = None
     ) -> Principal:
@@ -114,21 +154,14 @@ def _require(minimum: Role):  # type: ignore[no-untyped-def]
     return dependency
 
 
-require_viewer = _require("viewer")
-require_operator = _require("operator")
-_require_admin_principal = _require("admin")
-
-
-def require_admin(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
-    """Refuse a request without an admin token (401) or with a smaller role (403)."""
-    _require_admin_principal(request, authorization)
-
-
 SettingsDep = Annotated[ServerSettings, Depends(_settings)]
 SessionFactoryDep = Annotated[sessionmaker, Depends(_session_factory)]
 ArtifactStoreDep = Annotated[ArtifactStore, Depends(_artifact_store)]
 RegistryDep = Annotated[Registry, Depends(_registry)]
-ViewerDep = Annotated[Principal, Depends(require_viewer)]
-OperatorDep = Annotated[Principal, Depends(require_operator)]
-AdminUserDep = Annotated[Principal, Depends(_require_admin_principal)]
-AdminDep = Depends(require_admin)
+EnrollmentDep = Annotated[Enrollment, Depends(_enrollment)]
+MetricsRegistryDep = Annotated[CollectorRegistry, Depends(_metrics_registry)]
+PublisherDep = Annotated[CommandPublisher, Depends(_publisher)]
+IngestDep = Annotated[Ingest | None, Depends(_ingest)]
+ViewerDep = Annotated[Principal, Depends(_require("viewer"))]
+OperatorDep = Annotated[Principal, Depends(_require("operator"))]
+AdminDep = Annotated[Principal, Depends(_require("admin"))]

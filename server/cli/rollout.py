@@ -12,12 +12,17 @@ import typer
 from edgeops.cli import emit
 from edgeops.exit_codes import ExitCode
 from server.cli.api_client import HomeOption, JsonOption, ServerOption, TokenOption, connect
+from server.rollouts.controller import RolloutPolicy
 
 __all__ = ["app", "render_rollout"]
 
+DEFAULTS = RolloutPolicy()  # the options' defaults are the policy's own
+DEFAULT_WAVES = ",".join(f"{p:g}" for p in DEFAULTS.waves_pct)
+
 app = typer.Typer(
     name="rollout",
-    help="Staged rollouts of a release to the fleet: waves (1%, 10%, 50%, 100% by default) "
+    help="Staged rollouts of a release to the fleet: waves "
+    f"({', '.join(f'{p:g}%' for p in DEFAULTS.waves_pct)} by default) "
     "with a soak time, automatic abort and rollback when too many devices fail their "
     "health window.",
     no_args_is_help=True,
@@ -90,12 +95,12 @@ def start(
     release: Annotated[str, typer.Option("--release", help="TUF target path of the release.")],
     group: Annotated[str | None, typer.Option(help="Device group (default: the whole fleet).")] = None,
     tag: Annotated[list[str] | None, typer.Option(help="Only devices with this tag (repeat).")] = None,
-    waves: Annotated[str, typer.Option(help="Cumulative % of devices per wave.")] = "1,10,50,100",
-    soak_s: Annotated[float, typer.Option("--soak", help="Seconds to wait after a wave passed.")] = 60.0,
-    success_pct: Annotated[float, typer.Option(help="% of a wave that must commit.")] = 90.0,
-    failure_threshold: Annotated[float, typer.Option(help="Abort when this % of updated devices failed...")] = 10.0,
-    failure_min: Annotated[int, typer.Option(help="...and at least this many.")] = 1,
-    device_timeout_s: Annotated[float, typer.Option("--device-timeout", help="Seconds a device has to commit.")] = 600.0,
+    waves: Annotated[str, typer.Option(help="Cumulative % of devices per wave.")] = DEFAULT_WAVES,
+    soak_s: Annotated[float, typer.Option("--soak", help="Seconds to wait after a wave passed.")] = DEFAULTS.soak_s,
+    success_pct: Annotated[float, typer.Option(help="% of a wave that must commit.")] = DEFAULTS.success_pct,
+    failure_threshold: Annotated[float, typer.Option(help="Abort when this % of updated devices failed...")] = DEFAULTS.failure_threshold_pct,
+    failure_min: Annotated[int, typer.Option(help="...and at least this many.")] = DEFAULTS.failure_min_count,
+    device_timeout_s: Annotated[float, typer.Option("--device-timeout", help="Seconds a device has to commit.")] = DEFAULTS.device_timeout_s,
     watch: Annotated[bool, typer.Option("--watch", help="Follow progress until it finishes.")] = False,
     home: HomeOption = None,
     server: ServerOption = None,

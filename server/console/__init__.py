@@ -1,11 +1,27 @@
 """The web console: server-rendered pages with a little JavaScript, no external assets.
 
-    console_router() -> APIRouter mounted at /console
+`router` (prefix /console) includes one router per resource:
+
+    auth       /console/login, /console/logout; ConsoleUserDep / ConsoleOperatorDep
+    overview   /console/
+    rollouts   /console/rollouts[/{id}[/progress|/pause|/resume|/abort]]
+    devices    /console/devices[/{id}]
+    static     /console/static/{console.js,console.css}
+    render     HTML helpers (escaping, tables, bars, the start-rollout form)
+    forms      bounded url-encoded form bodies (FormDep)
 
 Login with an API token (kept in an HttpOnly, SameSite=Strict cookie); viewers see the
 fleet and rollouts, operators can also start, pause, resume and abort rollouts.
 """
 
-from server.console.router import console_router
+from __future__ import annotations
 
-__all__ = ["console_router"]
+from fastapi import APIRouter
+
+from server.console import auth, devices, overview, rollouts, static
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/console", include_in_schema=False)
+for _part in (static, auth, overview, rollouts, devices):
+    router.include_router(_part.router)

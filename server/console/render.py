@@ -1,12 +1,38 @@
-"""HTML for the console pages. Every value is escaped; no external assets are referenced."""
+"""HTML for the console pages. Every value is escaped; no external assets are referenced.
+
+    page(title, body, user)     the whole document with the navigation
+    table / bar / button_form   building blocks; rollout_table, start_form shared by pages
+    html(body, status_code)     the HTMLResponse a page returns
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from html import escape
 from typing import Any
 
-__all__ = ["bar", "button_form", "page", "table"]
+from fastapi.responses import HTMLResponse
+
+from server.rollouts.controller import RolloutPolicy
+from server.rollouts.summary import summarize
+
+__all__ = [
+    "DEFAULT_POLICY",
+    "ago",
+    "bar",
+    "button_form",
+    "e",
+    "html",
+    "page",
+    "rollout_table",
+    "start_form",
+    "table",
+    "waves_text",
+]
+
+DEFAULT_POLICY = RolloutPolicy()  # the start form's defaults are the policy's own
 
 
 def e(value: object) -> str:
@@ -67,3 +93,53 @@ def button_form(action: str, label: str, *, enabled: bool = True, ident: str = "
         f'<form method="post" action="{e(action)}" class="inline">'
         f'<button type="submit"{attr}{disabled}>{e(label)}</button></form>'
     )
+
+
+def html(body: str, status_code: int = 200) -> HTMLResponse:
+    return HTMLResponse(body, status_code=status_code)
+
+
+def ago(moment: datetime | None) -> str:
+    """How long ago `moment` was, for people ("12 s ago", "5 min ago", "never")."""
+    if moment is None:
+        return "never"
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    seconds = max(0.0, time.time() - moment.timestamp())
+    return f"{seconds:.0f} s ago" if seconds < 120 else f"{seconds / 60:.0f} min ago"
+
+
+def waves_text(waves_pct: Sequence[float]) -> str:
+    """Cumulative wave percentages as the form shows them: "1,10,50,100"."""
+    return ",".join(f"{p:g}" for p in waves_pct)
+
+
+def rollout_table(rollouts: list[Any], counts: dict[int, dict[str, int]]) -> str:
+    rows = []
+    for r in rollouts:
+        s = summarize(r, phase_counts=counts.get(r.id, {}))
+        rows.append((
+            f'<a href="/console/rollouts/{r.id}">#{r.id}</a>', e(r.target),
+            e(r.group_name or "(fleet)"), f'<span class="status {e(s.status)}">{e(s.status)}</span>',
+            f"{s.done} / {s.devices}", bar(s.done, s.failed, s.devices),
+        ))
+    return table(["rollout", "release", "group", "status", "committed", "progress"], rows,
+                 "rollouts")
+
+
+def start_form(releases: list[str], groups: list[str]) -> str:
+    """The "start a rollout" form, filled with the default rollout policy."""
+    release_options = "".join(f'<option value="{e(t)}">{e(t)}</option>' for t in releases)
+    group_options = '<option value="">(whole fleet)</option>' + "".join(
+        f'<option value="{e(g)}">{e(g)}</option>' for g in groups)
+    waves = e(waves_text(DEFAULT_POLICY.waves_pct))
+    soak = e(f"{DEFAULT_POLICY.soak_s:g}")
+    failures = e(f"{DEFAULT_POLICY.failure_threshold_pct:g}")
+    return f"""<h2>Start a rollout</h2>
+<form method="post" action="/console/rollouts" id="start-rollout">
+<label>Release <select name="target" id="start-target">{release_options}</select></label>
+<label>Group <select name="group" id="start-group">{group_options}</select></label>
+<label>Waves (cumulative %) <input name="waves" id="start-waves" value="{waves}"></label>
+<label>Soak (s) <input name="soak_s" id="start-soak" value="{soak}" size="6"></label>
+<label>Abort at failures (%) <input name="failure_threshold_pct" value="{failures}" size="4"></label>
+<button type="submit" id="start-submit">Start rollout</button></form>"""

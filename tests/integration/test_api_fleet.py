@@ -1,4 +1,5 @@
-"""The fleet router mounted in the real app (create_app), over a SQLite file and Mosquitto."""
+"""The fleet routers (devices, deployments, ingest) mounted in the real app (create_app),
+over a SQLite file and Mosquitto."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import sessionmaker
 
 from edgeops.messages import Command, DeviceStatus, decode
-from server.api.deps import require_admin
-from server.api.routes.fleet import fleet_router
+from server.api.routes import deployments, devices
+from server.api.routes import ingest as ingest_routes
 from server.api.routes.training_runs import router as training_router
 from server.app.fleet_lifespan import fleet_lifespan
 from server.app.http_app import create_app
@@ -26,11 +27,12 @@ from server.registry.artifact_store import ArtifactStore
 from simulations.mosquitto import MosquittoBroker
 from tests.integration.fleet_support import device_client, sqlite_database, wait_until
 
-pytestmark = [pytest.mark.skeleton, pytest.mark.integration]
+pytestmark = [pytest.mark.rollouts, pytest.mark.integration]
 
 TOKEN = "test-admin-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 TARGET = "digits/3/int8/model.onnx"
+FLEET_ROUTERS = [devices.router, deployments.router, ingest_routes.router]
 
 
 @pytest.fixture
@@ -69,9 +71,9 @@ def publisher(settings: ServerSettings) -> Iterator[CommandPublisher]:
 
 def _client(settings: ServerSettings, db: sessionmaker, publisher: CommandPublisher,
             ingest: Ingest | None = None) -> TestClient:
-    router = fleet_router(db, publisher, ingest, require_admin)
     store = ArtifactStore(settings.home / "artifacts")
-    app = create_app(settings, db, store, extra_routers=[router])
+    app = create_app(settings, db, store, routers=FLEET_ROUTERS)
+    app.state.publisher, app.state.ingest = publisher, ingest
     return TestClient(app)
 
 
@@ -198,10 +200,10 @@ def test_fleet_lifespan_starts_and_stops_mqtt_with_the_app(
 ) -> None:
     publisher = CommandPublisher(settings)
     ingest = Ingest(settings, db, client_id="lifespan-ingest")
-    router = fleet_router(db, publisher, ingest, require_admin)
     store = ArtifactStore(settings.home / "artifacts")
-    app = create_app(settings, db, store, extra_routers=[router],
+    app = create_app(settings, db, store, routers=FLEET_ROUTERS,
                      lifespan=fleet_lifespan(publisher, ingest))
+    app.state.publisher, app.state.ingest = publisher, ingest
 
     with TestClient(app) as http:
         assert publisher.wait_connected(5) and ingest.wait_ready(5)
@@ -219,7 +221,7 @@ def test_training_runs_are_served_with_utc_timestamps(
                                 config={"rounds": 2}, metrics={"accuracy": 0.9},
                                 weights_sha256="b" * 64, started_at=started))
     app = create_app(settings, db, ArtifactStore(settings.home / "artifacts"),
-                     extra_routers=[training_router])
+                     routers=[training_router])
     http = TestClient(app)
 
     runs = http.get("/api/training-runs", headers=ADMIN)

@@ -1,13 +1,57 @@
-"""One router per resource, mounted by `server.app.build`.
+"""One module-level router per resource; `ROUTERS` is the ordered list the app mounts.
 
-    registry      /api/models, /api/releases
-    tuf           /tuf/metadata, /tuf/targets
-    devices       /api/devices, /api/groups (labels, history, telemetry)
-    fleet         /api/deployments, /api/ingest/stats
-    enroll        /api/enroll
-    rollouts      /api/rollouts
-    tokens        /api/tokens
-    audit         /api/audit
-    training_runs /api/training-runs
-    metrics       /metrics (Prometheus)
+    tuf            /tuf/metadata, /tuf/targets             (no token: TUF verifies)
+    models         /api/models
+    releases       /api/releases, /api/tuf/timestamp
+    devices        /api/devices, /api/groups               (inventory, labels, history)
+    deployments    /api/deployments
+    ingest         /api/ingest/stats
+    enroll         /api/enroll
+    rollouts       /api/rollouts
+    monitor        /api/monitor/cohorts|windows|scores|events
+    tokens         /api/tokens
+    audit          /api/audit
+    training_runs  /api/training-runs
+    metrics        /metrics                                (Prometheus, no token)
+
+Services come from `app.state` through the aliases in server.api.deps; so does the one
+auth idiom (ViewerDep / OperatorDep / AdminDep).
 """
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from server.api.routes import (
+    audit,
+    deployments,
+    devices,
+    enroll,
+    ingest,
+    metrics,
+    models,
+    monitor,
+    releases,
+    rollouts,
+    tokens,
+    training_runs,
+    tuf,
+)
+
+__all__ = ["ROUTERS"]
+
+ROUTERS: list[APIRouter] = [
+    tuf.router,
+    models.router,
+    releases.router,
+    devices.router,
+    deployments.router,
+    ingest.router,
+    enroll.router,
+    rollouts.router,
+    monitor.router,
+    tokens.router,
+    audit.router,
+    training_runs.router,
+    metrics.router,
+]

@@ -1,7 +1,13 @@
-"""`/api/devices/{id}/labels|history|telemetry` and `/api/groups`: device groups and tags
-(what rollouts select by), status history and recent telemetry.
+"""`/api/devices` and `/api/groups`: the fleet inventory, device groups and tags (what
+rollouts select by), status history and recent telemetry.
 
-The device list and detail themselves are in server.api.routes.fleet.
+    GET /api/devices[?group=&tag=]           viewer    every device with its labels
+    GET /api/devices/{id}                    viewer
+    PUT /api/devices/{id}/labels             operator  group and tags
+    GET /api/devices/{id}/history|telemetry  viewer
+    GET /api/groups                          viewer
+
+An unknown device is a NotFoundError, a 404 through the app's one error handler.
 """
 
 from __future__ import annotations
@@ -20,12 +26,60 @@ from server.api.deps import OperatorDep, SessionFactoryDep, ViewerDep
 from server.db.tables import Device, DeviceEvent, DeviceLabel, TelemetryRecord, as_utc
 from server.fleet import inventory
 
-__all__ = ["DeviceEventPublic", "DeviceLabelsUpdate", "GroupPublic", "router"]
+__all__ = [
+    "DeviceEventPublic",
+    "DeviceLabelsPublic",
+    "DeviceLabelsUpdate",
+    "DevicePublic",
+    "GroupPublic",
+    "router",
+]
 
 router = APIRouter(prefix="/api", tags=["devices"])
 
 LABEL = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 DeviceId = Annotated[str, Path(max_length=64, pattern=DEVICE_ID_PATTERN.pattern)]
+
+
+class DevicePublic(BaseModel):
+    device_id: str
+    online: bool
+    state: str | None
+    model: str | None
+    version: int | None
+    release: str | None
+    target: str | None
+    reason: str | None
+    agent_version: str | None
+    telemetry_messages: int
+    last_status_at: datetime | None
+    last_seen_at: datetime | None
+    group: str = "default"
+    tags: list[str] = []
+
+    @classmethod
+    def of(cls, device: Device, label: DeviceLabel | None = None) -> DevicePublic:
+        return cls(
+            group=label.group_name if label is not None else "default",
+            tags=list(label.tags or []) if label is not None else [],
+            device_id=device.device_id,
+            online=bool(device.online),
+            state=device.state,
+            model=device.model,
+            version=device.version,
+            release=device.release,
+            target=device.target,
+            reason=device.reason,
+            agent_version=device.agent_version,
+            telemetry_messages=device.telemetry_messages or 0,
+            last_status_at=_utc(device.last_status_at),
+            last_seen_at=_utc(device.last_seen_at),
+        )
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything stored is UTC."""
+    return None if moment is None else as_utc(moment)
 
 
 class DeviceLabelsUpdate(BaseModel):
@@ -61,6 +115,36 @@ class DeviceEventPublic(BaseModel):
 class GroupPublic(BaseModel):
     group: str
     devices: int
+
+
+@router.get("/devices", response_model=list[DevicePublic])
+def list_devices(
+    _user: ViewerDep,
+    session_factory: SessionFactoryDep,
+    group: Annotated[str | None, Query(max_length=64)] = None,
+    tag: Annotated[list[str] | None, Query(max_length=20)] = None,
+) -> list[DevicePublic]:
+    """Every device, with its group and tags; filter by group and by tags (all given)."""
+    with session_factory() as session:
+        labels = {label.device_id: label for label in session.scalars(select(DeviceLabel))}
+        result = []
+        for d in inventory.list_devices(session):
+            public = DevicePublic.of(d, labels.get(d.device_id))
+            if group is not None and public.group != group:
+                continue
+            if tag and not set(tag) <= set(public.tags):
+                continue
+            result.append(public)
+        return result
+
+
+@router.get("/devices/{device_id}", response_model=DevicePublic)
+def get_device(
+    device_id: str, _user: ViewerDep, session_factory: SessionFactoryDep
+) -> DevicePublic:
+    with session_factory() as session:
+        device = inventory.get_device(session, device_id)
+        return DevicePublic.of(device, session.get(DeviceLabel, device_id))
 
 
 @router.put("/devices/{device_id}/labels", response_model=DeviceLabelsPublic)

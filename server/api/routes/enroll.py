@@ -5,8 +5,8 @@
     GET  /api/enroll/ca                                -> the fleet CA certificate (PEM)
 
 `/api/enroll` needs no admin token: the one-time token is the credential. Refusals come
-from `server.identity.enrollment` as domain errors, mapped to HTTP in one place (http_app):
-a bad, used or expired token is 403, a broken CSR 422, a reserved device id 400.
+from `server.identity.enrollment` as domain errors, mapped to HTTP in one place
+(server.api.errors): a bad, used or expired token is 403, a broken CSR 422, a reserved device id 400.
 """
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.api.deps import AdminDep, SettingsDep
-from server.identity.enrollment import DEFAULT_TOKEN_TTL_S, Enrollment
+from server.api.deps import AdminDep, EnrollmentDep
+from server.identity.enrollment import DEFAULT_TOKEN_TTL_S
 
-__all__ = ["EnrollPublic", "EnrollRequest", "TokenCreate", "TokenPublic", "enroll_router"]
+__all__ = ["EnrollPublic", "EnrollRequest", "TokenCreate", "TokenPublic", "router"]
+
+router = APIRouter(prefix="/api/enroll", tags=["enrollment"])
 
 
 class EnrollRequest(BaseModel):
@@ -50,21 +52,19 @@ class TokenPublic(BaseModel):
     expires_at: float
 
 
-def enroll_router() -> APIRouter:
-    router = APIRouter(prefix="/api/enroll", tags=["enrollment"])
+@router.post("", response_model=EnrollPublic)
+def enroll(body: EnrollRequest, enrollment: EnrollmentDep) -> EnrollPublic:
+    """Spend a one-time token: the CSR's device id gets a certificate (or a password)."""
+    result = enrollment.enroll(body.token, body.csr.encode())
+    return EnrollPublic(**result.__dict__)
 
-    @router.post("", response_model=EnrollPublic)
-    def enroll(body: EnrollRequest, settings: SettingsDep) -> EnrollPublic:
-        result = Enrollment(settings).enroll(body.token, body.csr.encode())
-        return EnrollPublic(**result.__dict__)
 
-    @router.post("/tokens", response_model=TokenPublic, status_code=201, dependencies=[AdminDep])
-    def create_token(body: TokenCreate, settings: SettingsDep) -> TokenPublic:
-        token, record = Enrollment(settings).tokens.create(ttl_s=body.ttl_s, device_id=body.device_id)
-        return TokenPublic(token=token, device_id=record.device_id, expires_at=record.expires_at)
+@router.post("/tokens", response_model=TokenPublic, status_code=201)
+def create_token(body: TokenCreate, _user: AdminDep, enrollment: EnrollmentDep) -> TokenPublic:
+    token, record = enrollment.tokens.create(ttl_s=body.ttl_s, device_id=body.device_id)
+    return TokenPublic(token=token, device_id=record.device_id, expires_at=record.expires_at)
 
-    @router.get("/ca", response_class=PlainTextResponse)
-    def ca_certificate(settings: SettingsDep) -> str:
-        return Enrollment(settings).ca().ca_pem.decode()
 
-    return router
+@router.get("/ca", response_class=PlainTextResponse)
+def ca_certificate(enrollment: EnrollmentDep) -> str:
+    return enrollment.ca().ca_pem.decode()

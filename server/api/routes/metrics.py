@@ -4,7 +4,7 @@ several apps live in one test process).
     build_app ─► registry = create_registry()  (app.state.metrics_registry)
                  register(registry, IngestCollector(ingest))
                  register(registry, FleetCollector(session_factory))
-                 routers += metrics_router(registry)
+                 GET /metrics serves app.state.metrics_registry (MetricsRegistryDep)
 
 Adding metrics from another part of the server: write a collector (an object with
 `collect()` yielding metric families, read from your component's own snapshot at scrape
@@ -29,18 +29,21 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from server.api.deps import MetricsRegistryDep
 from server.fleet.ingest.stats import IngestStats
 
 __all__ = [
     "FleetCollector",
     "IngestCollector",
     "create_registry",
-    "metrics_router",
     "register",
+    "router",
 ]
 
 KINDS = ("status", "telemetry", "unknown")
 OUTCOMES = ("stored", "duplicate", "rejected")
+
+router = APIRouter(tags=["metrics"])
 
 
 class Collector(Protocol):
@@ -56,7 +59,7 @@ def create_registry() -> CollectorRegistry:
 
 
 def register(registry: CollectorRegistry, collector: Collector) -> None:
-    registry.register(collector)  # type: ignore[arg-type]
+    registry.register(collector)
 
 
 def ingest_metrics(stats: IngestStats) -> list[Metric]:
@@ -136,11 +139,7 @@ class FleetCollector:
         yield devices
 
 
-def metrics_router(registry: CollectorRegistry) -> APIRouter:
-    router = APIRouter(tags=["metrics"])
-
-    @router.get("/metrics", include_in_schema=False)
-    def metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-    return router
+@router.get("/metrics", include_in_schema=False)
+def metrics(registry: MetricsRegistryDep) -> Response:
+    """The app's registry in the Prometheus text format (no token: scrapers read it)."""
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,7 +1,7 @@
 """`/api/rollouts`: start, watch, pause, resume and abort staged rollouts.
 
 Reads need a viewer token, changes an operator token. Refusals are domain errors mapped
-to HTTP in one place (server.app.http_app): a second active rollout for the same group is
+to HTTP in one place (server.api.errors): a second active rollout for the same group is
 409 (RolloutConflictError), pausing a finished rollout 409 (RolloutStateError), an
 unknown release or rollout 404, a rollout that selects no device 400.
 """
@@ -9,7 +9,6 @@ unknown release or rollout 404, a rollout that selects no device 400.
 from __future__ import annotations
 
 import re
-import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
@@ -17,8 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from server.api.audit import note
 from server.api.deps import OperatorDep, SessionFactoryDep, ViewerDep
+from server.pipeline.steps import start_rollout
 from server.rollouts import store
-from server.rollouts.controller import DEFAULT_WAVES_PCT, RolloutPolicy
+from server.rollouts.controller import RolloutPolicy
 from server.rollouts.summary import summarize
 
 __all__ = ["RolloutCreate", "RolloutDevicePublic", "RolloutPublic", "router"]
@@ -31,6 +31,7 @@ MAX_ID = 2**31 - 1
 DAY_S = 24 * 3600.0
 RolloutId = Annotated[int, Path(ge=1, le=MAX_ID, description="rollout id")]
 Status = Literal["running", "paused", "aborting", "completed", "aborted"]
+DEFAULTS = RolloutPolicy()  # the field defaults below are RolloutPolicy's, defined once
 
 
 class RolloutCreate(BaseModel):
@@ -44,14 +45,14 @@ class RolloutCreate(BaseModel):
                               description="device group; null: every device")
     tags: list[str] = Field(default_factory=list, max_length=20,
                             description="a device must carry every tag")
-    waves_pct: list[float] = Field(default_factory=lambda: list(DEFAULT_WAVES_PCT),
+    waves_pct: list[float] = Field(default_factory=lambda: list(DEFAULTS.waves_pct),
                                    min_length=1, max_length=20,
                                    description="cumulative % of devices per wave; 100 is added")
-    soak_s: float = Field(default=60.0, ge=0, le=7 * DAY_S)
-    success_pct: float = Field(default=90.0, gt=0, le=100)
-    failure_threshold_pct: float = Field(default=10.0, gt=0, le=100)
-    failure_min_count: int = Field(default=1, ge=1, le=1_000_000)
-    device_timeout_s: float = Field(default=600.0, ge=1, le=7 * DAY_S)
+    soak_s: float = Field(default=DEFAULTS.soak_s, ge=0, le=7 * DAY_S)
+    success_pct: float = Field(default=DEFAULTS.success_pct, gt=0, le=100)
+    failure_threshold_pct: float = Field(default=DEFAULTS.failure_threshold_pct, gt=0, le=100)
+    failure_min_count: int = Field(default=DEFAULTS.failure_min_count, ge=1, le=1_000_000)
+    device_timeout_s: float = Field(default=DEFAULTS.device_timeout_s, ge=1, le=7 * DAY_S)
 
     @field_validator("tags")
     @classmethod
@@ -154,9 +155,7 @@ def create_rollout(
     spec = store.RolloutSpec(
         target=body.target, group=body.group, tags=tuple(body.tags), policy=body.policy()
     )
-    with session_factory.begin() as session:
-        rollout = store.create_rollout(session, spec, user.name, time.time())
-        rollout_id = rollout.id
+    rollout_id = start_rollout(session_factory, spec, user.name).id
     note(request, f"rollout {rollout_id} of {body.target} to "
                   f"{body.group or 'the whole fleet'}")
     with session_factory() as session:

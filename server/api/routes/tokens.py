@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from server.api.audit import note
-from server.api.deps import AdminUserDep, SessionFactoryDep
+from server.api.deps import AdminDep, SessionFactoryDep
 from server.auth import tokens
 from server.auth.tokens import Role
 
@@ -40,7 +40,7 @@ class TokenCreated(TokenPublic):
 
 
 @router.post("", response_model=TokenCreated, status_code=201)
-def create_token(body: TokenCreate, user: AdminUserDep, session_factory: SessionFactoryDep,
+def create_token(body: TokenCreate, user: AdminDep, session_factory: SessionFactoryDep,
                  request: Request) -> TokenCreated:
     with session_factory.begin() as session:
         token, secret = tokens.create_token(session, body.name, body.role, user.name)
@@ -51,7 +51,7 @@ def create_token(body: TokenCreate, user: AdminUserDep, session_factory: Session
 
 
 @router.get("", response_model=list[TokenPublic])
-def list_tokens(_user: AdminUserDep, session_factory: SessionFactoryDep) -> list[TokenPublic]:
+def list_tokens(_user: AdminDep, session_factory: SessionFactoryDep) -> list[TokenPublic]:
     with session_factory() as session:
         return [
             TokenPublic(name=t.name, role=t.role, created_by=t.created_by,
@@ -61,7 +61,7 @@ def list_tokens(_user: AdminUserDep, session_factory: SessionFactoryDep) -> list
 
 
 @router.delete("/{name}", response_model=TokenPublic)
-def revoke_token(name: Annotated[str, Path(pattern=NAME)], _user: AdminUserDep,
+def revoke_token(name: Annotated[str, Path(pattern=NAME)], _user: AdminDep,
                  session_factory: SessionFactoryDep, request: Request) -> TokenPublic:
     """Revoke a token at once; it stays listed, with when it was revoked."""
     with session_factory.begin() as session:

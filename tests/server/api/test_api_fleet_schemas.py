@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from server.api.routes.fleet import DeploymentCreate
+from server.api.routes.deployments import DeploymentCreate
 
-pytestmark = [pytest.mark.skeleton]
+pytestmark = [pytest.mark.rollouts]
 
 
 @pytest.mark.parametrize(

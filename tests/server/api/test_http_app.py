@@ -16,7 +16,7 @@ from server.config.settings import ServerSettings
 from server.registry.artifact_store import ArtifactStore
 from server.trust.repository import TufRepository, init_repository
 
-pytestmark = [pytest.mark.skeleton]
+pytestmark = [pytest.mark.ota]
 
 
 def _failing_router() -> APIRouter:

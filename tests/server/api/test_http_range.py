@@ -4,7 +4,7 @@ import pytest
 
 from server.api.http_range import RangeNotSatisfiable, bytes_response, parse_range
 
-pytestmark = [pytest.mark.skeleton]
+pytestmark = [pytest.mark.ota]
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,8 @@ from sqlalchemy.orm import sessionmaker
 
 from edgeops.messages import MAX_PAYLOAD_BYTES, DeviceStatus, TelemetryBatch, encode
 from edgeops.topics import Topics
-from server.api.routes.metrics import IngestCollector, create_registry, metrics_router, register
+from server.api.routes.metrics import IngestCollector, create_registry, register
+from server.api.routes.metrics import router as metrics_router
 from server.fleet.ingest.parse import Rejected, parse_message
 from server.fleet.ingest.worker import Ingest, IngestTuning
 from tests.integration.fleet_support import sqlite_database, wait_until
@@ -80,7 +81,7 @@ def test_a_stream_of_junk_is_counted_and_good_traffic_keeps_flowing(
         bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 200))) for _ in range(60)
     ] + [GOOD[: rng.randrange(1, len(GOOD))] for _ in range(30)] + [
         json.dumps({**json.loads(GOOD), "count": -1}).encode(),
-        json.dumps({**json.loads(GOOD), "schema": 2}).encode(),
+        json.dumps({**json.loads(GOOD), "schema": 3}).encode(),
         json.dumps({**json.loads(GOOD), "evil": True}).encode(),
         b"[]", b"null", b"{}", b"",
         b"{" + b" " * (MAX_PAYLOAD_BYTES + 10) + b"}",  # oversized
@@ -112,7 +113,8 @@ def test_a_stream_of_junk_is_counted_and_good_traffic_keeps_flowing(
         from fastapi.testclient import TestClient
 
         app = FastAPI()
-        app.include_router(metrics_router(registry))
+        app.state.metrics_registry = registry
+        app.include_router(metrics_router)
         text = TestClient(app).get("/metrics").text
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
