@@ -3,10 +3,14 @@
     broker (Mosquitto, free port) ─ server (subprocess: HTTP + TUF + ingest)
     federated training (Flower Simulation Engine, SecAgg+: one client per device, on that
     device's own training partition) ─► training run in the registry
-    ─► package from the run + publish (signed) ─► deploy ─► N agents update over the air
+    ─► package from the run + publish (signed) ─► staged rollout (the server's rollout
+    controller: waves, soak, health verdicts) ─► N agents update over the air
     ─► agents infer on their own data ─► telemetry ─► report
 
-Agents share this process (each an object with its own home, no global state).
+Training, packaging, publishing and starting the rollout are the server pipeline's steps
+(server.pipeline.steps), the same functions the CLI and the API call; the server process's
+RolloutRunner drives the waves. Agents share this process (each an object with its own home,
+no global state).
 """
 
 from __future__ import annotations
@@ -21,27 +25,56 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx
 import numpy as np
 
 from agent.config import AgentConfig, init_agent_home
 from agent.daemon import Agent
-from edgeops.errors import ConfigError, TransportError
+from edgeops.errors import ConfigError, TransportError, UpdateError
 from edgeops.packaging import package_model
 from edgeops.tasks import Task, load_task, partition_devices
 from server.app.home import init_home
 from server.config.settings import ServerSettings, load_settings
-from server.db.engine import open_database
-from server.pipeline.publishing import publish_package
+from server.db.engine import close_database, open_database
+from server.pipeline.steps import (
+    TrainedRun,
+    package_run,
+    publish_release,
+    record_training_run,
+    start_rollout,
+)
+from server.rollouts import RolloutPolicy, RolloutSpec
 from simulations.mosquitto import MosquittoBroker, find_mosquitto, free_port, wait_for_port
 from simulations.processes import stop_process
 from simulations.report import DeviceResult, SimulationResult
 
+__all__ = [
+    "FleetAPI",
+    "RolloutSource",
+    "SimulationConfig",
+    "local_datasets",
+    "rollout_policy",
+    "run_simulation",
+    "running_server",
+    "train_federated",
+    "wait_until",
+    "watch_rollout",
+]
+
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 T = TypeVar("T")
+
+# A laptop fleet has no users to protect: a half-second soak between waves and a short health
+# window on each agent keep the staged rollout to seconds. Waves, success and failure
+# thresholds are RolloutPolicy's defaults.
+SOAK_S = 0.5  # one tick of the server's RolloutRunner
+AGENT_HEALTH_WINDOW_S = 2.0
+AGENT_HEALTH_MIN_SAMPLES = 0
+ROLLOUT_ACTOR = "simulation"
+ROLLOUT_POLL_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -113,12 +146,13 @@ class FleetAPI:
         response.raise_for_status()
         return response.json()
 
-    def deploy(self, target: str, device_ids: list[str]) -> dict[str, Any]:
-        response = self._client.post(
-            "/api/deployments", json={"target": target, "devices": device_ids}, headers=self._auth
-        )
+    def rollout(self, rollout_id: int) -> dict[str, Any]:
+        """The rollout as the server's API reports it (status, per-wave progress)."""
+        response = self._client.get(f"/api/rollouts/{rollout_id}", headers=self._auth)
         if response.status_code >= 400:
-            raise TransportError(f"deployment refused ({response.status_code}): {response.text}")
+            raise TransportError(
+                f"cannot read rollout {rollout_id} ({response.status_code}): {response.text}"
+            )
         return response.json()
 
     def ingest_stats(self) -> dict[str, Any]:
@@ -137,16 +171,19 @@ def local_datasets(task: Task, config: SimulationConfig) -> list[tuple[np.ndarra
     return [(data.x_test[idx], data.y_test[idx]) for idx in parts]
 
 
+def rollout_policy(config: SimulationConfig) -> RolloutPolicy:
+    """The simulation's rollout policy: RolloutPolicy's waves and thresholds, a short soak,
+    and the simulation's timeout as the longest a device may take."""
+    return RolloutPolicy(soak_s=SOAK_S, device_timeout_s=config.timeout_s)
+
+
 def train_federated(
     config: SimulationConfig, settings: ServerSettings, progress: Progress
-) -> tuple[Path, int, list[list[int]] | None, dict[str, Any]]:
+) -> tuple[TrainedRun, dict[str, Any]]:
     """A federated run over the devices' training partitions, recorded in the registry:
-    (weights file, training run id, drift reference, summary)."""
-    from server.db.engine import close_database
+    (the recorded run, summary)."""
     from server.federated.config import FederatedConfig, SecAggConfig
     from server.federated.driver import EngineResources, run_simulation_engine
-    from server.federated.runs import TrainingRuns
-    from server.registry.artifact_store import ArtifactStore
 
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     federated = FederatedConfig(
@@ -167,23 +204,67 @@ def train_federated(
         ),
         resources=EngineResources(client_cpus=1.0),
     )
-    store = ArtifactStore(settings.artifacts_dir)
     session_factory = open_database(settings.resolved_database_url)
     try:
-        record = TrainingRuns(session_factory, store).record(config.task, result, started_at)
+        run = record_training_run(settings, session_factory, config.task, result, started_at)
     finally:
         close_database(session_factory)
-    assert record.weights_sha256 is not None
     summary = {
         "kind": "federated",
-        "training_run_id": record.id,
+        "training_run_id": run.id,
         "rounds": len(result.rounds),
         "rounds_aggregated": len(result.aggregated_rounds),
         "secure_aggregation": result.secagg is not None,
         "heldout_accuracy": result.final_metrics["heldout_accuracy"],
         "seconds": result.wall_seconds,
     }
-    return store.path_for(record.weights_sha256), record.id, record.drift_reference, summary
+    return run, summary
+
+
+def _wave_line(rollout: dict[str, Any]) -> str:
+    waves = " ".join(
+        f"[{w['index']}: {w['done']}/{w['devices']} {w['status']}]" for w in rollout["waves"]
+    )
+    return (
+        f"          rollout {rollout['id']} {rollout['status']}, wave {rollout['current_wave']}"
+        f" of {rollout['wave_count']}: {waves}"
+    )
+
+
+class RolloutSource(Protocol):
+    """Where a rollout's state is read from (FleetAPI: the server's /api/rollouts)."""
+
+    def rollout(self, rollout_id: int) -> dict[str, Any]: ...
+
+
+def watch_rollout(
+    api: RolloutSource, rollout_id: int, timeout_s: float, progress: Progress
+) -> dict[str, Any]:
+    """Follow the rollout through the server's API until it completes, showing each change
+    of its waves; UpdateError if it aborts, TransportError if it stalls past `timeout_s`."""
+    shown = ""
+    last_change = time.monotonic()
+    while True:
+        rollout = api.rollout(rollout_id)
+        line = _wave_line(rollout)
+        if line != shown:
+            progress(line)
+            shown, last_change = line, time.monotonic()
+        if rollout["status"] == "completed":
+            return rollout
+        if rollout["status"] == "aborted":
+            raise UpdateError(
+                f"rollout {rollout_id} of {rollout['target']} aborted: "
+                f"{rollout.get('reason') or 'no reason given'} ({rollout['failed']} of "
+                f"{rollout['devices']} devices failed)"
+            )
+        if time.monotonic() - last_change > timeout_s:
+            raise TransportError(
+                f"rollout {rollout_id} made no progress for {timeout_s:.0f} s "
+                f"(status {rollout['status']}, wave {rollout['current_wave']} of "
+                f"{rollout['wave_count']})"
+            )
+        time.sleep(ROLLOUT_POLL_S)
 
 
 def run_simulation(config: SimulationConfig, progress: Progress = lambda _msg: None) -> SimulationResult:
@@ -226,15 +307,9 @@ def run_simulation(config: SimulationConfig, progress: Progress = lambda _msg: N
                 f"federated training on {config.devices} devices ({config.rounds} rounds"
                 f"{', SecAgg+' if config.devices >= 3 else ''})",
             ):
-                weights, run_id, drift_reference, training = train_federated(config, settings, progress)
-            with stage("package", f"packaging training run {run_id} (fp32 -> int8)"):
-                package_model(
-                    task,
-                    out / "package",
-                    checkpoint=weights,
-                    training_run_id=run_id,
-                    drift_reference=drift_reference,
-                )
+                run, training = train_federated(config, settings, progress)
+            with stage("package", f"packaging training run {run.id} (fp32 -> int8)"):
+                package_run(run, out / "package")
         else:
             with stage("package", f"training and packaging the {task.name} model (fp32 -> int8)"):
                 from edgeops.tasks import TrainConfig
@@ -247,7 +322,8 @@ def run_simulation(config: SimulationConfig, progress: Progress = lambda _msg: N
 
         with stage("publish", "signing and publishing the release"):
             session_factory = open_database(settings.resolved_database_url)
-            release = publish_package(settings, session_factory, out / "package", "int8")
+            stack.callback(close_database, session_factory)
+            release = publish_release(settings, session_factory, out / "package", "int8")
             progress(f"          published {release.target_path} as v{release.version}")
 
         with stage("agents", f"starting {config.devices} agents"):
@@ -263,6 +339,8 @@ def run_simulation(config: SimulationConfig, progress: Progress = lambda _msg: N
                     broker_port=broker.port,
                     telemetry_interval_s=config.telemetry_interval_s,
                     http_port=0,
+                    health_window_s=AGENT_HEALTH_WINDOW_S,
+                    health_min_samples=AGENT_HEALTH_MIN_SAMPLES,
                 )
                 init_agent_home(agent_config.home, agent_config, trusted_root)
                 agent = Agent(agent_config)
@@ -276,8 +354,13 @@ def run_simulation(config: SimulationConfig, progress: Progress = lambda _msg: N
                 config.timeout_s,
             )
 
-        with stage("rollout", f"deploying v{release.version} to {len(ids)} devices over the air"):
-            api.deploy(release.target_path, ids)
+        with stage("rollout", f"rolling out v{release.version} to {len(ids)} devices in waves"):
+            started_rollout = start_rollout(
+                session_factory,
+                RolloutSpec(target=release.target_path, policy=rollout_policy(config)),
+                ROLLOUT_ACTOR,
+            )
+            rollout = watch_rollout(api, started_rollout.id, config.timeout_s, progress)
 
             def all_updated() -> bool:
                 reported = {d["device_id"]: d for d in api.devices()}
@@ -336,7 +419,15 @@ def run_simulation(config: SimulationConfig, progress: Progress = lambda _msg: N
         server_url=settings.resolved_public_url,
         out_dir=str(out),
         ingest=ingest_stats,
+        rollout=_rollout_report(rollout),
     )
+
+
+def _rollout_report(rollout: dict[str, Any]) -> dict[str, Any]:
+    """What report.json keeps of the rollout: its verdict, policy and waves."""
+    keys = ("id", "target", "status", "reason", "policy", "wave_count", "devices", "done",
+            "failed", "waves")
+    return {key: rollout[key] for key in keys}
 
 
 def _package_json(package_dir: Path) -> dict[str, Any]:

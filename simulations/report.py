@@ -12,6 +12,15 @@ from typing import Any
 
 from edgeops.atomic_io import write_bytes_atomic, write_json_atomic
 
+__all__ = [
+    "DeviceResult",
+    "SimulationResult",
+    "render_html",
+    "rollout_line",
+    "summary_table",
+    "write_report",
+]
+
 
 @dataclass(frozen=True)
 class DeviceResult:
@@ -38,6 +47,7 @@ class SimulationResult:
     server_url: str
     out_dir: str
     ingest: dict[str, Any] = field(default_factory=dict)
+    rollout: dict[str, Any] = field(default_factory=dict)  # the staged rollout, as the API showed it
 
     @property
     def devices_on_published(self) -> int:
@@ -50,11 +60,12 @@ class SimulationResult:
     @property
     def fleet_accuracy(self) -> float | None:
         """Accuracy over every sample the fleet predicted (sample-weighted)."""
-        scored = [d for d in self.devices if d.local_accuracy is not None]
-        total = sum(d.local_samples for d in scored)
+        scored = [(d.local_accuracy, d.local_samples) for d in self.devices
+                  if d.local_accuracy is not None]
+        total = sum(samples for _, samples in scored)
         if not total:
             return None
-        return sum(d.local_accuracy * d.local_samples for d in scored) / total  # type: ignore[operator]
+        return sum(accuracy * samples for accuracy, samples in scored) / total
 
     @property
     def succeeded(self) -> bool:
@@ -78,7 +89,20 @@ class SimulationResult:
             "broker": self.broker,
             "server_url": self.server_url,
             "ingest": self.ingest,
+            "rollout": self.rollout,
         }
+
+
+def rollout_line(result: SimulationResult) -> str:
+    """One line on the staged rollout: its verdict and the devices of each wave."""
+    rollout = result.rollout
+    if not rollout:
+        return "rollout: -"
+    waves = " + ".join(str(w["devices"]) for w in rollout.get("waves", []))
+    return (
+        f"rollout {rollout['id']}: {rollout['status']} in {rollout['wave_count']} waves"
+        f" ({waves} devices), soak {rollout['policy']['soak_s']:g}s"
+    )
 
 
 def summary_table(result: SimulationResult) -> str:
@@ -98,6 +122,7 @@ def summary_table(result: SimulationResult) -> str:
         f"devices on v{result.published_version}: {result.devices_on_published}/{len(result.devices)}"
         f"   with telemetry: {result.devices_with_telemetry}/{len(result.devices)}"
         f"   fleet accuracy: {fleet:.1%}" if fleet is not None else "fleet accuracy: -",
+        rollout_line(result),
         f"model: int8 {pkg.get('sizes_bytes', {}).get('int8', 0):,} B"
         f" ({pkg.get('size_ratio', 0):.2f}x fp32), held-out accuracy"
         f" fp32 {pkg.get('accuracy', {}).get('fp32', 0):.1%} / int8 {pkg.get('accuracy', {}).get('int8', 0):.1%}",
@@ -161,6 +186,7 @@ td:first-child,th:first-child{{text-align:left}}</style></head><body>
 <div class="kpi"><b>{pkg.get('size_ratio', 0):.2f}×</b>int8 size vs fp32</div>
 <div class="kpi"><b>{result.wall_seconds:.0f} s</b>wall time</div>
 <img alt="accuracy, telemetry and timing per device" src="data:image/png;base64,{png}" style="max-width:100%">
+<p>{html.escape(rollout_line(result))}</p>
 <h2>Devices</h2><table><tr><th>device</th><th>version</th><th>state</th><th>telemetry</th><th>samples</th><th>accuracy</th></tr>{rows}</table>
 <h2>Release</h2><p>target <code>{html.escape(result.published_target)}</code>; held-out accuracy fp32
 {pkg.get('accuracy', {}).get('fp32', 0):.1%}, int8 {pkg.get('accuracy', {}).get('int8', 0):.1%},

@@ -6,13 +6,16 @@ import time
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import click
 import typer
 
-from edgeops.cli import emit
+from edgeops.cli import JsonOption, emit
 from edgeops.errors import ConfigError
+
+if TYPE_CHECKING:
+    from server.pipeline.steps import TrainedRun
 
 __all__ = ["app", "format_summary"]
 
@@ -140,9 +143,7 @@ def package(
     home: Annotated[
         Path | None, typer.Option("--home", help="The server home holding --from-run.")
     ] = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object instead of text.")
-    ] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Train (or load --checkpoint) the task's model, export it to ONNX fp32, quantize it to
     int8, measure both on the task's held-out split and write model.fp32.onnx,
@@ -155,6 +156,7 @@ def package(
     """
     from edgeops.packaging import package_model
     from edgeops.tasks import TrainConfig, load_task
+    from server.pipeline.steps import PackageOptions, package_run
 
     if quantization not in QUANTIZATION_METHODS:
         raise ConfigError(
@@ -170,7 +172,7 @@ def package(
             raise ConfigError("--from-run needs --home, the server home that recorded the run")
         if checkpoint is not None or epochs is not None or seed is not None:
             raise ConfigError("--from-run packages a run's weights: drop --checkpoint/--epochs/--seed")
-        run, checkpoint = _training_run(home, from_run)
+        run = _training_run(home, from_run)
         if task is not None and task != run.task:
             raise ConfigError(f"training run {from_run} trained {run.task!r}, not {task!r}")
         task = run.task
@@ -179,30 +181,38 @@ def package(
     loaded_task = load_task(task)
     out_dir = out if out is not None else Path(f"package-{loaded_task.name}")
     train_config = None
-    if checkpoint is None:
+    if checkpoint is None and run is None:
         overrides = {"epochs": epochs, "seed": seed}
         train_config = replace(
             TrainConfig(), **{name: value for name, value in overrides.items() if value is not None}
         )
     calibration_override = _load_calibration(calibration) if calibration is not None else None
+    options = PackageOptions(
+        quantization=quantization,  # type: ignore[arg-type]
+        accuracy_budget_pp=accuracy_budget_pp,
+        overwrite=overwrite,
+    )
 
     printer = _StepPrinter()
     click.echo(f"Packaging {task} into {out_dir}", err=True)
     try:
-        result = package_model(
-            loaded_task,
-            out_dir,
-            checkpoint=checkpoint,
-            train_config=train_config,
-            quantization=quantization,  # type: ignore[arg-type]
-            accuracy_budget_pp=accuracy_budget_pp,
-            calibration_override=calibration_override,
-            overwrite=overwrite,
-            task_spec=task,
-            progress=printer,
-            training_run_id=run.id if run is not None else None,
-            drift_reference=run.drift_reference if run is not None else None,
-        )
+        if run is not None:
+            result = package_run(
+                run, out_dir, options, calibration_override=calibration_override, progress=printer
+            )
+        else:
+            result = package_model(
+                loaded_task,
+                out_dir,
+                checkpoint=checkpoint,
+                train_config=train_config,
+                quantization=options.quantization,
+                accuracy_budget_pp=options.accuracy_budget_pp,
+                calibration_override=calibration_override,
+                overwrite=options.overwrite,
+                task_spec=task,
+                progress=printer,
+            )
     except BaseException:
         printer.close("failed")
         raise
@@ -212,23 +222,18 @@ def package(
     emit(summary, as_json, format_summary(result.data, result.out_dir))
 
 
-def _training_run(home: Path, run_id: int) -> tuple[Any, Path]:
+def _training_run(home: Path, run_id: int) -> TrainedRun:
     """The run's record and the local path of its weights in the artifact store."""
     from server.config.settings import load_settings
     from server.db.engine import close_database, open_database
-    from server.federated.runs import TrainingRuns
-    from server.registry.artifact_store import ArtifactStore
+    from server.pipeline.steps import load_training_run
 
     settings = load_settings(home)
-    store = ArtifactStore(settings.artifacts_dir)
     session_factory = open_database(settings.resolved_database_url)
     try:
-        run = TrainingRuns(session_factory, store).get(run_id)
+        return load_training_run(settings, session_factory, run_id)
     finally:
         close_database(session_factory)
-    if run.status != "succeeded" or run.weights_sha256 is None:
-        raise ConfigError(f"training run {run_id} has no final weights (status {run.status})")
-    return run, store.path_for(run.weights_sha256)
 
 
 def _load_calibration(path: Path) -> Any:

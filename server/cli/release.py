@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from edgeops.cli import emit
+from edgeops.cli import JsonOption, ServerHomeOption, emit
 from edgeops.errors import ConfigError
 
 __all__ = ["app"]
@@ -18,8 +18,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-HomeOption = Annotated[Path, typer.Option("--home", help="The server home folder.")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")]
+HomeOption = ServerHomeOption
 
 
 @app.command("publish")
@@ -37,14 +36,14 @@ def publish(
     TUF target that agents can install."""
     from server.config.settings import load_settings
     from server.db.engine import close_database, open_database
-    from server.pipeline.publishing import publish_package
+    from server.pipeline.steps import publish_release
 
     if fmt not in ("int8", "fp32"):
         raise ConfigError(f"--format must be int8 or fp32, got {fmt!r}")
     settings = load_settings(home)
     session_factory = open_database(settings.resolved_database_url)
     try:
-        released = publish_package(settings, session_factory, package, fmt)  # type: ignore[arg-type]
+        released = publish_release(settings, session_factory, package, fmt)  # type: ignore[arg-type]
     finally:
         close_database(session_factory)
     emit(

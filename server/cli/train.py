@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,7 +12,7 @@ from typing import Annotated, Any
 import click
 import typer
 
-from edgeops.cli import emit
+from edgeops.cli import JsonOption, emit
 from edgeops.errors import ConfigError
 
 __all__ = ["app", "format_summary"]
@@ -57,7 +58,7 @@ def train(
     drop_clients: Annotated[str, typer.Option(help="Fault injection: comma-separated client ids that fail every fit.")] = "",
     cpus: Annotated[int | None, typer.Option(help="CPUs the Simulation Engine may use (default: all).")] = None,
     client_cpus: Annotated[float, typer.Option(help="CPUs each virtual client reserves.")] = 1.0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     from server.federated.config import DPConfig, FederatedConfig, SecAggConfig, StrategyConfig
@@ -108,7 +109,7 @@ def train(
         f"{' + SecAgg+' if secagg else ''}{' + DP' if config.dp else ''}",
         err=True,
     )
-    with click.progressbar(length=rounds, label="rounds", file=click.get_text_stream("stderr")) as bar:
+    with click.progressbar(length=rounds, label="rounds", file=sys.stderr) as bar:
 
         def on_round(outcome: Any) -> None:
             accuracy = outcome.heldout_accuracy
@@ -136,18 +137,15 @@ def train(
     }
     if settings is not None:
         from server.db.engine import close_database, open_database
-        from server.federated.runs import TrainingRuns
-        from server.registry.artifact_store import ArtifactStore
+        from server.pipeline.steps import record_training_run
 
         session_factory = open_database(settings.resolved_database_url)
         try:
-            record = TrainingRuns(session_factory, ArtifactStore(settings.artifacts_dir)).record(
-                task, result, started_at
-            )
+            run = record_training_run(settings, session_factory, task, result, started_at)
         finally:
             close_database(session_factory)
-        summary["training_run_id"] = record.id
-        summary["weights_sha256"] = record.weights_sha256
+        summary["training_run_id"] = run.id
+        summary["weights_sha256"] = run.record.weights_sha256
     emit(summary, as_json, format_summary(summary, home))
 
 

@@ -13,7 +13,7 @@ from server.cli.model import format_summary
 from tests.cli_support import run_edgeops
 from tests.edgeops.packaging_support import write_digits_checkpoint
 
-pytestmark = [pytest.mark.skeleton, pytest.mark.e2e]
+pytestmark = [pytest.mark.pipeline, pytest.mark.e2e]
 
 
 @pytest.fixture(scope="module")

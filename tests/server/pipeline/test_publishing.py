@@ -19,7 +19,7 @@ from server.registry.artifact_store import ArtifactStore
 from server.registry.registry import Registry
 from server.trust.repository import TufRepository
 
-pytestmark = [pytest.mark.skeleton]
+pytestmark = [pytest.mark.pipeline]
 
 
 def _edit_report(package_dir: Path, edit: Any) -> None:
