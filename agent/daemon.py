@@ -29,9 +29,12 @@ from agent.ota.model_store import ModelStore, SlotName, other_slot
 from agent.ota.runner import UpdateRunner, kill_at
 from agent.ota.updater import InstalledModel, ReleaseUpdater
 from agent.runtime import ModelRuntime, NoModelError
+from agent.telemetry.feedback_store import FEEDBACK_FILE, FeedbackStore
 from agent.telemetry.mqtt_link import MqttLink
 from agent.telemetry.outbox import Outbox
+from agent.telemetry.privacy import WindowPrivacy
 from agent.telemetry.process_stats import ProcessStats
+from agent.telemetry.recent_predictions import RecentPredictions, sample_ids
 from agent.telemetry.window import TelemetryWindow, WindowRelease
 from edgeops import __version__
 from edgeops.errors import EdgeOpsError, PayloadError, UpdateError
@@ -52,11 +55,18 @@ class Prediction:
     probabilities: np.ndarray  # (n, num_classes)
     model: str
     version: int
+    # The call's id; sample i is `<prediction_id>.<i>` (a one-sample call: either form).
+    prediction_id: str = ""
 
     @property
     def classes(self) -> np.ndarray:
         """The most probable class of each sample, shape (n,)."""
         return self.probabilities.argmax(axis=1)
+
+    @property
+    def prediction_ids(self) -> list[str]:
+        """One id per sample, for `Agent.feedback`."""
+        return sample_ids(self.prediction_id, len(self.probabilities))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -64,6 +74,8 @@ class Prediction:
             "classes": self.classes.tolist(),
             "model": self.model,
             "version": self.version,
+            "prediction_id": self.prediction_id,
+            "prediction_ids": self.prediction_ids,
         }
 
 
@@ -95,7 +107,15 @@ class Agent:
         self._reason: str | None = None
         self._target: str | None = None  # the update in progress or last attempted
         self._changed = threading.Condition()
-        self._window = TelemetryWindow(config.device_id, WindowRelease(), clock())
+        self._window = TelemetryWindow(
+            config.device_id,
+            WindowRelease(),
+            clock(),
+            privacy=WindowPrivacy(config.telemetry_min_count, config.telemetry_epsilon),
+        )
+        self._recent = RecentPredictions(config.prediction_cache_size)
+        self._feedback_store: FeedbackStore | None = None  # opened by the first label
+        self._feedback_lock = threading.Lock()
         self._commands: queue.Queue[Any] = queue.Queue()
         self._command_lock = threading.Lock()  # one command at a time, whoever calls
         self._stop_event = threading.Event()
@@ -166,6 +186,10 @@ class Agent:
         if self._outbox is not None:
             self._outbox.close()  # what was not acknowledged is sent after the next start
             self._outbox = None
+        with self._feedback_lock:
+            if self._feedback_store is not None:
+                self._feedback_store.close()
+                self._feedback_store = None
         logger.info("device %s: stopped", self.device_id)
 
     def __enter__(self) -> Agent:
@@ -190,7 +214,7 @@ class Agent:
         if model is None:
             self._window.record_error()
             raise NoModelError(f"device {self.device_id} has no model yet")
-        if inputs.__class__ is not np.ndarray or inputs.dtype != np.float32:  # type: ignore[union-attr]
+        if inputs.__class__ is not np.ndarray or inputs.dtype != np.float32:
             try:
                 inputs = np.asarray(inputs, dtype=np.float32)
             except (TypeError, ValueError) as err:
@@ -200,17 +224,73 @@ class Agent:
         runtime = model.runtime
         started = time.perf_counter()
         try:
-            probabilities = runtime.predict(inputs)  # type: ignore[arg-type]
+            probabilities = runtime.predict(inputs)
         except PayloadError:
             self._window.record_error()
             self._health.record_error()
             raise
         latency_s = time.perf_counter() - started
         self._health.record(latency_s, probabilities)
-        # Copy: the window keeps the inputs until it folds them, and callers reuse buffers.
-        self._window.record(latency_s, inputs.copy(), probabilities)  # type: ignore[union-attr]
+        # Copy: the window keeps the inputs until it folds them, the recent predictions
+        # until a label joins them or they age out, and callers reuse buffers.
+        kept = inputs.copy()
+        self._window.record(latency_s, kept, probabilities)
         release = model.record.release
-        return Prediction(probabilities, release.model, release.version)
+        call_id = self._recent.add(kept, probabilities, release.model, release.version)
+        return Prediction(probabilities, release.model, release.version, call_id)
+
+    def feedback(self, prediction_id: str, label: int) -> None:
+        """The application reports the true `label` of an earlier prediction.
+
+        It counts in the current telemetry window's confusion (if the prediction came from
+        the model serving now) and joins the bounded on-device store of labelled examples,
+        which never leaves the device. PayloadError names what is wrong: an unknown or too
+        old id, a label already given, a label that is not a class of the model.
+        """
+        if isinstance(label, bool) or not isinstance(label, int | np.integer):
+            raise PayloadError(f"label must be an integer class, got {label!r}")
+        remembered = self._recent.take(prediction_id)
+        if not 0 <= int(label) < remembered.num_classes:
+            self._recent.release(remembered.prediction_id)
+            raise PayloadError(
+                f"label {label!r} is not a class of {remembered.model} "
+                f"(0..{remembered.num_classes - 1})"
+            )
+        model = self._model
+        try:
+            self._open_feedback_store().add(
+                remembered.prediction_id,
+                remembered.inputs,
+                int(label),
+                remembered.predicted,
+                self._clock(),
+                model=remembered.model,
+                version=remembered.version,
+            )
+        except PayloadError:
+            raise  # labelled before (the store outlives the in-memory map)
+        except Exception:
+            self._recent.release(remembered.prediction_id)
+            raise
+        release = model.release if model is not None else None
+        if release is not None and (release.model, release.version) == (
+            remembered.model, remembered.version,
+        ):
+            self._window.record_feedback(int(label), remembered.predicted)
+
+    def _open_feedback_store(self) -> FeedbackStore:
+        with self._feedback_lock:
+            if self._feedback_store is None:
+                self._feedback_store = FeedbackStore(
+                    self.config.home / FEEDBACK_FILE,
+                    max_examples=self.config.feedback_max_examples,
+                )
+            return self._feedback_store
+
+    @property
+    def feedback_store(self) -> FeedbackStore:
+        """The on-device labelled examples (for the federated ClientApp and tests)."""
+        return self._open_feedback_store()
 
     # Status ----------------------------------------------------------------------------
 

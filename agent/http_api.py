@@ -1,8 +1,12 @@
 """The agent's local HTTP API (stdlib only), served from its own threads.
 
     POST /predict   {"inputs": [[...], ...]}
-                    -> 200 {"outputs": [[...]], "classes": [...], "model": ..., "version": ...}
+                    -> 200 {"outputs": [[...]], "classes": [...], "model": ..., "version": ...,
+                            "prediction_id": ..., "prediction_ids": [...]}
                     -> 400 bad JSON or input shape, 413 body too large, 503 no model yet
+    POST /feedback  {"prediction_id": "...", "label": 3}   the true label of a prediction
+                    -> 200 {"prediction_id": ..., "label": ...}
+                    -> 400 bad JSON, unknown or already labelled id, label not a class
     GET  /status    -> 200 the DeviceStatus as JSON
 """
 
@@ -20,6 +24,8 @@ from agent.runtime import NoModelError
 from edgeops.errors import PayloadError
 from edgeops.messages import DeviceStatus
 
+__all__ = ["AgentApi", "HttpApi", "PredictionLike"]
+
 logger = logging.getLogger(__name__)
 
 
@@ -33,6 +39,8 @@ class AgentApi(Protocol):
     device_id: str
 
     def predict(self, inputs: Any) -> PredictionLike: ...
+
+    def feedback(self, prediction_id: str, label: int) -> None: ...
 
     def status(self) -> DeviceStatus: ...
 
@@ -50,7 +58,8 @@ class _Server(ThreadingHTTPServer):
         # HTTPServer.server_bind resolves the bound address with socket.getfqdn: a reverse
         # DNS lookup that can stall an agent's start for seconds on a device without DNS.
         socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
+        host, self.server_port = self.server_address[:2]
+        self.server_name = host if isinstance(host, str) else bytes(host).decode()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -82,7 +91,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.NOT_FOUND, f"no route GET {self.path}")
 
     def do_POST(self) -> None:  # noqa: N802 (stdlib name)
-        if self.path.split("?")[0] != "/predict":
+        route = self.path.split("?")[0]
+        if route not in ("/predict", "/feedback"):
             self._discard_body()
             self._error(HTTPStatus.NOT_FOUND, f"no route POST {self.path}")
             return
@@ -93,6 +103,9 @@ class _Handler(BaseHTTPRequestHandler):
             request = json.loads(body)
         except (UnicodeDecodeError, ValueError) as err:
             self._error(HTTPStatus.BAD_REQUEST, f"body is not JSON: {err}")
+            return
+        if route == "/feedback":
+            self._feedback(request)
             return
         if not isinstance(request, dict) or "inputs" not in request:
             self._error(HTTPStatus.BAD_REQUEST, 'body must be a JSON object {"inputs": [[...], ...]}')
@@ -105,6 +118,25 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.SERVICE_UNAVAILABLE, str(err))
         else:
             self._send(HTTPStatus.OK, prediction.to_json())
+
+    def _feedback(self, request: Any) -> None:
+        usage = 'body must be a JSON object {"prediction_id": "...", "label": <class>}'
+        if not isinstance(request, dict) or set(request) != {"prediction_id", "label"}:
+            self._error(HTTPStatus.BAD_REQUEST, usage)
+            return
+        prediction_id, label = request["prediction_id"], request["label"]
+        if not isinstance(prediction_id, str):
+            self._error(HTTPStatus.BAD_REQUEST, f"prediction_id must be a string; {usage}")
+            return
+        if isinstance(label, bool) or not isinstance(label, int):
+            self._error(HTTPStatus.BAD_REQUEST, f"label must be an integer class; {usage}")
+            return
+        try:
+            self.server.api.feedback(prediction_id, label)
+        except PayloadError as err:
+            self._error(HTTPStatus.BAD_REQUEST, str(err))
+        else:
+            self._send(HTTPStatus.OK, {"prediction_id": prediction_id, "label": label})
 
     def _discard_body(self) -> None:
         self.close_connection = True
@@ -139,7 +171,7 @@ class HttpApi:
         self._server = _Server((host, port), api, max_body_bytes)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.2},
+            kwargs={"poll_interval": 0.05},  # how long shutdown() may wait
             name=f"edgeops-agent-{api.device_id}-http",
             daemon=True,
         )

@@ -11,7 +11,21 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+__all__ = [
+    "CALIBRATION_BINS",
+    "GoldenVectors",
+    "HealthPolicy",
+    "InputSchema",
+    "ModelFormat",
+    "MonitoringReference",
+    "ReleaseInfo",
+    "StrictModel",
+    "target_path",
+]
+
 ModelFormat = Literal["fp32", "int8"]
+# Top-1 confidence bins of the monitoring reference: 10 equal bins over [0, 1].
+CALIBRATION_BINS = 10
 
 
 class StrictModel(BaseModel):
@@ -90,6 +104,54 @@ class HealthPolicy(StrictModel):
         return self.max_window_s if self.max_window_s is not None else 5 * self.window_s
 
 
+class MonitoringReference(StrictModel):
+    """What the released model does on the task's held-out split, for the fleet monitor.
+
+    `feature_histograms` has the telemetry schema 2 layout (B+2 counts per feature:
+    underflow, the bins, overflow). `calibration[c][b]` is P(prediction correct | predicted
+    class c, top-1 confidence bin b), fitted by histogram binning; `calibration_counts` are
+    the predictions behind each cell (cells with none are filled from the bin's pooled value
+    across classes, then from the bin midpoint).
+    """
+
+    sample_count: int = Field(ge=1)
+    feature_histograms: list[list[int]] = Field(min_length=1)
+    predicted_classes: list[int] = Field(min_length=2)
+    class_confidence: list[list[int]]
+    calibration: list[list[float]]
+    calibration_counts: list[list[int]]
+    accuracy: float = Field(ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> MonitoringReference:
+        n = self.sample_count
+        width = len(self.feature_histograms[0])
+        if width < 3:
+            raise ValueError("feature_histograms need B+2 >= 3 counts per feature")
+        for index, row in enumerate(self.feature_histograms):
+            if len(row) != width or min(row) < 0 or sum(row) != n:
+                raise ValueError(
+                    f"feature_histograms[{index}] must have {width} non-negative counts "
+                    f"summing to sample_count {n}"
+                )
+        classes = len(self.predicted_classes)
+        if min(self.predicted_classes) < 0 or sum(self.predicted_classes) != n:
+            raise ValueError("predicted_classes must be non-negative and sum to sample_count")
+        for name in ("class_confidence", "calibration", "calibration_counts"):
+            rows = getattr(self, name)
+            if len(rows) != classes or any(len(r) != CALIBRATION_BINS for r in rows):
+                raise ValueError(f"{name} must have shape ({classes}, {CALIBRATION_BINS})")
+        if any(c < 0 for r in self.class_confidence for c in r) or [
+            sum(r) for r in self.class_confidence
+        ] != self.predicted_classes:
+            raise ValueError("class_confidence rows must sum to predicted_classes")
+        if any(c < 0 for r in self.calibration_counts for c in r):
+            raise ValueError("calibration_counts must be non-negative")
+        if any(not 0.0 <= v <= 1.0 for r in self.calibration for v in r):
+            raise ValueError("calibration values are probabilities in [0, 1]")
+        return self
+
+
 class ReleaseInfo(StrictModel):
     """The `custom` field of a release's TUF target."""
 
@@ -106,6 +168,8 @@ class ReleaseInfo(StrictModel):
     # The ai.onnx opset the model needs; an agent whose onnxruntime is older refuses it.
     required_opset: int | None = Field(default=None, ge=1)
     health: HealthPolicy | None = None  # None: the agent's defaults
+    # Held-out reference and calibration for the fleet monitor (telemetry schema 2 layout).
+    monitoring: MonitoringReference | None = None
 
     def to_custom(self) -> dict:
         """The TUF `custom` value. TUF signs canonical JSON, which has no floats, so every

@@ -1,5 +1,6 @@
 """A device's local data: a file the operator gives the SuperNode, or (in simulation) the
-partition of the task's dataset that this virtual device owns."""
+partition of the task's dataset that this virtual device owns, plus (with `feedback-path`)
+the labelled examples the agent's feedback store holds, appended to the training rows."""
 
 from __future__ import annotations
 
@@ -12,15 +13,17 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from agent.telemetry.feedback_store import FeedbackStore
 from edgeops.errors import ConfigError
 from edgeops.federated.config import ClientRecipe
 from edgeops.tasks import Task, load_task, partition_devices
 
-__all__ = ["LocalData", "load_local_data"]
+__all__ = ["LocalData", "add_feedback", "load_local_data"]
 
 DATA_PATH_KEY = "data-path"
 PARTITION_ID_KEY = "partition-id"
 NUM_PARTITIONS_KEY = "num-partitions"
+FEEDBACK_PATH_KEY = "feedback-path"  # the agent's <home>/feedback.db
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,42 @@ def partition_id(node_config: Mapping[str, Any]) -> int:
 
 def load_local_data(node_config: Mapping[str, Any], recipe: ClientRecipe) -> LocalData:
     """`data-path` (an .npz with x_train, y_train and optionally x_test, y_test) if the
-    SuperNode was given one, else partition `partition-id` of `num-partitions`."""
+    SuperNode was given one, else partition `partition-id` of `num-partitions`; with
+    `feedback-path`, the device's labelled feedback joins the training rows."""
+    data = _base_data(node_config, recipe)
+    if FEEDBACK_PATH_KEY in node_config:
+        data = add_feedback(data, Path(str(node_config[FEEDBACK_PATH_KEY])))
+    return data
+
+
+def add_feedback(data: LocalData, path: Path) -> LocalData:
+    """`data` with the feedback store's labelled examples appended to its training rows
+    (unchanged when the store does not exist yet or is empty)."""
+    if not path.exists():
+        return data
+    store = FeedbackStore(path)
+    try:
+        examples = store.examples()
+    finally:
+        store.close()
+    if not len(examples):
+        return data
+    row_shape = data.x_train.shape[1:]
+    if int(np.prod(examples.inputs.shape[1:])) != int(np.prod(row_shape)):
+        raise ConfigError(
+            f"feedback examples in {path} have shape {examples.inputs.shape[1:]}, "
+            f"the local data {row_shape}"
+        )
+    x = examples.inputs.reshape(len(examples), *row_shape)
+    return LocalData(
+        np.concatenate([data.x_train, x]),
+        np.concatenate([data.y_train, examples.labels]),
+        data.x_test,
+        data.y_test,
+    )
+
+
+def _base_data(node_config: Mapping[str, Any], recipe: ClientRecipe) -> LocalData:
     if DATA_PATH_KEY in node_config:
         return _load_file(Path(str(node_config[DATA_PATH_KEY])))
     if PARTITION_ID_KEY not in node_config or NUM_PARTITIONS_KEY not in node_config:

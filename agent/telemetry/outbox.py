@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.telemetry.sqlite_file import open_wal_database
 from edgeops.errors import ConfigError
 
 __all__ = ["Outbox", "OutboxItem", "OutboxStats"]
@@ -65,12 +66,10 @@ class Outbox:
         self._max_messages = max_messages
         self._max_bytes = max_bytes
         self._lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = open_wal_database(
+            self.path, _SCHEMA, synchronous="NORMAL", what="the telemetry outbox"
+        )
         try:
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
             row = self._db.execute("SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox")
             self._messages, self._bytes = row.fetchone()
         except sqlite3.Error as err:

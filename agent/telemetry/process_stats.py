@@ -1,10 +1,9 @@
 """The agent's own resident memory and CPU use, reported in every telemetry batch.
 
 On Linux both come straight from the kernel: RSS from `/proc/self/statm` (what
-`psutil.Process().memory_info().rss` reads) and CPU time from `os.times()`. Importing
-psutil would cost about 1 MB of RSS, a tenth of what the agent adds to a bare onnxruntime
-process (benchmarks/bench_telemetry.py, part c). Elsewhere psutil is used if it is
-installed, and the numbers are None if it is not.
+`psutil.Process().memory_info().rss` reads) and CPU time from `os.times()`, so the agent
+does not pay psutil's import in memory (benchmarks/bench_telemetry.py, part c). Elsewhere
+psutil is used if it is installed, and the numbers are None if it is not.
 """
 
 from __future__ import annotations

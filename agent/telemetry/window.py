@@ -6,6 +6,11 @@ the histograms and summaries are computed in bulk by `fold()` (the daemon's tele
 thread calls it every second) or at flush, so the prediction hot path does almost nothing.
 Only when `max_pending` samples pile up does `record` fold on the caller's thread.
 Raw inputs never leave this object: only counts and histograms do.
+
+Batches are telemetry schema 2: feature histograms with underflow and overflow bins, a
+(predicted class x confidence bin) count, and the confusion count of the predictions the
+application labelled (`record_feedback`). `WindowPrivacy` optionally suppresses the sketches
+of small windows and adds Laplace noise to the counts (see `agent.telemetry.privacy`).
 """
 
 from __future__ import annotations
@@ -16,11 +21,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgeops.messages import ConfidenceSummary, LatencySummary, TelemetryBatch
+from agent.telemetry.privacy import WindowPrivacy, protect
+from edgeops.messages import (
+    CONFIDENCE_BINS,
+    ConfidenceSummary,
+    LatencySummary,
+    TelemetryBatch,
+)
 from edgeops.schemas import ReleaseInfo
-from edgeops.sketches import feature_histograms
+from edgeops.sketches import feature_histograms_v2
 
-CONFIDENCE_BINS = 10
+__all__ = ["CONFIDENCE_BINS", "TelemetryWindow", "WindowPrivacy", "WindowRelease"]
+
 LATENCY_PERCENTILES = (50.0, 95.0, 99.0)
 
 
@@ -65,8 +77,11 @@ class TelemetryWindow:
         max_pending: int = 65536,
         max_latency_samples: int = 65536,
         seed: int | None = None,
+        privacy: WindowPrivacy | None = None,
     ) -> None:
         self._device_id = device_id
+        self._privacy = privacy or WindowPrivacy()
+        self._noise = np.random.default_rng(seed)
         self._max_pending = max_pending
         self._max_latencies = max_latency_samples
         self._random = random.Random(seed)
@@ -87,6 +102,10 @@ class TelemetryWindow:
         self._conf_min = 1.0
         self._conf_hist = np.zeros(CONFIDENCE_BINS, dtype=np.int64)
         self._classes = np.zeros(release.num_classes, dtype=np.int64)
+        self._class_conf = np.zeros((release.num_classes, CONFIDENCE_BINS), dtype=np.int64)
+        self._confusion = np.zeros((release.num_classes, release.num_classes), dtype=np.int64)
+        self._feedback = 0
+        self._feedback_sent = False
         self._features: np.ndarray | None = None
 
     # Recording (hot path) ----------------------------------------------------------
@@ -113,6 +132,21 @@ class TelemetryWindow:
         with self._lock:
             self._errors += count
 
+    def record_feedback(self, true_class: int, predicted_class: int) -> None:
+        """The application labelled an earlier prediction: one confusion count.
+
+        Labels of a prediction from an earlier window count in this one (the window in
+        which the label arrived). Classes outside the release's are refused by the caller.
+        """
+        with self._lock:
+            size = max(true_class, predicted_class) + 1
+            if size > self._confusion.shape[0]:
+                grown = np.zeros((size, size), dtype=np.int64)
+                grown[: self._confusion.shape[0], : self._confusion.shape[1]] = self._confusion
+                self._confusion = grown
+            self._confusion[true_class, predicted_class] += 1
+            self._feedback += 1
+
     # Bulk work ---------------------------------------------------------------------
 
     def fold(self) -> None:
@@ -132,14 +166,20 @@ class TelemetryWindow:
         self._conf_min = min(self._conf_min, float(confidence.min()))
         bins = np.clip((confidence * CONFIDENCE_BINS).astype(np.int64), 0, CONFIDENCE_BINS - 1)
         self._conf_hist += np.bincount(bins, minlength=CONFIDENCE_BINS)
-        classes = np.bincount(probs.argmax(axis=1), minlength=self._classes.size)
+        predicted = probs.argmax(axis=1)
+        classes = np.bincount(predicted, minlength=self._classes.size)
         if classes.size > self._classes.size:  # a model with more outputs than announced
             classes[: self._classes.size] += self._classes
+            grown = np.zeros((classes.size, CONFIDENCE_BINS), dtype=np.int64)
+            grown[: self._class_conf.shape[0]] = self._class_conf
+            self._class_conf = grown
             self._classes = classes
         else:
             self._classes += classes
+        cells = np.bincount(predicted * CONFIDENCE_BINS + bins, minlength=self._class_conf.size)
+        self._class_conf += cells.reshape(self._class_conf.shape)
         if len(self._release.bin_edges) >= 2:
-            histograms = feature_histograms(inputs, self._release.bin_edges)
+            histograms = feature_histograms_v2(inputs, self._release.bin_edges)
             self._features = histograms if self._features is None else self._features + histograms
 
     def _summary(
@@ -155,15 +195,33 @@ class TelemetryWindow:
             latency = LatencySummary(
                 p50_ms=float(p50), p95_ms=float(p95), p99_ms=float(p99), mean_ms=float(ms.mean())
             )
+        num_classes = max(self._class_conf.shape[0], self._confusion.shape[0])
+        # A window carries no more labels than predictions (the contract bounds them by
+        # `count`); labels that arrive in a quieter window wait for the next one.
+        self._feedback_sent = 0 < self._feedback <= self._count
+        sketches = protect(
+            self._privacy,
+            self._count,
+            {
+                "feature_histograms": self._features,
+                "class_confidence": _pad_rows(self._class_conf, num_classes)
+                if self._count else None,
+                "confusion": _pad_square(self._confusion, num_classes)
+                if self._feedback_sent else None,
+                "predicted_classes": self._classes if self._count else None,
+                "confidence_histogram": self._conf_hist,
+            },
+            self._noise,
+        )
         confidence = None
         if self._count:
             confidence = ConfidenceSummary(
                 mean=min(1.0, max(0.0, self._conf_sum / self._count)),
                 minimum=min(1.0, max(0.0, self._conf_min)),
-                histogram=self._conf_hist.tolist(),
+                histogram=sketches.lists.get("confidence_histogram", [0] * CONFIDENCE_BINS),
             )
         return TelemetryBatch(
-            device_id=self._device_id,
+            device_id=self._device_id,  # schema: TELEMETRY_SCHEMA, the default
             model=self._release.model,
             version=self._release.version,
             window_start=self._start,
@@ -172,8 +230,12 @@ class TelemetryWindow:
             errors=self._errors,
             latency=latency,
             confidence=confidence,
-            predicted_classes=self._classes.tolist() if self._count else [],
-            feature_histograms=self._features.tolist() if self._features is not None else [],
+            predicted_classes=sketches.lists.get("predicted_classes", []),
+            feature_histograms=sketches.lists.get("feature_histograms", []),
+            class_confidence=sketches.lists.get("class_confidence"),
+            confusion=sketches.lists.get("confusion"),
+            feedback_count=self._feedback if self._feedback_sent else 0,
+            privacy=sketches.info,
             rss_mb=rss_mb,
             cpu_percent=cpu_percent,
             **{k: v for k, v in extra.items() if v is not None},  # type: ignore[arg-type]
@@ -199,7 +261,10 @@ class TelemetryWindow:
             batch = self._summary(
                 now, rss_mb, cpu_percent, outbox_dropped=outbox_dropped, message_id=message_id
             )
+            carried = None if self._feedback_sent else (self._confusion, self._feedback)
             self._reset(self._release, now)
+            if carried is not None and carried[1]:
+                self._confusion, self._feedback = carried
             return batch
 
     def rebind(self, release: WindowRelease, now: float) -> TelemetryBatch | None:
@@ -208,3 +273,19 @@ class TelemetryWindow:
             batch = self._summary(now, None, None)
             self._reset(release, now)
             return batch
+
+
+def _pad_rows(counts: np.ndarray, rows: int) -> np.ndarray:
+    if counts.shape[0] >= rows:
+        return counts
+    padded = np.zeros((rows, counts.shape[1]), dtype=np.int64)
+    padded[: counts.shape[0]] = counts
+    return padded
+
+
+def _pad_square(counts: np.ndarray, size: int) -> np.ndarray:
+    if counts.shape[0] >= size:
+        return counts
+    padded = np.zeros((size, size), dtype=np.int64)
+    padded[: counts.shape[0], : counts.shape[1]] = counts
+    return padded

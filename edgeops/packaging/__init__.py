@@ -6,6 +6,8 @@
     quantize_onnx()          ONNX fp32 -> int8 (static QDQ or dynamic)
     evaluate_pair()          accuracy, fp32/int8 agreement, p50 latency, sizes (onnxruntime)
     check_accuracy_gate()    the int8 accuracy budget, as a pure check
+    monitoring_reference()   held-out histograms, class x confidence and calibration map
+                             of one exported model, for the fleet monitor (pure)
 
 torch, onnx and onnxruntime are imported inside the functions that use them, never at import
 time, so importing this package stays cheap (the agent imports `edgeops`).
@@ -24,6 +26,7 @@ from edgeops.packaging.evaluate import (
 from edgeops.packaging.export import OPSET_VERSION, OUTPUT_NAME, export_onnx
 from edgeops.packaging.gate import check_accuracy_gate
 from edgeops.packaging.golden import GOLDEN_ATOL_FLOOR, build_golden, golden_atol
+from edgeops.packaging.monitoring import calibration_map, monitoring_reference
 from edgeops.packaging.package import (
     FP32_FILE,
     INT8_FILE,
@@ -50,11 +53,13 @@ __all__ = [
     "QuantizationMethod",
     "SourceModel",
     "build_golden",
+    "calibration_map",
     "check_accuracy_gate",
     "evaluate_pair",
     "export_onnx",
     "golden_atol",
     "load_checkpoint",
+    "monitoring_reference",
     "p50_latency_us",
     "package_model",
     "quantize_onnx",

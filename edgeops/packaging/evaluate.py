@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,6 +41,10 @@ class PairEvaluation:
     fp32: FormatEvaluation
     int8: FormatEvaluation
     agreement: float  # share of held-out inputs where both models pick the same class
+    # Each model's outputs on the held-out split, by format (for the monitoring reference).
+    outputs: dict[str, NDArray[np.float32]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @property
     def size_ratio(self) -> float:
@@ -133,7 +137,10 @@ def evaluate_pair(
             size_bytes=Path(path).stat().st_size,
         )
     evaluation = PairEvaluation(
-        fp32=results["fp32"], int8=results["int8"], agreement=top1_agreement(fp32_out, int8_out)
+        fp32=results["fp32"],
+        int8=results["int8"],
+        agreement=top1_agreement(fp32_out, int8_out),
+        outputs={"fp32": fp32_out, "int8": int8_out},
     )
     logger.info(
         "evaluated: accuracy fp32 %.4f int8 %.4f, agreement %.4f, size ratio %.3f",

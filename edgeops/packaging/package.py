@@ -21,13 +21,14 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from edgeops.atomic_io import fsync_dir, write_json_atomic
+from edgeops.atomic_io import fsync_dir, fsync_path, write_json_atomic
 from edgeops.errors import ConfigError, QuantizationGateError
 from edgeops.packaging.evaluate import MIN_LATENCY_RUNS, PairEvaluation, evaluate_pair
 from edgeops.packaging.export import export_onnx
 from edgeops.packaging.gate import check_accuracy_gate
 from edgeops.packaging.golden import GOLDEN_ATOL_FLOOR, SAFETY_FACTOR, build_golden
 from edgeops.packaging.lineage import code_version
+from edgeops.packaging.monitoring import monitoring_reference
 from edgeops.packaging.quantize import QuantizationConfig, QuantizationMethod, quantize_onnx
 from edgeops.packaging.report import FORMATS, build_report, release_info_entry
 from edgeops.packaging.source import (
@@ -228,7 +229,7 @@ def _build(
     except QuantizationGateError as err:
         raise QuantizationGateError(f"{err}; nothing was written to {plan.out_dir}") from err
 
-    say(f"building {golden_count} golden vectors and the drift reference")
+    say(f"building {golden_count} golden vectors, the drift and monitoring references")
     golden_inputs = dataset.x_test[:golden_count]
     drift_reference = plan.drift_reference or feature_histograms(
         dataset.x_train, task.input_schema.feature_bin_edges
@@ -239,7 +240,14 @@ def _build(
         golden, deviations[fmt] = build_golden(
             paths[fmt], golden_inputs, fmt, input_name=input_name
         )
-        release_info[fmt] = release_info_entry(task, fmt, golden, drift_reference)
+        monitoring = monitoring_reference(
+            dataset.x_test,
+            dataset.y_test,
+            evaluation.outputs[fmt],
+            task.input_schema.feature_bin_edges,
+            task.num_classes,
+        )
+        release_info[fmt] = release_info_entry(task, fmt, golden, drift_reference, monitoring)
 
     data = build_report(
         task=task,
@@ -271,7 +279,7 @@ def _build(
         drift_source="training_run" if plan.drift_reference is not None else "train_split",
     )
     for path in paths.values():
-        _fsync_file(path)
+        fsync_path(path)
     write_json_atomic(build_dir / REPORT_FILE, data)
     # mkdtemp and the atomic writer create owner-only entries; a package is for sharing.
     build_dir.chmod(DIR_MODE)
@@ -356,11 +364,3 @@ def _move_into_place(build_dir: Path, out_dir: Path, overwrite: bool) -> None:
         finally:
             shutil.rmtree(replaced, ignore_errors=True)
     fsync_dir(out_dir.parent)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -16,7 +16,7 @@ from edgeops.packaging.evaluate import PairEvaluation
 from edgeops.packaging.export import OUTPUT_NAME
 from edgeops.packaging.quantize import QuantizationConfig
 from edgeops.packaging.source import SourceModel
-from edgeops.schemas import GoldenVectors, ModelFormat, ReleaseInfo
+from edgeops.schemas import GoldenVectors, ModelFormat, MonitoringReference, ReleaseInfo
 from edgeops.tasks.base import Task
 
 REPORT_SCHEMA = 1
@@ -26,9 +26,15 @@ _PLACEHOLDER_VERSION = 1
 
 
 def release_info_entry(
-    task: Task, fmt: ModelFormat, golden: GoldenVectors, drift_reference: list[list[int]]
+    task: Task,
+    fmt: ModelFormat,
+    golden: GoldenVectors,
+    drift_reference: list[list[int]],
+    monitoring: MonitoringReference | None = None,
 ) -> dict[str, Any]:
     """A ReleaseInfo for one model file, dumped by alias, without `version`.
+
+    `monitoring` is the model's reference and calibration on the held-out split.
 
     Raises PackagingError if the result would not validate once publish adds a version.
     """
@@ -42,6 +48,7 @@ def release_info_entry(
             num_classes=task.num_classes,
             golden=golden,
             drift_reference=drift_reference,
+            monitoring=monitoring,
         )
     except ValidationError as err:
         raise PackagingError(f"task {task.name!r} cannot make a valid release: {err}") from err

@@ -8,7 +8,7 @@ import pytest
 from agent.telemetry.window import TelemetryWindow, WindowRelease
 from tests.agent.support import BIN_EDGES, NUM_FEATURES, make_release, model_weights
 
-pytestmark = [pytest.mark.skeleton]
+pytestmark = [pytest.mark.telemetry]
 
 RELEASE = WindowRelease.of(make_release(3, model_weights(3)))
 
@@ -26,7 +26,7 @@ def test_an_empty_window_flushes_to_none() -> None:
 def test_flush_summarises_counts_classes_confidence_and_histograms() -> None:
     window = TelemetryWindow("d", RELEASE, now=100.0)
     x = np.zeros((3, NUM_FEATURES), dtype=np.float32)
-    x[:, 0] = [0.5, 5.0, 100.0]  # bins 0, 2 and (clipped) the last one
+    x[:, 0] = [0.5, 5.0, 100.0]  # bins 0, 2 and the overflow bin (schema 2 keeps it apart)
 
     window.record(0.002, x, probs([1, 1, 4]))
     window.record_error()
@@ -36,8 +36,9 @@ def test_flush_summarises_counts_classes_confidence_and_histograms() -> None:
     assert (batch.window_start, batch.window_end, batch.count, batch.errors) == (100.0, 110.0, 3, 1)
     assert (batch.model, batch.version) == ("digits", 3)
     assert batch.predicted_classes == [0, 2, 0, 0, 1, 0, 0, 0, 0, 0]
-    assert batch.feature_histograms[0] == [1, 0, 1, 0, 0, 0, 0, 1]
-    assert batch.feature_histograms[1] == [3, 0, 0, 0, 0, 0, 0, 0]
+    assert batch.schema_version == 2
+    assert batch.feature_histograms[0] == [0, 1, 0, 1, 0, 0, 0, 0, 0, 1]
+    assert batch.feature_histograms[1] == [0, 3, 0, 0, 0, 0, 0, 0, 0, 0]
     assert len(batch.feature_histograms) == NUM_FEATURES and len(BIN_EDGES) == 9
     assert batch.confidence is not None and batch.confidence.histogram[9] == 3
     assert batch.latency is not None and batch.latency.p50_ms == pytest.approx(2.0)
