@@ -14,25 +14,26 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
+from sqlalchemy.orm import sessionmaker
 
-from server.api.deps import require_admin
-from server.api.routes.enroll import enroll_router
-from server.api.routes.fleet import fleet_router
-from server.api.routes.metrics import (
-    FleetCollector,
-    IngestCollector,
-    create_registry,
-    metrics_router,
-)
+from server import console
+from server.api.routes import ROUTERS
+from server.api.routes.metrics import FleetCollector, IngestCollector, create_registry
 from server.api.routes.metrics import register as register_metrics
-from server.api.routes.operator import operator_routers
-from server.app.background import LifespanHook, periodic
 from server.app.fleet_lifespan import fleet_lifespan
 from server.app.http_app import create_app
+from server.background.periodic import LifespanHook, periodic
 from server.config.settings import ServerSettings
 from server.db.engine import open_database
 from server.fleet.commands import CommandPublisher
 from server.fleet.ingest.worker import Ingest
+from server.identity.enrollment import Enrollment
+from server.monitoring import (
+    MonitorCollector,
+    MonitorRunner,
+    RepositoryReferences,
+    config_from_settings,
+)
 from server.registry.artifact_store import ArtifactStore
 from server.rollouts.metrics import RolloutCollector
 from server.rollouts.runner import RolloutRunner, rollout_lifespan
@@ -63,6 +64,15 @@ def _compose(hooks: Sequence[LifespanHook]) -> LifespanHook:
     return lifespan
 
 
+def _monitor(
+    settings: ServerSettings, session_factory: sessionmaker, repository: TufRepository
+) -> MonitorRunner | None:
+    """The fleet monitor, unless the settings turn it off."""
+    if not settings.monitor_enabled:
+        return None
+    return MonitorRunner(session_factory, RepositoryReferences(repository), config_from_settings(settings))
+
+
 def build_app(
     settings: ServerSettings,
     extra_routers: Sequence[APIRouter] = (),
@@ -76,23 +86,32 @@ def build_app(
     artifact_store = ArtifactStore(settings.artifacts_dir)
     repository = TufRepository(settings.tuf_dir)
     metrics_registry = create_registry()  # per app; others register on app.state.metrics_registry
-    routers = [*extra_routers, enroll_router(), metrics_router(metrics_registry)]
-    routers.extend(operator_routers())  # rollouts, devices, tokens, audit, training, console
+    routers = [*extra_routers, *ROUTERS, console.router]
+    publisher: CommandPublisher | None = None
+    ingest: Ingest | None = None
     runner: RolloutRunner | None = None
     hooks = [tuf_refresher(repository)]
     register_metrics(metrics_registry, FleetCollector(session_factory))
     if with_fleet:
         publisher = CommandPublisher(settings)
         ingest = Ingest(settings, session_factory)
-        routers.append(fleet_router(session_factory, publisher, ingest, require_admin))
         hooks.append(fleet_lifespan(publisher, ingest))
         register_metrics(metrics_registry, IngestCollector(ingest))
         runner = RolloutRunner(session_factory, publisher)
         hooks.append(rollout_lifespan(runner))  # after fleet_lifespan: the publisher runs
+    monitor = _monitor(settings, session_factory, repository) if with_fleet else None
+    if monitor is not None:
+        hooks.append(periodic("fleet-monitor", monitor.tick, settings.monitor_interval_s))
+    monitor_stats = monitor.stats if monitor else None
+    register_metrics(metrics_registry, MonitorCollector(session_factory, monitor_stats))
     register_metrics(
         metrics_registry, RolloutCollector(session_factory, runner.stats if runner else None)
     )
     hooks.extend(lifespan_hooks)
     app = create_app(settings, session_factory, artifact_store, routers, lifespan=_compose(hooks))
+    # The services the routers take through server.api.deps (None: not run by this process).
     app.state.metrics_registry = metrics_registry
+    app.state.enrollment = Enrollment(settings)
+    app.state.publisher = publisher
+    app.state.ingest = ingest
     return app

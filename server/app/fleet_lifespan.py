@@ -1,4 +1,4 @@
-"""A lifespan hook (see server.app.background.LifespanHook) running MQTT ingest and commands;
+"""A lifespan hook (see server.background.periodic.LifespanHook) running MQTT ingest and commands;
 server.app.build.build_app installs it with the fleet router.
 
 Both connect in the background, so the server starts even while the broker is down.

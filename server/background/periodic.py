@@ -21,7 +21,7 @@ LifespanHook = Callable[[Any], AbstractAsyncContextManager[Any]]
 
 def periodic(
     name: str,
-    work: Callable[[], None],
+    work: Callable[[], object],
     interval_s: float,
     *,
     run_at_start: bool = False,

@@ -275,3 +275,68 @@ def make_engine(database_url: str) -> Engine:
 
 def make_session_factory(engine: Engine) -> sessionmaker:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+# Fleet monitor (migration 0003): window scores, events, cohort state, lease ------------------
+
+
+class MonitorWindowScore(Base):
+    """Every score of one (time window, cohort), drifted or not (kept for governance)."""
+
+    __tablename__ = "monitor_windows"
+    __table_args__ = (UniqueConstraint("cohort", "window_start"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cohort: Mapped[str] = mapped_column(String(400), index=True)
+    release: Mapped[str] = mapped_column(String(300))
+    group_name: Mapped[str | None] = mapped_column(String(64))  # None: the whole fleet
+    window_start: Mapped[float] = mapped_column(Float, index=True)
+    window_end: Mapped[float] = mapped_column(Float)
+    count: Mapped[int] = mapped_column(Integer)
+    devices: Mapped[int] = mapped_column(Integer)
+    verdict: Mapped[str] = mapped_column(String(16))  # "ok" | "drift" | "inconclusive"
+    drifted_share: Mapped[float] = mapped_column(Float)
+    max_psi: Mapped[float | None] = mapped_column(Float)
+    prior_shift: Mapped[float | None] = mapped_column(Float)
+    estimated_accuracy: Mapped[float | None] = mapped_column(Float)
+    naive_accuracy: Mapped[float | None] = mapped_column(Float)
+    realised_accuracy: Mapped[float | None] = mapped_column(Float)
+    feedback_count: Mapped[int] = mapped_column(Integer, default=0)
+    scores: Mapped[dict[str, Any]] = mapped_column(JSON)  # per statistic, per feature; p-values
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class MonitorEventRecord(Base):
+    """A monitor verdict the continuous-training loop subscribes to, with its evidence."""
+
+    __tablename__ = "monitor_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    cohort: Mapped[str] = mapped_column(String(400), index=True)
+    release: Mapped[str] = mapped_column(String(300))
+    window_end: Mapped[float] = mapped_column(Float)
+    evidence: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class MonitorCohortState(Base):
+    """The confirmation state (CUSUM, alarms) of one cohort between windows."""
+
+    __tablename__ = "monitor_cohort_state"
+
+    cohort: Mapped[str] = mapped_column(String(400), primary_key=True)
+    state: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class MonitorLease(Base):
+    """The single-monitor lease (SQLite; PostgreSQL also takes an advisory lock) and the
+    watermark: the end of the last time window scored."""
+
+    __tablename__ = "monitor_lease"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(128))
+    expires_at: Mapped[float] = mapped_column(Float, default=0.0)
+    watermark: Mapped[float | None] = mapped_column(Float)

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from edgeops.errors import EdgeOpsError
 from edgeops.messages import Command
-from server.app.background import LifespanHook, periodic
+from server.background.periodic import LifespanHook, periodic
 from server.db.tables import DeviceEvent, Rollout
 from server.fleet.commands import CommandDeliveryError, CommandPublisher
 from server.rollouts import store
