@@ -1,6 +1,7 @@
 # Everything a fresh machine needs to run EdgeOps lives here.
 #   make simulate   run the whole loop on this laptop (broker, server, 10 agents)
 #   make test       run the test suite (what CI runs)
+#   make check      ruff, mypy and the import-linter contracts (CI runs them before the tests)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -9,13 +10,19 @@ DEVICES ?= 10
 OUT ?= runs/$(shell date +%Y%m%d-%H%M%S)
 PYTEST_ARGS ?=
 
-.PHONY: simulate test bench install system-deps browser-deps clean
+.PHONY: simulate test check bench install system-deps browser-deps clean
 
 simulate: $(STAMP) system-deps
 	$(BIN)/edgeops simulate --devices $(DEVICES) --out $(OUT)
 
 test: $(STAMP) system-deps browser-deps
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+# The dev extra (in '.[all]') brings ruff, mypy and import-linter; the stamp installs it.
+check: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_packaging.py --quick

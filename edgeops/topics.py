@@ -64,5 +64,5 @@ class Topics:
         parts = topic[len(head) :].split("/")
         if len(parts) != 2 or parts[1] not in TOPIC_KINDS or not DEVICE_ID_PATTERN.match(parts[0]):
             raise PayloadError(f"topic {topic!r} is not <prefix>/devices/<id>/<kind>")
-        kind: TopicKind = parts[1]  # type: ignore[assignment]
+        kind: TopicKind = parts[1]
         return parts[0], kind

@@ -1,13 +1,22 @@
-"""Shared fixtures: a real Mosquitto per test on a free port, and temporary homes."""
+"""Shared fixtures: a real Mosquitto per test on a free port, and temporary homes.
+
+Also one check on the markers: a test that opens an IP socket (connect or bind over
+AF_INET/AF_INET6) talks to a real part, so it must carry the `integration` marker.
+"""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from simulations.mosquitto import MosquittoBroker
+
+_IP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
+_WATCHED = ("connect", "connect_ex", "bind")
 
 
 @pytest.fixture
@@ -18,3 +27,43 @@ def mosquitto(tmp_path: Path) -> Iterator[MosquittoBroker]:
         yield broker
     finally:
         broker.kill()
+
+
+@pytest.fixture(autouse=True)
+def _ip_sockets_need_the_integration_marker(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test that used an IP socket without `@pytest.mark.integration`.
+
+    Tests marked `integration` pay nothing; for the others `socket.socket`'s connect,
+    connect_ex and bind are wrapped for the test's duration and the first IP use is
+    recorded (AF_UNIX socketpairs, such as asyncio's self-pipe, are not IP and pass).
+    Sockets opened by child processes are not seen.
+    """
+    if request.node.get_closest_marker("integration") is not None:
+        yield
+        return
+    used: list[str] = []
+    originals = {name: getattr(socket.socket, name) for name in _WATCHED}
+
+    def watch(name: str) -> Any:
+        original = originals[name]
+
+        def wrapper(self: socket.socket, address: Any, *args: Any, **kwargs: Any) -> Any:
+            if self.family in _IP_FAMILIES and not used:
+                used.append(f"socket.{name}({address!r})")
+            return original(self, address, *args, **kwargs)
+
+        return wrapper
+
+    for name in _WATCHED:
+        setattr(socket.socket, name, watch(name))
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(socket.socket, name, original)
+    if used:
+        pytest.fail(
+            f"{request.node.nodeid} opened an IP socket ({used[0]}) but is not marked "
+            "`integration`: add pytest.mark.integration to its pytestmark",
+            pytrace=False,
+        )

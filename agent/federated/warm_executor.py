@@ -182,7 +182,7 @@ def fork_clientapp(token: str, settings: ExecutorSettings) -> int:
 
 def reap_children() -> list[tuple[int, int]]:
     """Collect every finished child: (pid, exit status) pairs; never blocks."""
-    finished = []
+    finished: list[tuple[int, int]] = []
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)

@@ -73,9 +73,10 @@ class HealthSampler:
         self._lock = threading.Lock()
 
     def record(self, latency_s: float, probabilities: np.ndarray) -> None:
+        kept: np.ndarray | tuple[int, float] = probabilities
         if len(probabilities) > KEEP_PROBABILITIES_UP_TO:
-            probabilities = _reduce(probabilities)
-        self._calls.append((latency_s, probabilities))  # deque.append is atomic
+            kept = _reduce(probabilities)
+        self._calls.append((latency_s, kept))  # deque.append is atomic
 
     def record_error(self) -> None:
         self._calls.append(None)

@@ -16,6 +16,8 @@ Pure numpy: the agent's federated module and the server's ServerApp both use it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
@@ -35,7 +37,7 @@ def local_frequencies(features: ArrayLike, bin_edges: ArrayLike) -> NDArray[np.f
 
 
 def summed_counts(
-    weighted_frequencies: list[tuple[ArrayLike, int]],
+    weighted_frequencies: Sequence[tuple[ArrayLike, int]],
 ) -> NDArray[np.int64]:
     """The fleet's summed counts from (frequencies, num_examples) replies.
 

@@ -15,8 +15,6 @@ from tests.agent.support import (
     model_weights,
 )
 
-pytestmark = [pytest.mark.skeleton]
-
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     with pytest.raises(SystemExit) as done:

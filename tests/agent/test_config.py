@@ -9,8 +9,6 @@ import pytest
 from agent.config import AgentConfig, init_agent_home, load_config
 from edgeops.errors import ConfigError
 
-pytestmark = [pytest.mark.skeleton]
-
 ROOT = json.dumps({"signed": {"_type": "root", "version": 1}, "signatures": []}).encode()
 
 

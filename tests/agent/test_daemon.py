@@ -21,7 +21,7 @@ from tests.agent.support import (
     model_weights,
 )
 
-pytestmark = [pytest.mark.skeleton]
+pytestmark = [pytest.mark.ota, pytest.mark.integration]
 
 
 def config(home: Path) -> AgentConfig:

@@ -9,7 +9,7 @@ from agent.ota.model_store import ModelStore
 from edgeops.errors import UpdateError
 from tests.agent.support import make_release, model_weights
 
-pytestmark = [pytest.mark.skeleton]
+pytestmark = [pytest.mark.ota]
 
 
 def stage(store: ModelStore, version: int, data: bytes | None = None) -> str:

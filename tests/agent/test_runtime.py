@@ -15,8 +15,6 @@ from tests.agent.support import (
     softmax_outputs,
 )
 
-pytestmark = [pytest.mark.skeleton]
-
 
 @pytest.fixture
 def runtime(tmp_path: Path) -> ModelRuntime:

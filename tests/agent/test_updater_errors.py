@@ -6,7 +6,7 @@ from tuf.api import exceptions as tuf_errors
 from agent.ota.updater import map_tuf_error
 from edgeops.errors import TransportError, TrustError, UpdateError
 
-pytestmark = [pytest.mark.skeleton]
+pytestmark = [pytest.mark.ota]
 
 
 @pytest.mark.parametrize(

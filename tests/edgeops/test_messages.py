@@ -12,7 +12,7 @@ from edgeops.messages import (
     encode,
 )
 
-pytestmark = [pytest.mark.skeleton]
+pytestmark = [pytest.mark.telemetry]
 
 
 def test_status_round_trips_with_schema_version() -> None:

@@ -30,7 +30,7 @@ from edgeops.schemas import ReleaseInfo
 from edgeops.tasks import Task, load_task
 from tests.edgeops.packaging_support import write_digits_checkpoint
 
-pytestmark = [pytest.mark.skeleton, pytest.mark.integration]
+pytestmark = [pytest.mark.pipeline, pytest.mark.integration]
 
 REPORT_KEYS = {
     "schema",

@@ -21,7 +21,7 @@ from edgeops.packaging import (
 from edgeops.packaging.lineage import code_version
 from edgeops.packaging.quantize import ArrayCalibrationReader
 
-pytestmark = [pytest.mark.skeleton]
+pytestmark = [pytest.mark.pipeline]
 
 
 def test_importing_packaging_loads_no_torch_onnx_or_onnxruntime() -> None:

@@ -4,8 +4,6 @@ import pytest
 from edgeops.errors import ConfigError, TaskError
 from edgeops.tasks import load_task, partition_dirichlet, partition_iid
 
-pytestmark = [pytest.mark.skeleton]
-
 
 def test_digits_task_has_fixed_split_and_schema() -> None:
     task = load_task("digits")

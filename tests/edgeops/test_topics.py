@@ -3,7 +3,7 @@ import pytest
 from edgeops.errors import ConfigError, PayloadError
 from edgeops.topics import Topics, validate_device_id
 
-pytestmark = [pytest.mark.skeleton]
+pytestmark = [pytest.mark.telemetry]
 
 
 def test_topics_follow_the_contract() -> None:

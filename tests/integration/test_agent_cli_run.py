@@ -21,7 +21,7 @@ from tests.agent.support import (
     model_weights,
 )
 
-pytestmark = [pytest.mark.skeleton, pytest.mark.integration]
+pytestmark = [pytest.mark.telemetry, pytest.mark.integration]
 
 
 def test_run_until_sigterm_publishes_online_then_offline(tmp_path: Path, mosquitto: MosquittoBroker) -> None:

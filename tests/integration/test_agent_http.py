@@ -22,7 +22,7 @@ from tests.agent.support import (
     softmax_outputs,
 )
 
-pytestmark = [pytest.mark.skeleton, pytest.mark.integration]
+pytestmark = [pytest.mark.integration]
 
 
 def make_agent(home: Path, broker: MosquittoBroker, *, with_model: bool) -> Agent:

@@ -11,7 +11,7 @@ import pytest
 
 from tests.agent.support import build_model, make_release, model_weights
 
-pytestmark = [pytest.mark.skeleton, pytest.mark.integration]
+pytestmark = [pytest.mark.integration]
 
 FORBIDDEN = ("torch", "flwr", "fastapi", "sqlalchemy", "starlette", "server", "onnx")
 

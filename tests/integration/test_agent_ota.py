@@ -27,7 +27,7 @@ from tests.agent.support import (
     softmax_outputs,
 )
 
-pytestmark = [pytest.mark.skeleton, pytest.mark.integration]
+pytestmark = [pytest.mark.ota, pytest.mark.integration]
 
 DEVICE = "dev-1"
 

@@ -16,7 +16,7 @@ from server.fleet.commands import CommandDeliveryError, CommandPublisher
 from simulations.mosquitto import MosquittoBroker, free_port
 from tests.integration.fleet_support import device_client
 
-pytestmark = [pytest.mark.skeleton, pytest.mark.integration]
+pytestmark = [pytest.mark.telemetry, pytest.mark.integration]
 
 
 def test_command_reaches_the_device_cmd_topic(tmp_path: Path, mosquitto: MosquittoBroker) -> None:

@@ -29,7 +29,7 @@ from tests.integration.fleet_support import (
     wait_until,
 )
 
-pytestmark = [pytest.mark.skeleton, pytest.mark.integration]
+pytestmark = [pytest.mark.telemetry, pytest.mark.integration]
 
 FAST = IngestTuning(batch_max_wait_s=0.05, log_interval_s=0.0)
 

@@ -17,7 +17,7 @@ from server.db.tables import TelemetryRecord
 from server.fleet import inventory
 from tests.integration.fleet_support import postgres_database, sqlite_database
 
-pytestmark = [pytest.mark.skeleton, pytest.mark.integration]
+pytestmark = [pytest.mark.telemetry, pytest.mark.integration]
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

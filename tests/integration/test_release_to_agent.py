@@ -22,7 +22,7 @@ from server.pipeline.publishing import publish_package
 from simulations.mosquitto import MosquittoBroker
 from tests.server.helpers import live_server, make_package
 
-pytestmark = [pytest.mark.skeleton, pytest.mark.integration]
+pytestmark = [pytest.mark.ota, pytest.mark.pipeline, pytest.mark.integration]
 
 
 def wait_for(probe: Callable[[], Any], timeout_s: float = 20.0) -> Any:

@@ -23,7 +23,7 @@ from server.db.engine import close_database, open_database
 from server.pipeline.publishing import PublishedRelease, publish_package
 from tests.server.helpers import live_server, make_package
 
-pytestmark = [pytest.mark.skeleton, pytest.mark.integration]
+pytestmark = [pytest.mark.ota, pytest.mark.integration]
 
 
 @dataclass(frozen=True)

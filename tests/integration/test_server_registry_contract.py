@@ -18,7 +18,7 @@ from server.registry.artifact_store import ArtifactStore
 from server.registry.registry import Lineage, NewVersion, Registry
 from tests.server.helpers import postgres_available, postgres_schema_url
 
-pytestmark = [pytest.mark.skeleton, pytest.mark.integration]
+pytestmark = [pytest.mark.pipeline, pytest.mark.integration]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -43,9 +43,10 @@ def parse_message(
         return Rejected("oversized", f"{size_bytes} bytes exceeds {MAX_PAYLOAD_BYTES}", kind)
     if not payload:
         return Rejected("empty", "zero-length payload", kind)
-    message_type = DeviceStatus if kind == "status" else TelemetryBatch
     try:
-        message: DeviceStatus | TelemetryBatch = decode(message_type, payload)
+        message: DeviceStatus | TelemetryBatch = (
+            decode(DeviceStatus, payload) if kind == "status" else decode(TelemetryBatch, payload)
+        )
     except PayloadError as err:
         return Rejected(_reason_for(err), str(err), kind)
     if message.device_id != device_id:

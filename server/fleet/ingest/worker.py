@@ -8,10 +8,9 @@
     flush thread: writes what has waited batch_max_wait_s (quiet traffic), and takes over
         every write, retrying with backoff, while the database is failing
 
-Writing full batches on the network thread is a measured choice: handing every message to
-a writer thread cost a fifth of ingest's throughput in GIL hand-offs (bench_telemetry (a):
-0.47-0.51 of a bare subscriber through a queue, 0.59 inline). It never waits on a failing
-database there: the first failure hands the batch back to the flush thread, which retries
+Full batches are written on the network thread: handing every message to a writer thread
+costs throughput in GIL hand-offs (docs/fleet-mqtt.md, benchmarks/bench_telemetry.py). It
+never waits on a failing database there: the first failure hands the batch back to the flush thread, which retries
 while the network thread only collects (so keepalives keep flowing). One lock covers taking
 a batch, writing it and acknowledging it, so PUBACKs leave in the order messages arrived.
 
@@ -61,7 +60,7 @@ from edgeops.messages import MAX_PAYLOAD_BYTES, DeviceStatus, TelemetryBatch
 from edgeops.topics import Topics
 from server.config.settings import ServerSettings
 from server.fleet.ingest.parse import Rejected, parse_message
-from server.fleet.ingest.stats import IngestCounters, IngestStats, RateLimitedLog
+from server.fleet.ingest.stats import IngestCounters, IngestStats, MessageKind, RateLimitedLog
 from server.fleet.inventory import apply_status, load_devices, record_telemetry
 from server.fleet.mqtt_client import new_client, reason_text, server_client_id, start_connecting
 
@@ -274,7 +273,8 @@ class Ingest:
             except UnicodeDecodeError:
                 topic = repr(message._topic)  # noqa: SLF001 - invalid UTF-8, keep it printable
             size = len(message.payload)
-            payload = message.payload if size <= MAX_PAYLOAD_BYTES else None
+            # bytes(b) is b itself for paho's bytes payloads: no copy on the hot path
+            payload = bytes(message.payload) if size <= MAX_PAYLOAD_BYTES else None
             item = _Received(topic, payload, size, message.mid, message.qos, self._generation)
             self._counters.received()
             pending = self._add_pending(item)
@@ -384,7 +384,9 @@ class Ingest:
             except (DataError, IntegrityError) as err:
                 # One bad message must not block the others: isolate it.
                 if len(messages) == 1:
-                    kind = "status" if isinstance(messages[0], DeviceStatus) else "telemetry"
+                    kind: MessageKind = (
+                        "status" if isinstance(messages[0], DeviceStatus) else "telemetry"
+                    )
                     self._reject(Rejected("unstorable", str(err.orig), kind), messages[0].device_id)
                     return
                 for message in messages:

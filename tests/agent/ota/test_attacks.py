@@ -27,7 +27,7 @@ from tests.agent.ota.support import (
     trickle,
 )
 
-pytestmark = [pytest.mark.ota, pytest.mark.attacks]
+pytestmark = [pytest.mark.ota, pytest.mark.attacks, pytest.mark.integration]
 
 
 @pytest.fixture

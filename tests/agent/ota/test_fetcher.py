@@ -23,7 +23,7 @@ from tests.agent.ota.support import (
     tls_server_context,
 )
 
-pytestmark = [pytest.mark.ota]
+pytestmark = [pytest.mark.ota, pytest.mark.integration]
 
 DATA = bytes(range(256)) * 4096  # 1 MiB
 NAME = "/tuf/targets/m/1/" + "ab" * 32 + ".model.onnx"

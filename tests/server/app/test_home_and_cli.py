@@ -13,7 +13,7 @@ from server.cli.release import app as release_app
 from server.cli.server import app as server_app
 from server.config.settings import ServerSettings, load_settings
 
-pytestmark = [pytest.mark.skeleton]
+pytestmark = [pytest.mark.pipeline]
 
 
 def test_init_home_creates_everything(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from edgeops.messages import MAX_PAYLOAD_BYTES, DeviceStatus, TelemetryBatch, en
 from edgeops.topics import Topics
 from server.fleet.ingest.parse import Rejected, parse_message
 
-pytestmark = [pytest.mark.skeleton]
+pytestmark = [pytest.mark.telemetry]
 
 TOPICS = Topics.for_fleet("f1")
 STATUS = DeviceStatus(device_id="d1", online=True, state="running", model="digits", version=2)

@@ -8,7 +8,7 @@ import pytest
 
 from server.fleet.ingest.stats import IngestCounters, RateLimitedLog
 
-pytestmark = [pytest.mark.skeleton]
+pytestmark = [pytest.mark.telemetry]
 
 
 def test_counters_snapshot() -> None:

@@ -9,7 +9,7 @@ import pytest
 from edgeops.errors import ConfigError, NotFoundError
 from server.registry.artifact_store import ArtifactStore
 
-pytestmark = [pytest.mark.skeleton]
+pytestmark = [pytest.mark.pipeline]
 
 
 def test_put_file_stores_content_under_its_sha256(tmp_path: Path) -> None:

@@ -41,6 +41,7 @@ def edgeops(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+@pytest.mark.integration
 def test_rollout_commands_mirror_the_api(server: dict) -> None:
     conn = ["--home", server["home"], "--server", server["url"]]
     _, out = edgeops("fleet", "label", "a-1", "--group", "lab", "--tag", "eu", *conn, "--json")
