@@ -1,4 +1,5 @@
-"""Fixed-bin feature histograms (mergeable by addition) and drift statistics over them.
+"""Fixed-bin feature histograms, mergeable by addition (the drift statistics over them are
+the monitor's: server.monitoring.statistics).
 
 Two layouts: schema 1 clips values outside the bin edges into the edge bins (B counts per
 feature); schema 2 keeps them apart (B+2 counts: underflow, the B bins, overflow).
@@ -13,17 +14,11 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
-    "EPSILON",
     "HistogramLayout",
     "feature_histograms",
     "feature_histograms_v2",
     "histogram_layout",
-    "js_divergence",
-    "ks_statistic",
-    "psi",
 ]
-
-EPSILON = 1e-6
 
 
 @dataclass(frozen=True)
@@ -95,37 +90,3 @@ def feature_histograms_v2(features: ArrayLike, bin_edges: ArrayLike) -> NDArray[
     return flat.reshape(x.shape[1], width).astype(np.int64, copy=False)
 
 
-def _distributions(reference: ArrayLike, observed: ArrayLike) -> tuple[NDArray, NDArray]:
-    ref = np.asarray(reference, dtype=np.float64)
-    obs = np.asarray(observed, dtype=np.float64)
-    if ref.shape != obs.shape:
-        raise ValueError(f"histogram shapes differ: {ref.shape} vs {obs.shape}")
-    ref = ref / np.maximum(ref.sum(axis=-1, keepdims=True), 1)
-    obs = obs / np.maximum(obs.sum(axis=-1, keepdims=True), 1)
-    return ref, obs
-
-
-def psi(reference: ArrayLike, observed: ArrayLike) -> NDArray[np.float64]:
-    """Population stability index per feature (last axis = bins)."""
-    ref, obs = _distributions(reference, observed)
-    ref, obs = ref + EPSILON, obs + EPSILON
-    return np.sum((obs - ref) * np.log(obs / ref), axis=-1)
-
-
-def ks_statistic(reference: ArrayLike, observed: ArrayLike) -> NDArray[np.float64]:
-    """Kolmogorov-Smirnov distance per feature, on the binned CDFs."""
-    ref, obs = _distributions(reference, observed)
-    return np.max(np.abs(np.cumsum(ref, axis=-1) - np.cumsum(obs, axis=-1)), axis=-1)
-
-
-def js_divergence(reference: ArrayLike, observed: ArrayLike) -> NDArray[np.float64]:
-    """Jensen-Shannon divergence per feature, in bits (0 = same, 1 = disjoint)."""
-    ref, obs = _distributions(reference, observed)
-    mid = (ref + obs) / 2
-
-    def kl(p: NDArray, q: NDArray) -> NDArray:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            terms = np.where(p > 0, p * np.log2(p / np.where(q > 0, q, 1)), 0.0)
-        return terms.sum(axis=-1)
-
-    return (kl(ref, mid) + kl(obs, mid)) / 2

@@ -48,7 +48,10 @@ def _pair(reference: ArrayLike, observed: ArrayLike) -> tuple[Float, Float]:
     ref, obs = _proportions(reference), _proportions(observed)
     if ref.shape[-1] != obs.shape[-1]:
         raise ValueError(f"bin counts differ: reference {ref.shape} vs observed {obs.shape}")
-    return np.broadcast_arrays(ref, obs)  # type: ignore[return-value]
+    try:
+        return np.broadcast_arrays(ref, obs)  # type: ignore[return-value]
+    except ValueError as err:
+        raise ValueError(f"histogram shapes differ: {ref.shape} vs {obs.shape}") from err
 
 
 def pad_v1(histograms: ArrayLike) -> NDArray[np.int64]:
