@@ -12,7 +12,6 @@ An unknown device is a NotFoundError, a 404 through the app's one error handler.
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -23,6 +22,7 @@ from sqlalchemy import func, select
 from edgeops.topics import DEVICE_ID_PATTERN
 from server.api.audit import note
 from server.api.deps import OperatorDep, SessionFactoryDep, ViewerDep
+from server.api.labels import LABEL, clean_tags
 from server.db.tables import Device, DeviceEvent, DeviceLabel, TelemetryRecord, as_utc
 from server.fleet import inventory
 
@@ -37,7 +37,6 @@ __all__ = [
 
 router = APIRouter(prefix="/api", tags=["devices"])
 
-LABEL = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 DeviceId = Annotated[str, Path(max_length=64, pattern=DEVICE_ID_PATTERN.pattern)]
 
 
@@ -91,10 +90,7 @@ class DeviceLabelsUpdate(BaseModel):
     @field_validator("tags")
     @classmethod
     def _tags(cls, value: list[str]) -> list[str]:
-        bad = [t for t in value if not re.match(LABEL, t)]
-        if bad:
-            raise ValueError(f"invalid tags {bad[:5]!r}: letters, digits, '.', '_', '-'")
-        return sorted(set(value))
+        return clean_tags(value)
 
 
 class DeviceLabelsPublic(BaseModel):

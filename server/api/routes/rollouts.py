@@ -8,7 +8,6 @@ unknown release or rollout 404, a rollout that selects no device 400.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
@@ -16,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from server.api.audit import note
 from server.api.deps import OperatorDep, SessionFactoryDep, ViewerDep
+from server.api.labels import LABEL, clean_tags
 from server.pipeline.steps import start_rollout
 from server.rollouts import store
 from server.rollouts.controller import RolloutPolicy
@@ -26,7 +26,6 @@ __all__ = ["RolloutCreate", "RolloutDevicePublic", "RolloutPublic", "router"]
 router = APIRouter(prefix="/api/rollouts", tags=["rollouts"])
 
 TARGET_PATH = r"^[A-Za-z0-9][A-Za-z0-9._+-]*(?:/[A-Za-z0-9][A-Za-z0-9._+-]*)*$"
-LABEL = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 MAX_ID = 2**31 - 1
 DAY_S = 24 * 3600.0
 RolloutId = Annotated[int, Path(ge=1, le=MAX_ID, description="rollout id")]
@@ -57,10 +56,7 @@ class RolloutCreate(BaseModel):
     @field_validator("tags")
     @classmethod
     def _tags(cls, value: list[str]) -> list[str]:
-        bad = [t for t in value if not re.match(LABEL, t)]
-        if bad:
-            raise ValueError(f"invalid tags {bad[:5]!r}: letters, digits, '.', '_', '-'")
-        return sorted(set(value))
+        return clean_tags(value)
 
     @model_validator(mode="after")
     def _waves(self) -> RolloutCreate:
