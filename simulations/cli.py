@@ -18,7 +18,7 @@ app = typer.Typer(add_completion=False)
     help=(
         "Run the whole EdgeOps loop on this machine: start Mosquitto on a free port, the "
         "server, and N agents with their own local data; train a model federatedly "
-        "on the devices' own data (SecAgg+), quantize, sign and publish it; update every agent over the air; let them infer; collect telemetry.\n\n"
+        "on the devices' own data (SecAgg+), quantize, sign and publish it; roll it out over the air in waves through the rollout controller; let them infer; collect telemetry.\n\n"
         "Writes report.json, report.html (plots) and the logs of every part into --out."
     )
 )
