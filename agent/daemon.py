@@ -39,6 +39,7 @@ from agent.telemetry.window import TelemetryWindow, WindowRelease
 from edgeops import __version__
 from edgeops.errors import EdgeOpsError, PayloadError, UpdateError
 from edgeops.messages import AgentState, Command, DeviceStatus, TelemetryBatch, decode
+from edgeops.update_states import COMMITTED_STATES
 
 logger = logging.getLogger(__name__)
 
@@ -362,7 +363,7 @@ class Agent:
         """Block until the agent serves `version` and is running; False on timeout."""
         deadline = time.monotonic() + timeout_s
         with self._changed:
-            while not (self.active_version == version and self._state in ("running", "committed")):
+            while not (self.active_version == version and self._state in COMMITTED_STATES):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
