@@ -6,6 +6,7 @@
     overview   /console/
     rollouts   /console/rollouts[/{id}[/progress|/pause|/resume|/abort]]
     devices    /console/devices[/{id}]
+    monitor    /console/monitor[/{model}] (drift, accuracy, volume charts per cohort)
     static     /console/static/{console.js,console.css}
     render     HTML helpers (escaping, tables, bars, the start-rollout form)
     forms      bounded url-encoded form bodies (FormDep)
@@ -18,10 +19,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from server.console import auth, devices, overview, rollouts, static
+from server.console import auth, devices, monitor, overview, rollouts, static
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/console", include_in_schema=False)
-for _part in (static, auth, overview, rollouts, devices):
+for _part in (static, auth, overview, rollouts, devices, monitor):
     router.include_router(_part.router)
