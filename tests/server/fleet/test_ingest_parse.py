@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from edgeops.messages import MAX_PAYLOAD_BYTES, DeviceStatus, TelemetryBatch, encode
@@ -55,3 +57,40 @@ def test_oversized_payload_is_rejected_whether_kept_or_dropped_on_arrival() -> N
     dropped = parse_message(TOPICS, TOPICS.telemetry("d1"), None, len(big))
     assert isinstance(kept, Rejected) and kept.reason == "oversized"
     assert isinstance(dropped, Rejected) and dropped.reason == "oversized"
+
+
+def _v2(**sketches: object) -> bytes:
+    """A schema-2 window of 4 predictions, 2 features x (2 bins + under/overflow), 2 classes."""
+    fields: dict[str, object] = {
+        "schema": 2, "device_id": "d1", "window_start": 0.0, "window_end": 1.0, "count": 4,
+        "errors": 0, "predicted_classes": [3, 1],
+        "feature_histograms": [[0, 2, 2, 0], [1, 1, 1, 1]],
+        "class_confidence": [[0] * 9 + [3], [0] * 9 + [1]],
+    }
+    fields.update(sketches)
+    return json.dumps(fields).encode()
+
+
+@pytest.mark.monitor
+def test_a_well_formed_v2_window_is_accepted() -> None:
+    assert isinstance(_parse(TOPICS.telemetry("d1"), _v2()), TelemetryBatch)
+
+
+@pytest.mark.monitor
+@pytest.mark.parametrize(
+    "sketches",
+    [
+        {"feature_histograms": [[0, 2, 2, 0], [1, 1, 2]]},  # ragged
+        {"feature_histograms": [[0, 2, 3, -1], [1, 1, 1, 1]]},  # a negative count
+        {"feature_histograms": [[0, 9, 0, 0], [1, 1, 1, 1]]},  # a bin above the window's count
+        {"class_confidence": [[0] * 9 + [3], [0] * 10]},  # 3 of the window's 4 predictions
+        {"class_confidence": [[0] * 8 + [3], [0] * 8 + [1]]},  # 9 confidence bins
+        {"confusion": [[1, 0, 0], [0, 1, 0]], "feedback_count": 2},  # not square
+        {"confusion": [[4, 1], [0, 0]], "feedback_count": 5},  # more labels than predictions
+    ],
+)
+def test_forged_v2_sketches_are_rejected_with_a_reason(sketches: dict[str, object]) -> None:
+    result = _parse(TOPICS.telemetry("d1"), _v2(**sketches))
+    assert isinstance(result, Rejected)
+    assert result.reason == "invalid_schema"
+    assert result.detail
