@@ -114,9 +114,13 @@ def emit(result: dict[str, Any], as_json: bool, human: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: runs the command and maps domain errors to exit codes."""
+    """Entry point: runs the command and maps domain errors to exit codes.
+
+    With `standalone_mode=False` Click catches a command's `typer.Exit(code)` itself and
+    returns the code instead of raising it, so the returned value is the exit code to pass on.
+    """
     try:
-        root.main(args=argv, prog_name="edgeops", standalone_mode=False)
+        returned = root.main(args=argv, prog_name="edgeops", standalone_mode=False)
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
     except click.ClickException as err:
@@ -128,7 +132,14 @@ def main(argv: list[str] | None = None) -> None:
     except EdgeOpsError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(exit_code_for(err))
-    sys.exit(ExitCode.OK)
+    sys.exit(_exit_code_of(returned))
+
+
+def _exit_code_of(returned: object) -> int:
+    """The process exit code for what `root.main` returned (an `Exit`'s code, or a result)."""
+    if isinstance(returned, int) and not isinstance(returned, bool):
+        return returned
+    return ExitCode.OK
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -101,7 +101,7 @@ def start(
     failure_threshold: Annotated[float, typer.Option(help="Abort when this % of updated devices failed...")] = DEFAULTS.failure_threshold_pct,
     failure_min: Annotated[int, typer.Option(help="...and at least this many.")] = DEFAULTS.failure_min_count,
     device_timeout_s: Annotated[float, typer.Option("--device-timeout", help="Seconds a device has to commit.")] = DEFAULTS.device_timeout_s,
-    watch: Annotated[bool, typer.Option("--watch", help="Follow progress until it finishes.")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Follow progress until it finishes (exit code 7 if it ends aborted).")] = False,
     home: HomeOption = None,
     server: ServerOption = None,
     token: TokenOption = None,

@@ -15,6 +15,7 @@ __all__ = ["DONE_PHASES", "FAILED_PHASES", "RolloutSummary", "WaveSummary", "sum
 
 DONE_PHASES = frozenset({"succeeded", "already"})
 FAILED_PHASES = frozenset({"failed", "timed_out", "rollback_failed"})
+_STOPPED_STATUSES = frozenset({"aborting", "aborted"})
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,9 @@ class WaveSummary:
     phases: dict[str, int]
     done: int  # succeeded or already on the target
     failed: int
-    status: str  # "queued" | "in_progress" | "soaking" | "passed"
+    # "queued" | "in_progress" | "soaking" | "passed"; once the rollout stops, the wave it was
+    # on reads "aborting" then "aborted", and the waves after it "skipped"
+    status: str
 
 
 @dataclass(frozen=True)
@@ -55,12 +58,13 @@ class RolloutSummary:
 
 
 def _wave_status(rollout: Rollout, index0: int) -> str:
+    stopped = rollout.status in _STOPPED_STATUSES
     if rollout.wave_started_at is None or index0 > rollout.current_wave:
-        return "queued"
-    if index0 < rollout.current_wave:
+        return "skipped" if stopped else "queued"  # an aborted rollout never starts them
+    if index0 < rollout.current_wave or rollout.status == "completed":
         return "passed"
-    if rollout.status == "completed":
-        return "passed"
+    if stopped:
+        return rollout.status  # the wave it was on says the rollout is aborting/aborted
     return "soaking" if rollout.soak_started_at is not None else "in_progress"
 
 
