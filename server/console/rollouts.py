@@ -6,8 +6,6 @@ a refusal (a domain error) is a page with the status `server.api.errors.status_f
 
 from __future__ import annotations
 
-import time
-
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import ValidationError
@@ -35,6 +33,7 @@ from server.console.render import (
     waves_text,
 )
 from server.db.tables import DeviceLabel, Release
+from server.pipeline import steps
 from server.rollouts import store
 from server.rollouts.summary import summarize
 
@@ -75,8 +74,7 @@ def start_rollout(request: Request, form: FormDep, user: ConsoleOperatorDep,
         return html(page("Rollout refused", f'<p class="error">{e(err)}</p>', user), 422)
     spec = store.RolloutSpec(target=body.target, group=body.group, tags=(), policy=body.policy())
     try:
-        with session_factory.begin() as session:
-            rollout_id = store.create_rollout(session, spec, user.name, time.time()).id
+        rollout_id = steps.start_rollout(session_factory, spec, user.name).id
     except EdgeOpsError as err:
         return html(page("Rollout refused", f'<p class="error" id="refused">{e(err)}</p>', user),
                     status_for(err))
