@@ -41,9 +41,8 @@ import numpy as np  # noqa: E402
 
 from agent.runtime import ModelRuntime  # noqa: E402
 from edgeops.packaging import package_model  # noqa: E402
-from edgeops.packaging.monitoring import confidence_bins  # noqa: E402
 from edgeops.schemas import ReleaseInfo  # noqa: E402
-from edgeops.sketches import feature_histograms_v2  # noqa: E402
+from edgeops.sketches import confidence_bins, feature_histograms_v2  # noqa: E402
 from edgeops.tasks import TrainConfig, load_task  # noqa: E402
 from server.monitoring.detector import (  # noqa: E402
     CohortState,

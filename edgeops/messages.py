@@ -20,6 +20,7 @@ from typing import Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edgeops.errors import PayloadError
+from edgeops.sketches import CONFIDENCE_BINS
 from edgeops.topics import DEVICE_ID_PATTERN
 from edgeops.update_states import AgentState  # re-exported: the state a status reports
 
@@ -41,8 +42,6 @@ __all__ = [
 ]
 
 MAX_PAYLOAD_BYTES = 256 * 1024
-# Top-1 confidence bins: 10 equal bins over [0, 1], bin = min(int(c * 10), 9).
-CONFIDENCE_BINS = 10
 # The telemetry schema agents send.
 TELEMETRY_SCHEMA: Literal[2] = 2
 DEVICE_ID_FIELD = Field(pattern=DEVICE_ID_PATTERN.pattern)

@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from edgeops.sketches import CONFIDENCE_BINS
+
 __all__ = [
     "CALIBRATION_BINS",
     "GoldenVectors",
@@ -25,7 +27,7 @@ __all__ = [
 
 ModelFormat = Literal["fp32", "int8"]
 # Top-1 confidence bins of the monitoring reference: 10 equal bins over [0, 1].
-CALIBRATION_BINS = 10
+CALIBRATION_BINS = CONFIDENCE_BINS  # calibration cells are telemetry's confidence bins
 
 
 class StrictModel(BaseModel):

@@ -14,11 +14,22 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
+    "CONFIDENCE_BINS",
     "HistogramLayout",
+    "confidence_bins",
     "feature_histograms",
     "feature_histograms_v2",
     "histogram_layout",
 ]
+
+# Equal bins of the top-1 confidence over [0, 1], in telemetry and in release calibration.
+CONFIDENCE_BINS = 10
+
+
+def confidence_bins(confidence: ArrayLike) -> NDArray[np.int64]:
+    """Top-1 confidence bin of each prediction: min(int(c * CONFIDENCE_BINS), last bin)."""
+    c = np.asarray(confidence, dtype=np.float64)
+    return np.clip((c * CONFIDENCE_BINS).astype(np.int64), 0, CONFIDENCE_BINS - 1)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from edgeops.messages import (
     TelemetryBatch,
 )
 from edgeops.schemas import ReleaseInfo
-from edgeops.sketches import feature_histograms_v2
+from edgeops.sketches import confidence_bins, feature_histograms_v2
 
 __all__ = ["CONFIDENCE_BINS", "TelemetryWindow", "WindowPrivacy", "WindowRelease"]
 
@@ -164,7 +164,7 @@ class TelemetryWindow:
         confidence = probs.max(axis=1)
         self._conf_sum += float(confidence.sum())
         self._conf_min = min(self._conf_min, float(confidence.min()))
-        bins = np.clip((confidence * CONFIDENCE_BINS).astype(np.int64), 0, CONFIDENCE_BINS - 1)
+        bins = confidence_bins(confidence)
         self._conf_hist += np.bincount(bins, minlength=CONFIDENCE_BINS)
         predicted = probs.argmax(axis=1)
         classes = np.bincount(predicted, minlength=self._classes.size)

@@ -14,18 +14,12 @@ from numpy.typing import ArrayLike
 
 from edgeops.errors import PackagingError
 from edgeops.schemas import CALIBRATION_BINS, MonitoringReference
-from edgeops.sketches import feature_histograms_v2
+from edgeops.sketches import confidence_bins, feature_histograms_v2
 
-__all__ = ["CALIBRATION_DECIMALS", "calibration_map", "confidence_bins", "monitoring_reference"]
+__all__ = ["CALIBRATION_DECIMALS", "calibration_map", "monitoring_reference"]
 
 # Calibration values are rounded: they travel as strings in signed TUF metadata.
 CALIBRATION_DECIMALS = 4
-
-
-def confidence_bins(confidence: ArrayLike) -> np.ndarray:
-    """Top-1 confidence bin of each prediction: min(int(c * 10), 9), as the agent bins."""
-    c = np.asarray(confidence, dtype=np.float64)
-    return np.clip((c * CALIBRATION_BINS).astype(np.int64), 0, CALIBRATION_BINS - 1)
 
 
 def calibration_map(

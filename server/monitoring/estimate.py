@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["CONFIDENCE_BINS", "estimated_accuracy", "naive_accuracy", "realised_accuracy"]
+from edgeops.sketches import CONFIDENCE_BINS
 
-CONFIDENCE_BINS = 10
+__all__ = ["estimated_accuracy", "naive_accuracy", "realised_accuracy"]
 
 
 def _counts(class_confidence: ArrayLike) -> np.ndarray:

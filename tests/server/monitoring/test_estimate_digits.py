@@ -12,9 +12,8 @@ import pytest
 
 from agent.runtime import ModelRuntime
 from edgeops.packaging import package_model
-from edgeops.packaging.monitoring import confidence_bins
 from edgeops.schemas import ReleaseInfo
-from edgeops.sketches import feature_histograms_v2
+from edgeops.sketches import confidence_bins, feature_histograms_v2
 from edgeops.tasks import load_task
 from edgeops.tasks.base import Dataset
 from server.monitoring.detector import (
