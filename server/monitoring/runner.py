@@ -202,9 +202,13 @@ class MonitorRunner:
 
     def _score_window(self, session: Session, start: float, end: float) -> None:
         merged: dict[tuple[str, str], _Merged] = {}
+        # Looked up once per release and window: a lookup reads the signed targets.
+        references: dict[str, Reference | None] = {}
         for row in store.telemetry_rows(session, start, end):
             release = _release_key(row)
-            reference = self._references(release) if release else None
+            if release is not None and release not in references:
+                references[release] = self._references(release)
+            reference = references.get(release) if release else None
             histograms = self._histograms(row, reference)
             if release is None or reference is None or histograms is None:
                 self.stats.rows_skipped += 1
@@ -217,7 +221,7 @@ class MonitorRunner:
         ordered = [cohort for _key, cohort in sorted(merged.items())]
         for cohort in ordered:
             release = cohort.release
-            ref = self._references(release)
+            ref = references[release]
             assert ref is not None
             window = cohort.window()
             null = None
