@@ -6,7 +6,8 @@ import pytest
 
 from tests.server.rollouts.conftest import ApiWorld
 
-pytestmark = pytest.mark.rollouts
+# The app's fleet side dials a closed broker port in the background: a real socket.
+pytestmark = [pytest.mark.rollouts, pytest.mark.integration]
 
 
 def test_rollout_lifecycle_conflict_and_audit(api_world: ApiWorld) -> None:
