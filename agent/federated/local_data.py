@@ -1,6 +1,12 @@
 """A device's local data: a file the operator gives the SuperNode, or (in simulation) the
-partition of the task's dataset that this virtual device owns, plus (with `feedback-path`)
-the labelled examples the agent's feedback store holds, appended to the training rows."""
+partition of the task's dataset that this virtual device owns, plus the train side of the
+labelled examples the agent's feedback store holds, appended to the training rows.
+
+Where the feedback store is: a real device names it in its node config (`feedback-path`);
+a simulated device (`partition-id` k) whose run has a participants manifest plays
+participant k and uses that device's base partition and feedback file. The eval side of
+the store is what the fleet evaluation scores (`fleet_eval_data`); it is never trained on.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +19,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from agent.telemetry.feedback_store import FeedbackStore
+from agent.telemetry.feedback_store import FeedbackSplit, FeedbackStore, LabelledExamples
 from edgeops.errors import ConfigError
-from edgeops.federated.config import ClientRecipe
+from edgeops.federated.config import ClientRecipe, Participants, read_participants
 from edgeops.tasks import Task, load_task, partition_devices
 
-__all__ = ["LocalData", "add_feedback", "load_local_data"]
+__all__ = ["FleetEvalData", "LocalData", "add_feedback", "fleet_eval_data", "load_local_data"]
 
 DATA_PATH_KEY = "data-path"
 PARTITION_ID_KEY = "partition-id"
@@ -36,6 +42,16 @@ class LocalData:
     y_test: NDArray[np.int64]
 
 
+@dataclass(frozen=True)
+class FleetEvalData:
+    """The feedback eval rows of this device, and its index into the sorted cohorts
+    (-1: a device outside any participants manifest)."""
+
+    x: NDArray[np.float32]
+    y: NDArray[np.int64]
+    cohort_index: int
+
+
 def partition_id(node_config: Mapping[str, Any]) -> int:
     """The simulated partition of this node, or -1 for a device with its own data file."""
     return int(node_config.get(PARTITION_ID_KEY, -1))
@@ -44,38 +60,94 @@ def partition_id(node_config: Mapping[str, Any]) -> int:
 def load_local_data(node_config: Mapping[str, Any], recipe: ClientRecipe) -> LocalData:
     """`data-path` (an .npz with x_train, y_train and optionally x_test, y_test) if the
     SuperNode was given one, else partition `partition-id` of `num-partitions`; with
-    `feedback-path`, the device's labelled feedback joins the training rows."""
+    `feedback-path`, the train side of the device's labelled feedback joins the training
+    rows. A simulated node of a run with a participants manifest plays its participant:
+    base partition `partition` of `num_partitions` plus that device's feedback train rows."""
+    participants = _participants(node_config, recipe)
+    if participants is not None:
+        participant = participants.at(partition_id(node_config))
+        base = _partition(
+            recipe.task,
+            participant.partition,
+            participants.num_partitions,
+            recipe.alpha,
+            recipe.partition_seed,
+        )
+        return add_feedback(base, Path(participant.feedback_path), split="train",
+                            until=participants.feedback_until)
     data = _base_data(node_config, recipe)
     if FEEDBACK_PATH_KEY in node_config:
-        data = add_feedback(data, Path(str(node_config[FEEDBACK_PATH_KEY])))
+        data = add_feedback(data, Path(str(node_config[FEEDBACK_PATH_KEY])), split="train")
     return data
 
 
-def add_feedback(data: LocalData, path: Path) -> LocalData:
-    """`data` with the feedback store's labelled examples appended to its training rows
-    (unchanged when the store does not exist yet or is empty)."""
-    if not path.exists():
-        return data
-    store = FeedbackStore(path)
-    try:
-        examples = store.examples()
-    finally:
-        store.close()
-    if not len(examples):
-        return data
-    row_shape = data.x_train.shape[1:]
-    if int(np.prod(examples.inputs.shape[1:])) != int(np.prod(row_shape)):
-        raise ConfigError(
-            f"feedback examples in {path} have shape {examples.inputs.shape[1:]}, "
-            f"the local data {row_shape}"
+def fleet_eval_data(node_config: Mapping[str, Any], recipe: ClientRecipe) -> FleetEvalData:
+    """The eval side of this device's feedback store (empty without a store), shaped as the
+    task's input rows, and the device's cohort index from the participants manifest."""
+    task = load_task(recipe.task)
+    participants = _participants(node_config, recipe)
+    path: Path | None = None
+    cohort_index = -1
+    until = participants.feedback_until if participants is not None else None
+    if participants is not None:
+        index = partition_id(node_config)
+        path, cohort_index = Path(participants.at(index).feedback_path), participants.cohort_index(index)
+    elif FEEDBACK_PATH_KEY in node_config:
+        path = Path(str(node_config[FEEDBACK_PATH_KEY]))
+    row_shape = tuple(int(d) for d in task.input_schema.shape[1:] if d is not None)
+    examples = _read_feedback(path, "eval", until) if path is not None else None
+    if path is None or examples is None or not len(examples):
+        return FleetEvalData(
+            np.zeros((0, *row_shape), np.float32), np.zeros(0, np.int64), cohort_index
         )
-    x = examples.inputs.reshape(len(examples), *row_shape)
+    return FleetEvalData(_rows(examples, row_shape, path), examples.labels, cohort_index)
+
+
+def add_feedback(
+    data: LocalData, path: Path, *, split: FeedbackSplit | None = None,
+    until: float | None = None,
+) -> LocalData:
+    """`data` with the feedback store's labelled examples (only the `split` side, and only
+    those labelled by `until`, if given) appended to its training rows (unchanged when the
+    store does not exist or is empty)."""
+    examples = _read_feedback(path, split, until)
+    if examples is None or not len(examples):
+        return data
+    x = _rows(examples, data.x_train.shape[1:], path)
     return LocalData(
         np.concatenate([data.x_train, x]),
         np.concatenate([data.y_train, examples.labels]),
         data.x_test,
         data.y_test,
     )
+
+
+def _read_feedback(
+    path: Path, split: FeedbackSplit | None, until: float | None = None
+) -> LabelledExamples | None:
+    if not path.exists():
+        return None
+    store = FeedbackStore(path)
+    try:
+        return store.examples(split=split, until=until)
+    finally:
+        store.close()
+
+
+def _rows(examples: LabelledExamples, row_shape: tuple[int, ...], path: Path) -> NDArray[np.float32]:
+    if int(np.prod(examples.inputs.shape[1:])) != int(np.prod(row_shape)):
+        raise ConfigError(
+            f"feedback examples in {path} have shape {examples.inputs.shape[1:]}, "
+            f"the local data {row_shape}"
+        )
+    return examples.inputs.reshape(len(examples), *row_shape)
+
+
+def _participants(node_config: Mapping[str, Any], recipe: ClientRecipe) -> Participants | None:
+    """The run's manifest, for a simulated node (one with a partition-id) only."""
+    if not recipe.participants_file or PARTITION_ID_KEY not in node_config:
+        return None
+    return read_participants(recipe.participants_file)
 
 
 def _base_data(node_config: Mapping[str, Any], recipe: ClientRecipe) -> LocalData:

@@ -1,5 +1,6 @@
 """The Flower client: trains the task's model on this device's data with the task's own
-train function, and evaluates it on the device's held-out rows."""
+train function, and evaluates it on the device's held-out rows, or (fleet evaluation) on
+the eval side of its feedback store, replying with per-class counts only."""
 
 from __future__ import annotations
 
@@ -13,14 +14,21 @@ from flwr.app import ArrayRecord, Context
 from flwr.client import NumPyClient
 from numpy.typing import NDArray
 
-from agent.federated.local_data import LocalData, load_local_data, partition_id
+from agent.federated.local_data import LocalData, fleet_eval_data, load_local_data, partition_id
 from agent.federated.mods import HISTOGRAM_STATE_KEY
 from edgeops.errors import ConfigError
 from edgeops.federated.config import ClientRecipe
 from edgeops.federated.histograms import local_frequencies
 from edgeops.tasks import Task, TrainConfig, load_task
 
-__all__ = ["HISTOGRAM_STATE_KEY", "SimulatedDropout", "TaskClient", "get_weights", "set_weights"]
+__all__ = [
+    "HISTOGRAM_STATE_KEY",
+    "SimulatedDropout",
+    "TaskClient",
+    "class_counts",
+    "get_weights",
+    "set_weights",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -53,11 +61,15 @@ class TaskClient(NumPyClient):
         self._node_config: Mapping[str, Any] = dict(context.node_config)
         self._partition = partition_id(self._node_config)
 
-    def _setup(self, config: Mapping[str, Any]) -> tuple[ClientRecipe, Task, LocalData]:
+    def _recipe(self, config: Mapping[str, Any]) -> ClientRecipe:
         recipe = ClientRecipe.from_config(config)
         pinned = self._node_config.get("task")
         if pinned is not None and str(pinned) != recipe.task:
             raise ConfigError(f"this device trains {pinned!r}, the server asked for {recipe.task!r}")
+        return recipe
+
+    def _setup(self, config: Mapping[str, Any]) -> tuple[ClientRecipe, Task, LocalData]:
+        recipe = self._recipe(config)
         return recipe, load_task(recipe.task), load_local_data(self._node_config, recipe)
 
     def get_parameters(self, config: dict[str, Any]) -> list[NDArray[Any]]:
@@ -91,6 +103,9 @@ class TaskClient(NumPyClient):
     def evaluate(
         self, parameters: list[NDArray[Any]], config: dict[str, Any]
     ) -> tuple[float, int, dict[str, Any]]:
+        recipe = self._recipe(config)
+        if recipe.fleet_evaluation:
+            return self._fleet_evaluate(parameters, recipe)
         _recipe, task, data = self._setup(config)
         if len(data.y_test) == 0:
             return 0.0, 0, {}
@@ -98,3 +113,33 @@ class TaskClient(NumPyClient):
         set_weights(model, parameters)
         metrics = task.evaluate(model, data.x_test, data.y_test)
         return float(metrics["loss"]), len(data.y_test), {"accuracy": float(metrics["accuracy"])}
+
+    def _fleet_evaluate(
+        self, parameters: list[NDArray[Any]], recipe: ClientRecipe
+    ) -> tuple[float, int, dict[str, Any]]:
+        """Per-class counts on the feedback eval split; zero counts when there is none."""
+        task = load_task(recipe.task)
+        data = fleet_eval_data(self._node_config, recipe)
+        model = task.make_model()
+        set_weights(model, parameters)
+        metrics: dict[str, Any] = {"cohort_index": data.cohort_index}
+        metrics.update(class_counts(task, model, data.x, data.y))
+        loss = float(task.evaluate(model, data.x, data.y)["loss"]) if len(data.y) else 0.0
+        return loss, len(data.y), metrics
+
+
+def class_counts(
+    task: Task, model: torch.nn.Module, x: NDArray[Any], y: NDArray[np.int64]
+) -> dict[str, int]:
+    """`correct_<c>` and `total_<c>` for every class c of the task, from the task's own
+    evaluate function on each class's rows (its accuracy times the row count is exact)."""
+    counts: dict[str, int] = {}
+    for label in range(task.num_classes):
+        rows = np.flatnonzero(y == label)
+        correct = 0
+        if len(rows):
+            accuracy = float(task.evaluate(model, x[rows], y[rows])["accuracy"])
+            correct = round(accuracy * len(rows))
+        counts[f"correct_{label}"] = correct
+        counts[f"total_{label}"] = len(rows)
+    return counts

@@ -8,16 +8,22 @@
 - Crash-safe: each `add` is one transaction in WAL mode with `synchronous=FULL`, so a
   committed label survives a power cut and a torn write never corrupts the file.
 - A prediction is labelled once: adding the same prediction id again is refused.
+- Split for training and evaluation by a stable hash of the prediction id
+  (`feedback_split`, 1 in `EVAL_ONE_IN` held out): an example is always on the same side,
+  whichever device, process or run reads it, so the fleet evaluation never scores a model
+  on rows it was trained on.
 
 One `FeedbackStore` per agent home (one file, one connection, a lock).
 """
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -25,9 +31,20 @@ from numpy.typing import NDArray
 from agent.telemetry.sqlite_file import open_wal_database
 from edgeops.errors import ConfigError, PayloadError
 
-__all__ = ["FEEDBACK_FILE", "FeedbackStore", "LabelledExamples"]
+__all__ = [
+    "EVAL_ONE_IN",
+    "FEEDBACK_FILE",
+    "FeedbackSplit",
+    "FeedbackStore",
+    "LabelledExamples",
+    "feedback_split",
+]
 
 FEEDBACK_FILE = "feedback.db"
+EVAL_ONE_IN = 5
+
+FeedbackSplit = Literal["train", "eval"]
+SPLITS: tuple[FeedbackSplit, ...] = ("train", "eval")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS examples (
@@ -42,6 +59,13 @@ CREATE TABLE IF NOT EXISTS examples (
     created_at REAL NOT NULL
 );
 """
+
+
+def feedback_split(prediction_id: str) -> FeedbackSplit:
+    """The side of the split `prediction_id` is on: "eval" for 1 in EVAL_ONE_IN ids (by the
+    first 8 bytes of their sha256), "train" for the rest. Pure and stable across runs."""
+    digest = hashlib.sha256(prediction_id.encode()).digest()
+    return "eval" if int.from_bytes(digest[:8], "big") % EVAL_ONE_IN == 0 else "train"
 
 
 @dataclass(frozen=True)
@@ -111,20 +135,40 @@ class FeedbackStore:
             (count,) = self._db.execute("SELECT count(*) FROM examples").fetchone()
         return int(count)
 
-    def examples(self, model: str | None = None, limit: int | None = None) -> LabelledExamples:
-        """The stored examples, oldest first (of `model` only, if given; the newest `limit`)."""
-        query = "SELECT label, predicted, shape, inputs FROM examples"
+    def examples(
+        self,
+        model: str | None = None,
+        limit: int | None = None,
+        *,
+        split: FeedbackSplit | None = None,
+        until: float | None = None,
+    ) -> LabelledExamples:
+        """The stored examples, oldest first (of `model` only, if given; the newest `limit`;
+        only the `split` side of `feedback_split`, if given: the limit counts that side;
+        only those labelled at or before `until`, if given)."""
+        if split is not None and split not in SPLITS:
+            raise ConfigError(f"split must be one of {', '.join(SPLITS)} or None, got {split!r}")
+        query = "SELECT label, predicted, shape, inputs, prediction_id FROM examples"
         params: list[object] = []
+        where: list[str] = []
         if model is not None:
-            query += " WHERE model = ?"
+            where.append("model = ?")
             params.append(model)
+        if until is not None:
+            where.append("created_at <= ?")
+            params.append(until)
+        if where:
+            query += " WHERE " + " AND ".join(where)
         query += " ORDER BY seq DESC"
-        if limit is not None:
+        if limit is not None and split is None:
             query += " LIMIT ?"
             params.append(limit)
         with self._lock:
-            rows = self._db.execute(query, params).fetchall()[::-1]
-        shapes = {shape for _, _, shape, _ in rows}
+            rows = self._db.execute(query, params).fetchall()
+        if split is not None:
+            rows = [row for row in rows if feedback_split(row[4]) == split][:limit]
+        rows = rows[::-1]
+        shapes = {row[2] for row in rows}
         if len(shapes) > 1:  # a model with another input shape: keep the newest shape
             newest = rows[-1][2]
             rows = [row for row in rows if row[2] == newest]

@@ -1,17 +1,22 @@
-"""What a federated training run is asked to do: task, fleet, rounds, strategy, SecAgg+, DP.
+"""What a federated training run is asked to do: task, fleet, rounds, strategy, SecAgg+, DP,
+where it starts from (warm start) and, in simulation, which devices take part.
 
 Frozen dataclasses, checked when built. `to_json()` is what the registry records with the
 run; `run_config()` / `from_run_config()` carry it through Flower's flat run config
-(`flwr run --run-config`, `[tool.flwr.app.config]`).
+(`flwr run --run-config`, `[tool.flwr.app.config]`). The files a config names (warm-start
+weights, participants manifest) are checked when it is built, so a bad path fails before
+any engine starts; whether the weights fit the task's model is checked when the run starts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal
 
 from edgeops.errors import ConfigError
+from edgeops.federated.config import read_participants
 
 __all__ = [
     "STRATEGIES",
@@ -136,6 +141,14 @@ class FederatedConfig:
     dp: DPConfig | None = None
     drift_histogram: bool = True
     drop_partitions: tuple[int, ...] = ()  # fault injection: these clients fail every fit
+    # Warm start: a torch state_dict file of the task's model (a run's weights artifact);
+    # None starts from freshly initialised weights.
+    initial_weights: str | None = None
+    # Simulation: the participants manifest; num_clients must equal its participants.
+    participants_file: str | None = None
+    # After the rounds, evaluate candidate (and warm-start champion) weights on every
+    # participant's feedback eval split, per class and per cohort (needs participants_file).
+    fleet_evaluation: bool = False
 
     def __post_init__(self) -> None:
         if self.num_clients < 1 or self.num_rounds < 1:
@@ -151,6 +164,22 @@ class FederatedConfig:
         bad = [p for p in self.drop_partitions if not 0 <= p < self.num_clients]
         if bad:
             raise ConfigError(f"drop_partitions {bad} are not clients 0..{self.num_clients - 1}")
+        self._check_files()
+
+    def _check_files(self) -> None:
+        if self.initial_weights is not None and not Path(self.initial_weights).is_file():
+            raise ConfigError(
+                f"initial_weights {self.initial_weights!r} is not a file (a torch state_dict)"
+            )
+        if self.fleet_evaluation and self.participants_file is None:
+            raise ConfigError("fleet_evaluation needs a participants_file (who to evaluate)")
+        if self.participants_file is not None:
+            count = len(read_participants(self.participants_file))
+            if count != self.num_clients:
+                raise ConfigError(
+                    f"num_clients is {self.num_clients} but the participants file "
+                    f"{self.participants_file!r} lists {count} participants"
+                )
 
     @property
     def num_sampled_fit(self) -> int:
@@ -192,6 +221,9 @@ class FederatedConfig:
                 )
             if "alpha" in top and float(top["alpha"]) <= 0:
                 top["alpha"] = None
+            for name in ("initial_weights", "participants_file"):
+                if name in top and not str(top[name]):
+                    top[name] = None
             return cls(**top, strategy=strategy, secagg=secagg, dp=dp)
         except TypeError as err:
             raise ConfigError(f"bad federated run config: {err}") from err

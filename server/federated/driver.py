@@ -1,5 +1,6 @@
 """Run a federated training in Flower's Simulation Engine (Ray): one virtual SuperNode per
-device, each training on its own partition of the task's data.
+device, each training on its own partition of the task's data or, with a participants
+manifest, as one listed device on its base partition plus its own feedback store.
 
 The ClientApp is loaded by reference, the way Flower loads `clientapp` from an app's
 pyproject: the server package never imports device code, and any ClientApp that speaks the
@@ -11,11 +12,15 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sqlite3
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from edgeops.errors import ConfigError, MissingDependencyError, TrainingError
+from edgeops.federated.config import read_participants
 from edgeops.tasks import load_task, partition_devices
 from server.federated.config import FederatedConfig
 from server.federated.ledger import RoundOutcome
@@ -81,11 +86,13 @@ def run_simulation_engine(
     client_app: str | Any = DEFAULT_CLIENT_APP,
 ) -> FederatedResult:
     """Train with `config.num_clients` virtual SuperNodes; TrainingError if no round
-    produced a model (Flower itself returns normally in that case)."""
+    produced a model (Flower itself returns normally in that case). A warm-start file that
+    does not fit the task's model is a ConfigError before the engine starts."""
     from flwr.simulation import run_simulation
 
     from server.federated.server_app import make_server_app
 
+    _check_warm_start(config)
     results: list[FederatedResult] = []
     server_app = make_server_app(
         config,
@@ -119,6 +126,8 @@ def run_simulation_engine_series(
         raise ConfigError("a series needs at least one run")
     if len({c.num_clients for c in configs}) != 1:
         raise ConfigError("every run of a series needs the same number of clients")
+    for config in configs:
+        _check_warm_start(config)
     results: list[FederatedResult] = []
     server_app = make_series_server_app(
         configs,
@@ -135,10 +144,43 @@ def run_simulation_engine_series(
     return results
 
 
+def _check_warm_start(config: FederatedConfig) -> None:
+    if config.initial_weights is not None:
+        from server.federated.task_model import warm_start_weights
+
+        warm_start_weights(load_task(config.task), Path(config.initial_weights))
+
+
 def _largest_partition(config: FederatedConfig) -> int:
+    """The most training rows a client has: SecAgg+'s max_weight must cover it. With a
+    participants manifest, a base partition plus that device's stored feedback (counted,
+    an upper bound on its train side; nothing else is read)."""
     labels = load_task(config.task).load_data().y_train
-    parts = partition_devices(labels, config.num_clients, config.alpha, config.seed)
-    return max(len(p) for p in parts)
+    if config.participants_file is None:
+        parts = partition_devices(labels, config.num_clients, config.alpha, config.seed)
+        return max(len(p) for p in parts)
+    manifest = read_participants(config.participants_file)
+    parts = partition_devices(labels, manifest.num_partitions, config.alpha, config.seed)
+    return max(
+        len(parts[p.partition]) + _feedback_rows(Path(p.feedback_path), manifest.feedback_until)
+        for p in manifest.participants
+    )
+
+
+def _feedback_rows(path: Path, until: float | None = None) -> int:
+    """Rows in a device's feedback store (labelled by `until`; 0 if it has none yet),
+    read-only."""
+    if not path.exists():
+        return 0
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            (count,) = db.execute(
+                "SELECT count(*) FROM examples WHERE created_at <= ?",
+                (until if until is not None else float("inf"),),
+            ).fetchone()
+    except sqlite3.Error as err:
+        raise ConfigError(f"cannot count the feedback examples in {path}: {err}") from err
+    return int(count)
 
 
 def _run_engine(

@@ -29,6 +29,9 @@ class FederatedResult:
     secagg: dict[str, Any] | None = None
     privacy: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # FleetEvaluation.to_json() (server.federated.fleet_eval): candidate and champion on the
+    # participants' feedback eval rows, per class and per cohort; None when not asked for.
+    fleet_evaluation: dict[str, Any] | None = None
 
     @property
     def aggregated_rounds(self) -> list[RoundOutcome]:
@@ -60,6 +63,7 @@ class FederatedResult:
             "mean_fit_seconds": sum(fit) / len(fit) if fit else None,
             "wall_seconds": self.wall_seconds,
             "drift_reference_examples": self.drift_examples,
+            **({"fleet_evaluation": self.fleet_evaluation} if self.fleet_evaluation else {}),
         }
 
 

@@ -37,8 +37,16 @@ class TrainingRuns:
         self._session_factory = session_factory
         self._store = store
 
-    def record(self, task_spec: str, result: FederatedResult, started_at: datetime) -> TrainingRunRecord:
-        """Store the final weights, then the run row (status succeeded) in one transaction."""
+    def record(
+        self,
+        task_spec: str,
+        result: FederatedResult,
+        started_at: datetime,
+        labels: dict[str, object] | None = None,
+    ) -> TrainingRunRecord:
+        """Store the final weights, then the run row (status succeeded) in one transaction.
+
+        `labels` join the run's config (a pipeline run tags its training with its id)."""
         task = load_task(task_spec)
         buffer = io.BytesIO()
         torch.save(state_dict_from(task, result.weights), buffer)
@@ -57,6 +65,7 @@ class TrainingRuns:
             "secagg_resolved": result.secagg,
             "privacy": result.privacy,
             "weights_bytes": size,
+            **(labels or {}),
         }
         row = TrainingRun(
             task=task_spec,

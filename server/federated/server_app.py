@@ -2,6 +2,11 @@
 SecAgg+ (`SecAggPlusWorkflow`) as the fit workflow when asked, and a RoundLedger that
 checks every round.
 
+A run starts from fresh weights or, with `initial_weights`, from a state_dict file (warm
+start from the champion). With `fleet_evaluation`, after the rounds the candidate (final
+weights) and the champion (warm-start weights, when there are any) are scored on every
+participant's feedback eval split (`server.federated.fleet_eval`); the result carries it.
+
 `make_server_app(config, ...)` is for our own drivers (simulation, tests); `make_server_app()`
 without a config reads it from Flower's run config, for `flwr run` and deployment.
 `make_series_server_app(configs, ...)` runs several configs one after another in one
@@ -16,11 +21,12 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import flwr.compat.common.recorddict_compat as compat
 from flwr.app import Context, RecordDict
-from flwr.common import parameters_to_ndarrays
+from flwr.common import NDArrays, parameters_to_ndarrays
 from flwr.server import LegacyContext, ServerConfig
 from flwr.server.workflow import DefaultWorkflow
 from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
@@ -30,16 +36,17 @@ from flwr.server.workflow.default_workflows import (
 )
 from flwr.serverapp import Grid, ServerApp
 
-from edgeops.federated.config import ClientRecipe
+from edgeops.federated.config import ClientRecipe, read_participants
 from edgeops.packaging.lineage import code_version
-from edgeops.tasks import load_task
+from edgeops.tasks import Task, load_task
 from server.federated.config import FederatedConfig, SecAggConfig
+from server.federated.fleet_eval import CANDIDATE, CHAMPION, run_fleet_evaluation
 from server.federated.ledger import RoundLedger, RoundOutcome
 from server.federated.polling_grid import PollingGrid
 from server.federated.result import FederatedResult, check_progress
 from server.federated.secagg_timing import StageTimedSecAggPlus
 from server.federated.strategies import build_strategy
-from server.federated.task_model import evaluator_for, initial_weights
+from server.federated.task_model import evaluator_for, initial_weights, warm_start_weights
 
 __all__ = ["make_series_server_app", "make_server_app", "run_rounds"]
 
@@ -61,8 +68,16 @@ def recipe_for(config: FederatedConfig) -> Callable[[int], ClientRecipe]:
         partition_seed=config.seed,
         histogram=config.drift_histogram,
         drop_partitions=",".join(str(p) for p in config.drop_partitions),
+        participants_file=config.participants_file or "",
     )
     return lambda server_round: replace(base, server_round=server_round)
+
+
+def starting_weights(task: Task, config: FederatedConfig) -> tuple[list[str], NDArrays]:
+    """The warm-start state_dict if the config names one, else fresh seeded weights."""
+    if config.initial_weights is not None:
+        return warm_start_weights(task, Path(config.initial_weights))
+    return initial_weights(task, config.seed)
 
 
 def run_rounds(
@@ -77,7 +92,7 @@ def run_rounds(
     started = time.monotonic()
     task = load_task(config.task)
     dataset = task.load_data()
-    names, weights = initial_weights(task, config.seed)
+    names, weights = starting_weights(task, config)
     strategy = build_strategy(config, weights, recipe_for(config))
     ledger = RoundLedger(
         strategy,
@@ -112,6 +127,9 @@ def run_rounds(
     final = parameters_to_ndarrays(
         compat.arrayrecord_to_parameters(legacy.state.array_records[MAIN_PARAMS_RECORD], True)
     )
+    fleet_evaluation = None
+    if config.fleet_evaluation:
+        fleet_evaluation = _evaluate_fleet(grid, config, task, final, weights)
     return FederatedResult(
         config=config.to_json(),
         rounds=list(ledger.outcomes),
@@ -137,7 +155,26 @@ def run_rounds(
             if config.dp is not None
             else None
         ),
+        fleet_evaluation=fleet_evaluation,
     )
+
+
+def _evaluate_fleet(
+    grid: Grid, config: FederatedConfig, task: Task, final: NDArrays, start: NDArrays
+) -> dict[str, Any]:
+    """The candidate, and the champion it warm-started from, on the fleet's eval rows."""
+    weight_sets = {CANDIDATE: final}
+    if config.initial_weights is not None:
+        weight_sets[CHAMPION] = start
+    participants = read_participants(str(config.participants_file))
+    evaluation = run_fleet_evaluation(
+        grid,
+        weight_sets,
+        recipe_for(config)(config.num_rounds),
+        cohorts=participants.cohorts,
+        num_classes=task.num_classes,
+    )
+    return evaluation.to_json()
 
 
 def _secagg_json(secagg: SecAggConfig | None) -> dict[str, object] | None:

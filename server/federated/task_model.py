@@ -1,9 +1,11 @@
-"""The task's torch model on the server side: initial weights, evaluation on the held-out
-split, and the state_dict the packaging pipeline loads."""
+"""The task's torch model on the server side: initial weights (fresh, or a warm start from a
+state_dict file), evaluation on the held-out split, and the state_dict the packaging
+pipeline loads."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,9 +13,10 @@ import torch
 from numpy.typing import NDArray
 
 from edgeops.errors import ConfigError
+from edgeops.packaging.source import load_checkpoint
 from edgeops.tasks import Dataset, Task
 
-__all__ = ["evaluator_for", "initial_weights", "state_dict_from"]
+__all__ = ["evaluator_for", "initial_weights", "state_dict_from", "warm_start_weights"]
 
 
 def initial_weights(task: Task, seed: int) -> tuple[list[str], list[NDArray[Any]]]:
@@ -22,6 +25,14 @@ def initial_weights(task: Task, seed: int) -> tuple[list[str], list[NDArray[Any]
         torch.manual_seed(seed)
         model = task.make_model()
     state = model.state_dict()
+    return list(state), [v.detach().cpu().numpy().copy() for v in state.values()]
+
+
+def warm_start_weights(task: Task, path: Path) -> tuple[list[str], list[NDArray[Any]]]:
+    """Names and arrays of the state_dict file at `path` (what `TrainingRuns.record` stores
+    as a run's weights); ConfigError naming the file if it is missing, is not a torch
+    state_dict or does not fit the task's model exactly."""
+    state = load_checkpoint(task, Path(path)).model.state_dict()
     return list(state), [v.detach().cpu().numpy().copy() for v in state.values()]
 
 
