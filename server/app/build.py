@@ -34,6 +34,7 @@ from server.monitoring import (
     RepositoryReferences,
     config_from_settings,
 )
+from server.pipeline.runner import PipelineRunner, pipeline_lifespan
 from server.registry.artifact_store import ArtifactStore
 from server.rollouts.metrics import RolloutCollector
 from server.rollouts.runner import RolloutRunner, rollout_lifespan
@@ -102,6 +103,9 @@ def build_app(
     monitor = _monitor(settings, session_factory, repository) if with_fleet else None
     if monitor is not None:
         hooks.append(periodic("fleet-monitor", monitor.tick, settings.monitor_interval_s))
+    if with_fleet and settings.pipeline_enabled:
+        hooks.append(pipeline_lifespan(PipelineRunner(settings, session_factory),
+                                       settings.pipeline_interval_s))
     monitor_stats = monitor.stats if monitor else None
     register_metrics(metrics_registry, MonitorCollector(session_factory, monitor_stats))
     register_metrics(

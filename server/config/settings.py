@@ -54,6 +54,14 @@ class ServerSettings:
     monitor_retention_s: float = 7 * 86400.0  # telemetry rows rolled up and older are pruned
     monitor_false_alarm_rate: float = 0.001  # per cohort-window, with no drift
     monitor_min_count: int = 100  # fewer predictions in a window: inconclusive
+    # Continuous-delivery pipeline (server/pipeline): the release policy (TOML, relative to
+    # home; missing file: no automatic runs) and how often the runner looks at its runs.
+    pipeline_enabled: bool = True
+    pipeline_policy_file: str = "pipeline.toml"
+    pipeline_interval_s: float = 1.0
+    # Where the Simulation Engine finds each device's own data: a folder of agent homes
+    # named by device id (the laptop simulation's agents/). Empty: no trainer is set up.
+    simulated_fleet_dir: str = ""
 
     @property
     def resolved_database_url(self) -> str:
@@ -70,6 +78,15 @@ class ServerSettings:
     @property
     def tuf_dir(self) -> Path:
         return self.home / "tuf"
+
+    @property
+    def pipeline_policy_path(self) -> Path:
+        return self.home / self.pipeline_policy_file
+
+    @property
+    def pipeline_dir(self) -> Path:
+        """Each pipeline run's working files (participants, package): pipeline/<run id>/."""
+        return self.home / "pipeline"
 
     @property
     def admin_token_file(self) -> Path:

@@ -232,6 +232,9 @@ class Rollout(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[float | None] = mapped_column(Float)
+    # Waves the rollout may start (None: all). A pipeline's canary releases one wave at a
+    # time, after judging the last one against its control cohort (migration 0004).
+    released_waves: Mapped[int | None] = mapped_column(Integer)
 
 
 class RolloutDevice(Base):
@@ -340,3 +343,64 @@ class MonitorLease(Base):
     holder: Mapped[str | None] = mapped_column(String(128))
     expires_at: Mapped[float] = mapped_column(Float, default=0.0)
     watermark: Mapped[float | None] = mapped_column(Float)
+
+
+# Continuous-delivery pipeline (migration 0004): runs, their timeline, model aliases ---------
+
+
+class ModelAlias(Base):
+    """A named pointer at one version of a model: `champion` (what the fleet should run) and
+    `challenger` (the candidate a pipeline run is canarying). Replaces stages."""
+
+    __tablename__ = "model_aliases"
+
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(32), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    updated_by: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PipelineRun(Base):
+    """One pass of the loop for a model: trigger, training, gates, release, canary, verdict.
+
+    `active_model` is the model while the run is in flight and NULL once it ended, so the
+    unique constraint keeps at most one run in flight per model (as rollouts' active_scope).
+    `results` accumulates every step's inputs and outputs (the governance record's source)."""
+
+    __tablename__ = "pipeline_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(24))
+    active_model: Mapped[str | None] = mapped_column(String(64), unique=True)
+    policy: Mapped[dict[str, Any]] = mapped_column(JSON)
+    trigger: Mapped[dict[str, Any]] = mapped_column(JSON)
+    results: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    reason: Mapped[str | None] = mapped_column(Text)
+    champion_version: Mapped[int | None] = mapped_column(Integer)
+    training_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    training_run_id: Mapped[int | None] = mapped_column(ForeignKey("training_runs.id"))
+    candidate_version: Mapped[int | None] = mapped_column(Integer)
+    candidate_target: Mapped[str | None] = mapped_column(String(300))
+    rollout_id: Mapped[int | None] = mapped_column(ForeignKey("rollouts.id"))
+    approved_by: Mapped[str | None] = mapped_column(String(64))
+    revision: Mapped[int] = mapped_column(Integer, default=0)  # optimistic concurrency
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+    state_entered_at: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float)
+
+
+class PipelineStep(Base):
+    """The timeline of a run: every state it entered and every decision, with its evidence."""
+
+    __tablename__ = "pipeline_steps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("pipeline_runs.id"), index=True)
+    at: Mapped[float] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(24))
+    message: Mapped[str] = mapped_column(Text)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

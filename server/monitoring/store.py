@@ -60,8 +60,12 @@ class TelemetryRow:
     payload: dict[str, Any]
 
 
-def acquire_lease(session: Session, holder: str, ttl_s: float, now: float) -> MonitorLease | None:
-    """The lease row if this process may run the monitor now, else None.
+def acquire_lease(
+    session: Session, holder: str, ttl_s: float, now: float, *, name: str = LEASE_NAME,
+    advisory_key: int = _ADVISORY_KEY,
+) -> MonitorLease | None:
+    """The lease row `name` if this process may do that work now (the monitor; the
+    pipeline runner uses its own name and key), else None.
 
     PostgreSQL: a transaction-scoped advisory lock first (two replicas never tick at once);
     SQLite: the database's write lock first. Then the lease row (FOR UPDATE where supported)
@@ -69,7 +73,7 @@ def acquire_lease(session: Session, holder: str, ttl_s: float, now: float) -> Mo
     """
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
-        got = session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _ADVISORY_KEY})
+        got = session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": advisory_key})
         if not got.scalar():
             return None
     elif dialect == "sqlite":
@@ -77,14 +81,14 @@ def acquire_lease(session: Session, holder: str, ttl_s: float, now: float) -> Mo
         # process waits here (busy timeout) and then sees this one's lease.
         session.execute(
             update(MonitorLease)
-            .where(MonitorLease.name == LEASE_NAME)
+            .where(MonitorLease.name == name)
             .values(expires_at=MonitorLease.expires_at)
         )
     lease = session.execute(
-        select(MonitorLease).where(MonitorLease.name == LEASE_NAME).with_for_update()
+        select(MonitorLease).where(MonitorLease.name == name).with_for_update()
     ).scalar_one_or_none()
     if lease is None:
-        lease = MonitorLease(name=LEASE_NAME, holder=holder, expires_at=now + ttl_s, watermark=None)
+        lease = MonitorLease(name=name, holder=holder, expires_at=now + ttl_s, watermark=None)
         session.add(lease)
         session.flush()
         return lease

@@ -396,7 +396,8 @@ int8_agreement_min = 0.98
 # "automatic": the release goes past its canary on its own; "manual": a person with the
 # operator role approves it first (`edgeops pipeline approve`, or the console button).
 mode = "automatic"
-# A manual approval not given within this many seconds ends the run rolled back.
+# A manual approval not given within this many seconds ends the run refused (nothing was
+# rolled out yet: the canary starts only once the run is approved).
 timeout_s = 3600.0
 
 [canary]

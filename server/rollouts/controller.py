@@ -12,6 +12,8 @@ Rollout statuses (the transition table, `TRANSITIONS`):
 
     running ──pause──► paused ──resume──► running
     running ──every wave passed, no device left to catch up──► completed
+    (a rollout with `released_waves` set holds after that many waves, soaked, until the
+    gate releases the next one: `release_waves`)
     running | paused ──abort (operator) or failures over threshold──► aborting
     aborting ──every updated device rolled back (or given up on)──► aborted
 
@@ -171,6 +173,7 @@ class RolloutState:
     soak_started_at: float | None = None
     reason: str | None = None
     finished_at: float | None = None
+    released_waves: int | None = None  # waves it may start; None: every wave (no hold)
 
     @property
     def wave_count(self) -> int:
@@ -420,6 +423,8 @@ def _run(tick: _Tick, rollout: RolloutState) -> RolloutState:
     if tick.now - rollout.soak_started_at < policy.soak_s:
         return rollout
     if wave + 1 < rollout.wave_count:
+        if rollout.released_waves is not None and wave + 1 >= rollout.released_waves:
+            return rollout  # held: whoever gates it (a pipeline's canary) releases the next wave
         return _start_wave(tick, rollout, wave + 1)
     return _finish_when_caught_up(tick, rollout)
 

@@ -40,6 +40,7 @@ __all__ = [
     "list_rollouts",
     "load_state",
     "observe_devices",
+    "release_waves",
     "request",
     "save_decision",
     "select_devices",
@@ -54,6 +55,11 @@ class RolloutSpec:
     group: str | None = None  # None: every device
     tags: tuple[str, ...] = ()  # a device must carry all of them
     policy: RolloutPolicy = RolloutPolicy()
+    # Hold after this many waves until `release_waves` lets more start (None: no hold).
+    released_waves: int | None = None
+    # The selected devices in the order waves take them (None: device id order); every
+    # device must match group and tags.
+    order: tuple[str, ...] | None = None
 
 
 def _epoch(moment: datetime | None) -> float | None:
@@ -103,6 +109,12 @@ def create_rollout(session: Session, spec: RolloutSpec, actor: str, now: float) 
     if conflict is not None:
         raise RolloutConflictError(_conflict_message(conflict))
     device_ids = select_devices(session, spec.group, spec.tags)
+    if spec.order is not None:
+        unknown = sorted(set(spec.order) - set(device_ids))
+        if unknown or len(set(spec.order)) != len(spec.order):
+            raise ConfigError(f"the rollout's device order names devices it does not select "
+                              f"or repeats them: {unknown or 'duplicates'}")
+        device_ids = [*spec.order, *(d for d in device_ids if d not in set(spec.order))]
     if not device_ids:
         where = f"group {spec.group!r}" if spec.group is not None else "the fleet"
         tags = f" with tags {sorted(spec.tags)}" if spec.tags else ""
@@ -113,6 +125,7 @@ def create_rollout(session: Session, spec: RolloutSpec, actor: str, now: float) 
         group_name=spec.group,
         tags=sorted(spec.tags),
         policy=spec.policy.to_json(),
+        released_waves=spec.released_waves,
         status="running",
         active_scope=scope,
         current_wave=0,
@@ -215,6 +228,7 @@ def load_state(session: Session, rollout: Rollout, *, with_devices: bool = True)
         soak_started_at=rollout.soak_started_at,
         reason=rollout.reason,
         finished_at=rollout.finished_at,
+        released_waves=rollout.released_waves,
     )
 
 
@@ -298,6 +312,23 @@ def write_assignments(
             for a in changed.values()
         ],
     )
+
+
+def release_waves(session: Session, rollout_id: int, count: int, now: float) -> None:
+    """Let a held rollout start its first `count` waves (never fewer than already released)."""
+    rollout = get_rollout(session, rollout_id)
+    if rollout.released_waves is not None and count <= rollout.released_waves:
+        return
+    result = session.execute(
+        update(Rollout)
+        .where(Rollout.id == rollout_id, Rollout.revision == rollout.revision)
+        .values(released_waves=count, revision=rollout.revision + 1,
+                updated_at=datetime.fromtimestamp(now, UTC))
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise RolloutConflictError(f"rollout {rollout_id} changed meanwhile; try again")
+    session.expire(rollout)
 
 
 def request(session: Session, rollout_id: int, what: Request, actor: str,
