@@ -15,6 +15,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from edgeops import errors
+from server.pipeline.machine import PipelineStateError
 
 __all__ = ["STATUS_FOR_ERROR", "error_response", "status_for"]
 
@@ -23,6 +24,7 @@ logger = logging.getLogger(__name__)
 # First match wins: subclasses before their parents.
 STATUS_FOR_ERROR: list[tuple[type[errors.EdgeOpsError], int]] = [
     (errors.NotFoundError, 404),
+    (PipelineStateError, 409),
     (errors.RegistryError, 409),
     (errors.PayloadError, 422),
     (errors.ConfigError, 400),

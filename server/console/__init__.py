@@ -5,6 +5,7 @@
     auth       /console/login, /console/logout; ConsoleUserDep / ConsoleOperatorDep
     overview   /console/
     rollouts   /console/rollouts[/{id}[/progress|/pause|/resume|/abort]]
+    pipeline   /console/pipeline[/{id}[/approve]] (continuous-delivery runs, timelines)
     devices    /console/devices[/{id}]
     monitor    /console/monitor[/{model}] (drift, accuracy, volume charts per cohort)
     static     /console/static/{console.js,console.css}
@@ -19,10 +20,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from server.console import auth, devices, monitor, overview, rollouts, static
+from server.console import auth, devices, monitor, overview, pipeline, rollouts, static
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/console", include_in_schema=False)
-for _part in (static, auth, overview, rollouts, devices, monitor):
+for _part in (static, auth, overview, rollouts, pipeline, devices, monitor):
     router.include_router(_part.router)

@@ -49,6 +49,7 @@ def page(title: str, body: str, user: Any | None = None) -> str:
     )
     nav = (
         '<nav><a href="/console/">Fleet</a> <a href="/console/rollouts">Rollouts</a> '
+        '<a href="/console/pipeline">Pipeline</a> '
         '<a href="/console/devices">Devices</a> <a href="/console/monitor">Monitor</a> '
         f'{who}</nav>'
         if user is not None

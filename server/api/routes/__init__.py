@@ -9,6 +9,7 @@
     enroll         /api/enroll
     rollouts       /api/rollouts
     monitor        /api/monitor/cohorts|windows|scores|events
+    pipeline       /api/pipeline/runs                      (continuous-delivery runs)
     tokens         /api/tokens
     audit          /api/audit
     training_runs  /api/training-runs
@@ -31,6 +32,7 @@ from server.api.routes import (
     metrics,
     models,
     monitor,
+    pipeline,
     releases,
     rollouts,
     tokens,
@@ -50,6 +52,7 @@ ROUTERS: list[APIRouter] = [
     enroll.router,
     rollouts.router,
     monitor.router,
+    pipeline.router,
     tokens.router,
     audit.router,
     training_runs.router,
