@@ -57,7 +57,7 @@ from simulations.laptop import (
 from simulations.mosquitto import MosquittoBroker, find_mosquitto, free_port, wait_for_port
 from simulations.processes import stop_process
 
-__all__ = ["KILL_ENV", "LoopConfig", "LoopResult", "drift_inputs", "run_loop"]
+__all__ = ["KILL_ENV", "LoopConfig", "LoopResult", "drift_inputs", "laptop_policy", "run_loop"]
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -66,6 +66,43 @@ from server.pipeline.runner import KILL_ENV  # noqa: E402
 
 DRIFTS = ("none", "offset", "shift")
 LABEL_FAULTS = ("none", "shuffle")
+
+
+_LAPTOP_POLICY = """
+model = "digits"
+[triggers]
+events = ["drift_detected", "quality_dropped"]
+cooldown_s = 600
+[retraining]
+rounds = {rounds}
+local_epochs = 3
+participants = "fleet"
+min_devices = 3
+[gates]
+heldout_accuracy_min = 0.9
+heldout_change_min = -0.02
+min_fleet_examples = 100
+fleet_change_min = 0.0
+class_recall_min = 0.6
+cohort_gap_max = 0.15
+int8_drop_pp_max = 2.0
+[approval]
+mode = "{approval}"
+timeout_s = 300
+[canary]
+step_weights = [50, 100]
+interval_s = 8
+failure_limit = 2
+min_inferences = 60
+max_accuracy_drop = 0.05
+inconclusive_timeout_s = 60
+"""
+
+
+def laptop_policy(approval: str = "automatic", rounds: int = 3) -> str:
+    """The release policy of a laptop fleet: examples/policies/default.toml's gates, with a
+    canary of seconds instead of minutes (the monitor's windows are seconds long here)."""
+    return _LAPTOP_POLICY.format(approval=approval, rounds=rounds)
 
 
 def drift_inputs(x: NDArray[np.float32], kind: str, amount: float) -> NDArray[np.float32]:

@@ -18,18 +18,17 @@ One `FeedbackStore` per agent home (one file, one connection, a lock).
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
 from agent.telemetry.sqlite_file import open_wal_database
 from edgeops.errors import ConfigError, PayloadError
+from edgeops.federated.config import EVAL_ONE_IN, SPLITS, FeedbackSplit, feedback_split
 
 __all__ = [
     "EVAL_ONE_IN",
@@ -41,11 +40,6 @@ __all__ = [
 ]
 
 FEEDBACK_FILE = "feedback.db"
-EVAL_ONE_IN = 5
-
-FeedbackSplit = Literal["train", "eval"]
-SPLITS: tuple[FeedbackSplit, ...] = ("train", "eval")
-
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS examples (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -59,13 +53,6 @@ CREATE TABLE IF NOT EXISTS examples (
     created_at REAL NOT NULL
 );
 """
-
-
-def feedback_split(prediction_id: str) -> FeedbackSplit:
-    """The side of the split `prediction_id` is on: "eval" for 1 in EVAL_ONE_IN ids (by the
-    first 8 bytes of their sha256), "train" for the rest. Pure and stable across runs."""
-    digest = hashlib.sha256(prediction_id.encode()).digest()
-    return "eval" if int.from_bytes(digest[:8], "big") % EVAL_ONE_IN == 0 else "train"
 
 
 @dataclass(frozen=True)

@@ -21,15 +21,20 @@ never carries the data.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from edgeops.errors import ConfigError, PayloadError
 
 __all__ = [
+    "EVAL_ONE_IN",
+    "FeedbackSplit",
+    "SPLITS",
+    "feedback_split",
     "CONFIG_PREFIX",
     "ClientRecipe",
     "Participant",
@@ -86,6 +91,20 @@ class ClientRecipe:
 
     def dropped(self, partition_id: int) -> bool:
         return str(partition_id) in {p.strip() for p in self.drop_partitions.split(",") if p.strip()}
+
+
+# The feedback split: an example is always on the same side, whichever device, process or
+# run reads it, so the fleet evaluation never scores a model on rows it was trained on.
+EVAL_ONE_IN = 5
+FeedbackSplit = Literal["train", "eval"]
+SPLITS: tuple[FeedbackSplit, ...] = ("train", "eval")
+
+
+def feedback_split(prediction_id: str) -> FeedbackSplit:
+    """The side of the split `prediction_id` is on: "eval" for 1 in EVAL_ONE_IN ids (by the
+    first 8 bytes of their sha256), "train" for the rest. Pure and stable across runs."""
+    digest = hashlib.sha256(prediction_id.encode()).digest()
+    return "eval" if int.from_bytes(digest[:8], "big") % EVAL_ONE_IN == 0 else "train"
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,8 @@ def _monitor(
     """The fleet monitor, unless the settings turn it off."""
     if not settings.monitor_enabled:
         return None
-    return MonitorRunner(session_factory, RepositoryReferences(repository), config_from_settings(settings))
+    return MonitorRunner(session_factory, RepositoryReferences(repository),
+                         config_from_settings(settings), holder=settings.lease_holder)
 
 
 def build_app(

@@ -54,6 +54,10 @@ class ServerSettings:
     monitor_retention_s: float = 7 * 86400.0  # telemetry rows rolled up and older are pruned
     monitor_false_alarm_rate: float = 0.001  # per cohort-window, with no drift
     monitor_min_count: int = 100  # fewer predictions in a window: inconclusive
+    # Who this server process is among replicas, for the monitor's and pipeline's leases:
+    # a restarted replica takes its own lease back at once, another waits for it to expire.
+    # Empty: the host name (distinct replicas on one host need distinct ids).
+    replica_id: str = ""
     # Continuous-delivery pipeline (server/pipeline): the release policy (TOML, relative to
     # home; missing file: no automatic runs) and how often the runner looks at its runs.
     pipeline_enabled: bool = True
@@ -78,6 +82,12 @@ class ServerSettings:
     @property
     def tuf_dir(self) -> Path:
         return self.home / "tuf"
+
+    @property
+    def lease_holder(self) -> str:
+        import socket
+
+        return f"{self.replica_id or socket.gethostname()}:{self.home}"
 
     @property
     def pipeline_policy_path(self) -> Path:

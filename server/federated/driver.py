@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeops.errors import ConfigError, MissingDependencyError, TrainingError
-from edgeops.federated.config import read_participants
+from edgeops.federated.config import FeedbackSplit, feedback_split, read_participants
 from edgeops.tasks import load_task, partition_devices
 from server.federated.config import FederatedConfig
 from server.federated.ledger import RoundOutcome
@@ -29,6 +29,7 @@ from server.federated.result import FederatedResult
 __all__ = [
     "DEFAULT_CLIENT_APP",
     "EngineResources",
+    "feedback_rows",
     "load_client_app",
     "run_simulation_engine",
     "run_simulation_engine_series",
@@ -162,25 +163,25 @@ def _largest_partition(config: FederatedConfig) -> int:
     manifest = read_participants(config.participants_file)
     parts = partition_devices(labels, manifest.num_partitions, config.alpha, config.seed)
     return max(
-        len(parts[p.partition]) + _feedback_rows(Path(p.feedback_path), manifest.feedback_until)
+        len(parts[p.partition]) + feedback_rows(Path(p.feedback_path), manifest.feedback_until)
         for p in manifest.participants
     )
 
 
-def _feedback_rows(path: Path, until: float | None = None) -> int:
-    """Rows in a device's feedback store (labelled by `until`; 0 if it has none yet),
-    read-only."""
+def feedback_rows(path: Path, until: float | None = None, split: FeedbackSplit | None = None) -> int:
+    """Rows in a device's feedback store (labelled by `until`, on the `split` side; 0 if it
+    has none yet), read-only: a count is all the server takes from a device's file."""
     if not path.exists():
         return 0
     try:
         with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-            (count,) = db.execute(
-                "SELECT count(*) FROM examples WHERE created_at <= ?",
+            ids = [row[0] for row in db.execute(
+                "SELECT prediction_id FROM examples WHERE created_at <= ?",
                 (until if until is not None else float("inf"),),
-            ).fetchone()
+            )]
     except sqlite3.Error as err:
         raise ConfigError(f"cannot count the feedback examples in {path}: {err}") from err
-    return int(count)
+    return len(ids) if split is None else sum(feedback_split(i) == split for i in ids)
 
 
 def _run_engine(

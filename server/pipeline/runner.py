@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -108,11 +107,12 @@ class PipelineRunner:
         session_factory: sessionmaker,
         *,
         clock: Callable[[], float] = time.time,
+        holder: str | None = None,
     ) -> None:
         self._settings = settings
         self._session_factory = session_factory
         self._clock = clock
-        self._holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self._holder = holder or settings.lease_holder
         self._jobs: dict[int, TrainingJob] = {}
         # Fault injection (tests, scenarios): SIGKILL this process at a pipeline point.
         self._kill_at = os.environ.get(KILL_ENV, "")

@@ -143,13 +143,24 @@ def move(session: Session, run: PipelineRun, to: str, message: str, now: float,
 def approve(session: Session, run_id: int, actor: str, now: float) -> PipelineRun:
     """A person's approval of a run waiting for one; PipelineStateError in any other state."""
     run = get_run(session, run_id)
+    session.refresh(run)
     if run.status != "awaiting_approval":
         raise PipelineStateError(
             f"pipeline run {run_id} is {run.status}, not awaiting_approval: nothing to approve")
     if run.approved_by is None:
-        run.approved_by = actor
-        run.updated_at = now
+        # Only if it is still waiting as read: the runner may end it (timeout) meanwhile.
+        result = session.execute(
+            update(PipelineRun)
+            .where(PipelineRun.id == run.id, PipelineRun.revision == run.revision,
+                   PipelineRun.status == "awaiting_approval")
+            .values(approved_by=actor, updated_at=now, revision=run.revision + 1)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            raise PipelineConflictError(f"pipeline run {run_id} changed meanwhile; try again")
         note(session, run, f"approved by {actor}", now, {"actor": actor})
+        session.flush()
+        session.refresh(run)
     return run
 
 

@@ -52,21 +52,14 @@ def champion_training_run(session: Session, model: str, version: int | None) -> 
 
 
 def _feedback_examples(participants: Any) -> int:
-    """Labelled examples the participants' stores hold for training as the job starts
-    (counted on the device's side of the simulation; the server learns the sum only)."""
-    from agent.telemetry.feedback_store import FeedbackStore
+    """Labelled examples the participants hold for training as of the manifest's cut-off
+    (the sum of counts; nothing else is read from a device's store)."""
+    from server.federated.driver import feedback_rows
 
-    total = 0
-    for participant in participants.participants:
-        path = Path(participant.feedback_path)
-        if not path.exists():
-            continue
-        feedback = FeedbackStore(path)
-        try:
-            total += len(feedback.examples(split="train", until=participants.feedback_until))
-        finally:
-            feedback.close()
-    return total
+    return sum(
+        feedback_rows(Path(p.feedback_path), participants.feedback_until, "train")
+        for p in participants.participants
+    )
 
 
 def _train(settings: ServerSettings, run_id: int, attempt: int) -> None:

@@ -109,6 +109,8 @@ def create_rollout(session: Session, spec: RolloutSpec, actor: str, now: float) 
     if conflict is not None:
         raise RolloutConflictError(_conflict_message(conflict))
     device_ids = select_devices(session, spec.group, spec.tags)
+    if spec.released_waves is not None and spec.released_waves < 1:
+        raise ConfigError(f"released_waves must be at least 1, got {spec.released_waves}")
     if spec.order is not None:
         unknown = sorted(set(spec.order) - set(device_ids))
         if unknown or len(set(spec.order)) != len(spec.order):
@@ -315,9 +317,12 @@ def write_assignments(
 
 
 def release_waves(session: Session, rollout_id: int, count: int, now: float) -> None:
-    """Let a held rollout start its first `count` waves (never fewer than already released)."""
+    """Let a held rollout start its first `count` waves (never fewer than already released;
+    a rollout without a hold is left alone)."""
+    if count < 1:
+        raise ConfigError(f"a rollout releases at least 1 wave, not {count}")
     rollout = get_rollout(session, rollout_id)
-    if rollout.released_waves is not None and count <= rollout.released_waves:
+    if rollout.released_waves is None or count <= rollout.released_waves:
         return
     result = session.execute(
         update(Rollout)
