@@ -173,6 +173,7 @@ def local_status(home: Path) -> dict[str, Any]:
             "version": record.release.version,
             "format": record.release.format,
             "sha256": record.sha256,
+            "model_card": record.release.model_card,  # the signed part, as the release had it
         }
     if pointer is not None:
         result["active"] = {"slot": pointer.slot, "previous": pointer.previous, **result["slots"][pointer.slot]}
@@ -213,6 +214,15 @@ def _update_status(home: Path, active: dict[str, Any] | None) -> dict[str, Any]:
     return fields
 
 
+def _card_summary(card: dict[str, Any]) -> str:
+    """What the active model is and why, from the signed part of its model card."""
+    details, ext = card.get("model_details", {}), card.get("edgeops", {})
+    gates = ext.get("gates") or []
+    passed = sum(1 for g in gates if g.get("passed"))
+    return (f"model card: {details.get('version', {}).get('diff', '?')}; "
+            f"gates {passed}/{len(gates)} passed; data {ext.get('data', {}).get('fingerprint')}")
+
+
 @app.command()
 def status(home: HomeOption, as_json: JsonOption = False) -> None:
     """Show the active model and both slots, from local state (no network)."""
@@ -227,6 +237,8 @@ def status(home: HomeOption, as_json: JsonOption = False) -> None:
             f"device {result['device_id']}: {active['model']} v{active['version']} "
             f"({active['format']}) in slot {active['slot']}"
         )
+    if active is not None and active.get("model_card"):
+        human += "\n" + _card_summary(active["model_card"])
     if result.get("update"):
         human += f"\nlast update: {result['target']} {result['state']}"
         if result.get("reason"):

@@ -7,9 +7,9 @@ targets signature; the agent trusts nothing about a model that is not in here.
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgeops.sketches import CONFIDENCE_BINS
 
@@ -18,16 +18,25 @@ __all__ = [
     "GoldenVectors",
     "HealthPolicy",
     "InputSchema",
+    "MODEL_CARD_MAX_BYTES",
     "ModelFormat",
     "MonitoringReference",
     "ReleaseInfo",
     "StrictModel",
+    "model_card_json",
     "target_path",
 ]
 
 ModelFormat = Literal["fp32", "int8"]
 # Top-1 confidence bins of the monitoring reference: 10 equal bins over [0, 1].
 CALIBRATION_BINS = CONFIDENCE_BINS  # calibration cells are telemetry's confidence bins
+# The signed part of a model card travels in every device's targets metadata: keep it small.
+MODEL_CARD_MAX_BYTES = 16 * 1024
+
+
+def model_card_json(card: dict[str, Any]) -> str:
+    """The card as compact, key-sorted JSON: how it is signed, and what its size cap counts."""
+    return json.dumps(card, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 class StrictModel(BaseModel):
@@ -172,12 +181,43 @@ class ReleaseInfo(StrictModel):
     health: HealthPolicy | None = None  # None: the agent's defaults
     # Held-out reference and calibration for the fleet monitor (telemetry schema 2 layout).
     monitoring: MonitoringReference | None = None
+    # The signed part of the release's model card (server.governance.model_card; JSON Schema
+    # schemas/model_card.schema.json), at most MODEL_CARD_MAX_BYTES as compact JSON.
+    model_card: dict[str, Any] | None = None
+
+    @field_validator("model_card", mode="before")
+    @classmethod
+    def _card_from_text(cls, value: Any) -> Any:
+        """`to_custom` signs the card as one JSON text (its floats exact); read it back."""
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError as err:
+                raise ValueError(f"model_card is not valid JSON: {err}") from err
+        return value
+
+    @field_validator("model_card")
+    @classmethod
+    def _card_size(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            size = len(model_card_json(value).encode())
+            if size > MODEL_CARD_MAX_BYTES:
+                raise ValueError(
+                    f"model_card is {size} bytes as JSON, more than {MODEL_CARD_MAX_BYTES}"
+                )
+        return value
 
     def to_custom(self) -> dict:
         """The TUF `custom` value. TUF signs canonical JSON, which has no floats, so every
-        float travels as its shortest round-trip string; `from_custom` reads it back exactly."""
-        as_json = json.dumps({"edgeops": self.model_dump(mode="json", by_alias=True)})
-        return json.loads(as_json, parse_float=str)
+        float travels as its shortest round-trip string; `from_custom` reads it back exactly.
+        The model card, whose fields have no declared types to read strings back into
+        floats, travels as one compact JSON text instead."""
+        fields = self.model_dump(mode="json", by_alias=True)
+        card = fields.pop("model_card")
+        custom = json.loads(json.dumps({"edgeops": fields}), parse_float=str)
+        if card is not None:
+            custom["edgeops"]["model_card"] = model_card_json(card)
+        return custom
 
     @classmethod
     def from_custom(cls, custom: dict | None) -> ReleaseInfo:

@@ -1,16 +1,18 @@
 """The audit log: every mutating API or console call — who, what, when, outcome.
 
 `AuditMiddleware` wraps the app: after a POST/PUT/PATCH/DELETE under /api or /console it
-writes one `audit_log` row with the caller (the principal the auth dependency resolved, or
-"anonymous"), method, path, status code and outcome. Handlers may add a line of detail
-with `note(request, "rollout 3 of digits/2/int8/model.onnx")`. Secrets are never logged.
+appends one entry to the hash chain (server.governance.audit_chain.append) with the caller
+(the principal the auth dependency resolved, or "anonymous"), method, path, status code and
+outcome. Handlers may add a line of detail, and what was acted on and why, with
+`note(request, "rollout 3 of digits/2/int8/model.onnx", target=..., reason=...)`.
+Secrets are never logged.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
@@ -19,7 +21,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from edgeops.errors import EdgeOpsError
 from server.db.tables import AuditEntry
+from server.governance.audit_chain import append
 
 __all__ = ["MUTATING_METHODS", "AuditMiddleware", "list_entries", "note", "outcome_of"]
 
@@ -29,9 +33,15 @@ MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 AUDITED_PREFIXES = ("/api/", "/console/")
 
 
-def note(request: Request, detail: str) -> None:
-    """Attach a line of detail to this request's audit entry."""
+def note(
+    request: Request, detail: str, *, target: str | None = None, reason: str | None = None
+) -> None:
+    """Attach a line of detail (and what was acted on, and why) to this request's entry."""
     request.state.audit_detail = detail[:2000]
+    if target is not None:
+        request.state.audit_target = target[:300]
+    if reason is not None:
+        request.state.audit_reason = reason[:2000]
 
 
 def outcome_of(status_code: int) -> str:
@@ -42,11 +52,11 @@ def outcome_of(status_code: int) -> str:
     return "refused" if status_code < 500 else "error"
 
 
-def _write(session_factory: Callable[[], Session], entry: dict[str, object]) -> None:
+def _write(session_factory: Callable[[], Session], entry: dict[str, Any]) -> None:
     try:
         with session_factory() as session, session.begin():
-            session.add(AuditEntry(**entry))
-    except SQLAlchemyError:
+            append(session, **entry)
+    except (SQLAlchemyError, EdgeOpsError):
         logger.exception("could not write the audit entry %s", entry)
 
 
@@ -75,15 +85,16 @@ class AuditMiddleware:
             written = True
             request = Request(scope)
             principal = getattr(request.state, "principal", None)
-            entry = {
-                "at": datetime.now(UTC),
-                "actor": principal.name if principal else "anonymous",
+            entry = {  # its time is taken under the chain lock, so times follow the ids
+                "actor": principal.actor if principal else "anonymous",
                 "role": principal.role if principal else None,
                 "action": scope["method"],
                 "resource": scope["path"][:300],
                 "status_code": status_code,
                 "outcome": outcome_of(status_code),
                 "detail": getattr(request.state, "audit_detail", None),
+                "target": getattr(request.state, "audit_target", None),
+                "reason": getattr(request.state, "audit_reason", None),
             }
             await run_in_threadpool(_write, request.app.state.session_factory, entry)
 

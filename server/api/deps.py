@@ -14,7 +14,8 @@ Authentication, one idiom for every route:
 
 `ViewerDep`, `OperatorDep` and `AdminDep` resolve the caller to a `Principal` of at least
 that role (401 without a valid token, 403 with too small a role) and leave it on
-`request.state.principal` for the audit log.
+`request.state.principal` for the audit log. A principal carries its token's `kind` (a
+person or a service) and `owner`; `actor` names the person behind it for the audit log.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.orm import sessionmaker
 
 from server.auth import tokens
-from server.auth.tokens import Role
+from server.auth.tokens import ADMIN_OWNER, Role, TokenKind, actor_label
 from server.config.settings import ServerSettings
 from server.fleet.commands import CommandPublisher
 from server.fleet.ingest.worker import Ingest
@@ -59,8 +60,17 @@ CONSOLE_COOKIE = "edgeops_token"
 
 @dataclass(frozen=True)
 class Principal:
+    """The caller: its token's name and role, and whom the token belongs to."""
+
     name: str
     role: Role
+    kind: TokenKind = "person"
+    owner: str | None = None
+
+    @property
+    def actor(self) -> str:
+        """Who acted, for the audit log and approvals: "Ada Lovelace (token ada)"."""
+        return actor_label(self.name, self.owner)
 
 
 def _settings(request: Request) -> ServerSettings:
@@ -113,10 +123,13 @@ def authenticate(request: Request, secret: str) -> Principal | None:
         return None
     admin_token: str = request.app.state.admin_token
     if hmac.compare_digest(secret.encode(), admin_token.encode()):
-        return Principal(name="admin", role="admin")
+        return Principal(name="admin", role="admin", kind="person", owner=ADMIN_OWNER)
     with request.app.state.session_factory() as session:
         token = tokens.find_token(session, secret)
-        return Principal(name=token.name, role=token.role) if token else None  # type: ignore[arg-type]
+        if token is None:
+            return None
+        return Principal(name=token.name, role=token.role, kind=token.kind,  # type: ignore[arg-type]
+                         owner=token.owner)
 
 
 def _presented(request: Request, authorization: str | None) -> str:

@@ -15,6 +15,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from edgeops import errors
+from server.auth.tokens import PersonRequiredError
 from server.pipeline.machine import PipelineStateError
 
 __all__ = ["STATUS_FOR_ERROR", "error_response", "status_for"]
@@ -30,6 +31,7 @@ STATUS_FOR_ERROR: list[tuple[type[errors.EdgeOpsError], int]] = [
     (errors.ConfigError, 400),
     (errors.PackagingError, 422),
     (errors.TrustError, 403),
+    (PersonRequiredError, 403),
     (errors.TransportError, 503),
 ]
 

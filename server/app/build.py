@@ -27,6 +27,7 @@ from server.config.settings import ServerSettings
 from server.db.engine import open_database
 from server.fleet.commands import CommandPublisher
 from server.fleet.ingest.worker import Ingest
+from server.governance.audit_chain import anchor_hook
 from server.identity.enrollment import Enrollment
 from server.monitoring import (
     MonitorCollector,
@@ -112,6 +113,7 @@ def build_app(
     register_metrics(
         metrics_registry, RolloutCollector(session_factory, runner.stats if runner else None)
     )
+    hooks.append(anchor_hook(settings, session_factory))  # sign the audit chain's head
     hooks.extend(lifespan_hooks)
     app = create_app(settings, session_factory, artifact_store, routers, lifespan=_compose(hooks))
     # The services the routers take through server.api.deps (None: not run by this process).

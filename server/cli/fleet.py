@@ -67,25 +67,44 @@ def label(
 
 @tokens_app.command("create")
 def create_token(
-    name: Annotated[str, typer.Argument(help="Who or what holds the token.")],
+    name: Annotated[str, typer.Argument(help="The token's name (unique), e.g. ada or ci-deploy.")],
+    person: Annotated[str | None, typer.Option(
+        "--person", help='The token belongs to this person, e.g. "Ada Lovelace".')] = None,
+    service: Annotated[str | None, typer.Option(
+        "--service", help='The token belongs to a program, e.g. "ci deploy bot" '
+                          "(service tokens can never approve).")] = None,
     role: Annotated[str, typer.Option(help="viewer, operator or admin.")] = "viewer",
     home: HomeOption = None,
     server: ServerOption = None,
     token: TokenOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Create a token; its secret is printed once."""
-    result = connect(home, server, token).post("/api/tokens", json={"name": name, "role": role})
-    emit(result, as_json, f"token {name} ({role}): {result['token']}\nstore it now: it is not "
-                          "shown again")
+    """Create a token for a named person (--person) or a service (--service); its secret is
+    printed once."""
+    kind, owner = _owner_of(person, service)
+    result = connect(home, server, token).post(
+        "/api/tokens", json={"name": name, "role": role, "kind": kind, "owner": owner})
+    emit(result, as_json, f"token {name} ({role}, {kind} {owner!r}): {result['token']}\n"
+                          "store it now: it is not shown again")
+
+
+def _owner_of(person: str | None, service: str | None) -> tuple[str, str]:
+    """("person", name) or ("service", description); a usage error unless exactly one."""
+    if (person is None) == (service is None):
+        raise typer.BadParameter(
+            'give exactly one of --person "Full Name" or --service "what it is": every token '
+            "belongs to a named person or a service", param_hint="--person/--service")
+    return ("person", person) if person is not None else ("service", service or "")
 
 
 @tokens_app.command("list")
 def list_tokens(home: HomeOption = None, server: ServerOption = None, token: TokenOption = None,
                 as_json: JsonOption = False) -> None:
-    """Tokens (never their secrets)."""
+    """Tokens with their role, whom they belong to (person or service) and state; never
+    their secrets."""
     rows = connect(home, server, token).get("/api/tokens")
-    lines = [f"{t['name']:<24} {t['role']:<9} {'revoked' if t['revoked_at'] else 'live'}"
+    lines = [f"{t['name']:<24} {t['role']:<9} {t['kind']:<8} "
+             f"{'revoked' if t['revoked_at'] else 'live':<8} {t['owner'] or '-'}"
              for t in rows]
     emit({"tokens": rows}, as_json, "\n".join(lines) if lines else "no tokens")
 

@@ -13,6 +13,8 @@ import typer
 
 from edgeops.cli import JsonOption, emit
 from edgeops.errors import ConfigError
+from server.cli.model_card import card
+from server.cli.model_reproduce import reproduce
 
 if TYPE_CHECKING:
     from server.pipeline.steps import TrainedRun
@@ -24,6 +26,8 @@ app = typer.Typer(
     help="Package models: train or load, export to ONNX, quantize to int8, evaluate, gate.",
     no_args_is_help=True,
 )
+app.command("card")(card)
+app.command("reproduce")(reproduce)
 
 QUANTIZATION_METHODS = ("static", "dynamic")
 # Keys of report.json that --json repeats; the full report (golden vectors, drift

@@ -66,6 +66,10 @@ class ServerSettings:
     # Where the Simulation Engine finds each device's own data: a folder of agent homes
     # named by device id (the laptop simulation's agents/). Empty: no trainer is set up.
     simulated_fleet_dir: str = ""
+    # The hash-chained audit log (server/governance/audit_chain): how often its head is signed
+    # when it moved, and how long entries are kept (floor 183 days: EU AI Act Art. 19, 26(6)).
+    audit_anchor_interval_s: float = 300.0
+    audit_retention_days: int = 200
 
     @property
     def resolved_database_url(self) -> str:

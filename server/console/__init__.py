@@ -7,7 +7,9 @@
     rollouts   /console/rollouts[/{id}[/progress|/pause|/resume|/abort]]
     pipeline   /console/pipeline[/{id}[/approve]] (continuous-delivery runs, timelines)
     devices    /console/devices[/{id}]
+    lineage    /console/lineage/devices/{id}[?at=], /console/lineage/releases/{target}
     monitor    /console/monitor[/{model}] (drift, accuracy, volume charts per cohort)
+    model_card /console/models/{model}/{version}/card (a release's model card)
     static     /console/static/{console.js,console.css}
     render     HTML helpers (escaping, tables, bars, the start-rollout form)
     forms      bounded url-encoded form bodies (FormDep)
@@ -20,10 +22,21 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from server.console import auth, devices, monitor, overview, pipeline, rollouts, static
+from server.console import (
+    auth,
+    devices,
+    lineage,
+    model_card,
+    monitor,
+    overview,
+    pipeline,
+    rollouts,
+    static,
+)
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/console", include_in_schema=False)
-for _part in (static, auth, overview, rollouts, pipeline, devices, monitor):
+for _part in (static, auth, overview, rollouts, pipeline, devices, lineage, monitor,
+              model_card):
     router.include_router(_part.router)

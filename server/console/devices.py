@@ -64,6 +64,7 @@ def device_page(device_id: str, user: ConsoleUserDep,
         ("telemetry messages", device.telemetry_messages),
     ]
     body = table(["", ""], [(e(k), e(v)) for k, v in facts], "device-facts")
+    body += f'<p><a href="/console/lineage/devices/{e(device_id)}">Lineage: what it ran when, and why</a></p>'
     body += "<h2>Health (last telemetry)</h2>" + health_table(telemetry)
     body += "<h2>Status history</h2>" + table(
         ["at", "presence", "state", "release", "target", "reason"],

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from server.api.deps import SessionFactoryDep
 from server.auth.tokens import has_role
 from server.console.auth import ConsoleUserDep
+from server.console.model_card import card_link
 from server.console.render import bar, e, html, page, rollout_table, start_form, table
 from server.db.tables import DeviceLabel, Release
 from server.fleet import inventory
@@ -46,7 +47,7 @@ def overview(user: ConsoleUserDep, session_factory: SessionFactoryDep) -> HTMLRe
         )
     )
     version_rows = [
-        (e(release), str(n), bar(n, 0, len(devices)))
+        (card_link(release), str(n), bar(n, 0, len(devices)))
         for release, n in versions.most_common()
     ]
     group_rows = [(e(g), str(n)) for g, n in sorted(groups.items())]

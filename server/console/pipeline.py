@@ -3,7 +3,8 @@
     GET  /console/pipeline                the runs, newest first (viewer)
     GET  /console/pipeline/{id}           the run: a timeline of its states (inline SVG),
                                           gate results, canary checks, every timeline entry
-    POST /console/pipeline/{id}/approve   approve a run awaiting approval (operator)
+    POST /console/pipeline/{id}/approve   approve a run awaiting approval (an operator who is
+                                          a person: never a service token)
 
 Reads and the approval go through server.pipeline.service, like `/api/pipeline`; a refusal
 (a domain error) is a page with the status `server.api.errors.status_for` gives.
@@ -25,7 +26,8 @@ from server.api.deps import SessionFactoryDep
 from server.api.errors import status_for
 from server.auth.tokens import has_role
 from server.console.auth import ConsoleOperatorDep, ConsoleUserDep
-from server.console.render import button_form, e, html, page, table
+from server.console.model_card import card_link
+from server.console.render import button_form, e, html, page, recent_actions, table
 from server.pipeline import service
 from server.pipeline.machine import FINAL_STATUSES
 
@@ -166,9 +168,12 @@ def _canary_table(checks: list[dict[str, Any]]) -> str:
     return table(["at (UTC)", "verdict", "reason", "canary vs control"], rows, "canary-checks")
 
 
-def _approval(run: dict[str, Any], operator: bool) -> str:
+def _approval(run: dict[str, Any], operator: bool, person: bool) -> str:
     if run.get("approved_by"):
         return f'<p id="approved-by">Approved by {e(run["approved_by"])}</p>'
+    if run["status"] == "awaiting_approval" and operator and not person:
+        return ('<p id="approval-needs-person">Waiting for approval: only a person may '
+                "approve, and this token belongs to a service.</p>")
     if run["status"] == "awaiting_approval" and operator:
         return button_form(f"/console/pipeline/{run['id']}/approve", "Approve",
                            ident="btn-approve")
@@ -200,6 +205,10 @@ def run_page(run_id: RunId, user: ConsoleUserDep,
         run = service.get_run(session_factory, run_id)
     except EdgeOpsError as err:
         return html(page("Not found", f"<p>{e(err)}</p>", user), status_for(err))
+    with session_factory() as session:
+        actions = recent_actions(
+            session, paths=(f"/api/pipeline/runs/{run_id}", f"/console/pipeline/{run_id}"),
+            target=f"pipeline run {run_id}")
     timeline = run.get("timeline") or []
     results = run.get("results") or {}
     gates = results.get("gates") or []
@@ -210,14 +219,15 @@ started by {e(run["created_by"])} at {e(_clock(run["created_at"]))} UTC</p>
 <p>Status <span id="run-status">{_badge(run["status"])}</span>
 <span id="run-reason">{e(run.get("reason"))}</span></p>
 <p>Champion {_number(run.get("champion_version"))} · candidate {e(_candidate(run))}
-{f'<code>{e(run["candidate_target"])}</code>' if run.get("candidate_target") else ""}
+{f'<code>{e(run["candidate_target"])}</code> ({card_link(run["candidate_target"], "model card")})' if run.get("candidate_target") else ""}
 {f' · <a href="/console/rollouts/{run["rollout_id"]}">rollout {run["rollout_id"]}</a>'
  if run.get("rollout_id") else ""}</p>
-{_approval(run, has_role(user.role, "operator"))}
+{_approval(run, has_role(user.role, "operator"), user.kind == "person")}
 <h2>Timeline</h2>{timeline_chart(state_spans(timeline, time.time()))}
 <h2>Gates</h2>{_gate_table(gates) if gates else '<p id="no-gates">No gate checked yet.</p>'}
 <h2>Canary checks</h2>{_canary_table(checks) if checks else '<p id="no-checks">None yet.</p>'}
-<h2>Every step</h2>{table(["at (UTC)", "state", "message"], entries, "run-timeline")}"""
+<h2>Every step</h2>{table(["at (UTC)", "state", "message"], entries, "run-timeline")}
+{actions}"""
     return html(page(f"Pipeline run {run_id}", body, user))
 
 
@@ -225,7 +235,8 @@ started by {e(run["created_by"])} at {e(_clock(run["created_at"]))} UTC</p>
 def approve(request: Request, run_id: RunId, user: ConsoleOperatorDep,
             session_factory: SessionFactoryDep) -> Response:
     try:
-        service.approve_run(session_factory, run_id, user.name)
+        service.approve_run(session_factory, run_id, user.actor, kind=user.kind,
+                            role=user.role)
     except EdgeOpsError as err:
         return html(page("Refused", f'<p class="error" id="refused">{e(err)}</p>', user),
                     status_for(err))

@@ -3,6 +3,7 @@
     page(title, body, user)     the whole document with the navigation
     table / bar / button_form   building blocks; rollout_table, start_form shared by pages
     html(body, status_code)     the HTMLResponse a page returns
+    recent_actions(session, ...)   who did what to the page's object, from the audit log
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ from html import escape
 from typing import Any
 
 from fastapi.responses import HTMLResponse
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
 
+from server.db.tables import AuditEntry
 from server.rollouts.controller import RolloutPolicy
 from server.rollouts.summary import summarize
 
@@ -26,6 +30,7 @@ __all__ = [
     "e",
     "html",
     "page",
+    "recent_actions",
     "rollout_table",
     "start_form",
     "table",
@@ -145,3 +150,24 @@ def start_form(releases: list[str], groups: list[str]) -> str:
 <label>Soak (s) <input name="soak_s" id="start-soak" value="{soak}" size="6"></label>
 <label>Abort at failures (%) <input name="failure_threshold_pct" value="{failures}" size="4"></label>
 <button type="submit" id="start-submit">Start rollout</button></form>"""
+
+
+def recent_actions(session: Session, *, paths: Sequence[str], target: str,
+                   limit: int = 10) -> str:
+    """The last `limit` audit entries about one object, newest first: those whose `target`
+    is `target` ("rollout 3") or whose resource is one of `paths` or under one of them
+    ("/api/rollouts/3" covers "/api/rollouts/3/pause")."""
+    about = [AuditEntry.target == target, AuditEntry.resource.in_(list(paths))]
+    about += [AuditEntry.resource.startswith(p.rstrip("/") + "/", autoescape=True) for p in paths]
+    entries = session.scalars(
+        select(AuditEntry).where(or_(*about)).order_by(AuditEntry.id.desc()).limit(limit))
+    rows = [
+        (e(f"{entry.at:%Y-%m-%d %H:%M:%S}"), e(entry.actor), e(entry.role or "–"),
+         e(entry.action), e(entry.target or entry.resource), e(entry.detail or ""),
+         e(entry.outcome))
+        for entry in entries
+    ]
+    if not rows:
+        return '<h2>Recent actions</h2><p id="no-actions">No recorded actions yet.</p>'
+    return "<h2>Recent actions</h2>" + table(
+        ["at (UTC)", "who", "role", "action", "on", "detail", "outcome"], rows, "recent-actions")

@@ -27,6 +27,7 @@ from server.console.render import (
     e,
     html,
     page,
+    recent_actions,
     rollout_table,
     start_form,
     table,
@@ -92,6 +93,9 @@ def rollout_page(rollout_id: int, user: ConsoleUserDep,
             return html(page("Not found", f"<p>{e(err)}</p>", user), 404)
         rows = store.assignments(session, rollout_id)
         summary = summarize(rollout, rows)
+        actions = recent_actions(
+            session, paths=(f"/api/rollouts/{rollout_id}", f"/console/rollouts/{rollout_id}"),
+            target=f"rollout {rollout_id}")
     operator = has_role(user.role, "operator")
     wave_rows = [
         (f"{w.index}", f'<span class="wave-status">{e(w.status)}</span>',
@@ -129,6 +133,7 @@ def rollout_page(rollout_id: int, user: ConsoleUserDep,
 <h2>Waves</h2>{wave_table}
 <p class="policy">Policy: {e(policy)}</p>
 <h2>Devices</h2>{table(["device", "wave", "phase", "reason"], device_rows, "rollout-devices")}
+{actions}
 </div>"""
     return html(page(f"Rollout {rollout_id}", body, user))
 

@@ -165,10 +165,18 @@ class ApiToken(Base):
     created_by: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column()
+    # Who the token belongs to (migration 0005): a named person, or a service (a program;
+    # services never approve). `owner` is the person's name or the service's description.
+    kind: Mapped[str] = mapped_column(String(16), default="person")  # "person" | "service"
+    owner: Mapped[str | None] = mapped_column(String(128))
 
 
 class AuditEntry(Base):
-    """One mutating API or console call: who, what, when, outcome."""
+    """One action: a mutating API or console call, or one the server took on its own (a
+    pipeline run's step, a rollout's verdict), with who, what, when and the outcome.
+
+    Append-only and hash-chained (migration 0005): `entry_hash` covers the entry's fields and
+    `prev_hash`, the previous entry's `entry_hash` (server.governance)."""
 
     __tablename__ = "audit_log"
 
@@ -176,11 +184,29 @@ class AuditEntry(Base):
     at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     actor: Mapped[str] = mapped_column(String(64))
     role: Mapped[str | None] = mapped_column(String(16))
-    action: Mapped[str] = mapped_column(String(16))  # HTTP method
-    resource: Mapped[str] = mapped_column(String(300))  # path
-    status_code: Mapped[int] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(String(64))  # HTTP method, or e.g. "pipeline.promote"
+    resource: Mapped[str] = mapped_column(String(300))  # path, or the kind of thing acted on
+    status_code: Mapped[int | None] = mapped_column(Integer)  # None: not an HTTP call
     outcome: Mapped[str] = mapped_column(String(16))  # "ok" | "denied" | "refused" | "error"
     detail: Mapped[str | None] = mapped_column(Text)
+    target: Mapped[str | None] = mapped_column(String(300))  # what was acted on
+    reason: Mapped[str | None] = mapped_column(Text)
+    prev_hash: Mapped[str | None] = mapped_column(String(64))
+    entry_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+
+
+class AuditAnchor(Base):
+    """The audit chain's head at a moment, signed by the server's audit key: an entry
+    deleted from the tail after an anchor shows as a head that no longer matches."""
+
+    __tablename__ = "audit_anchors"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    entry_id: Mapped[int] = mapped_column(Integer)  # the last entry covered
+    head_hash: Mapped[str] = mapped_column(String(64))
+    key_id: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str] = mapped_column(Text)  # hex
 
 
 class DeviceLabel(Base):

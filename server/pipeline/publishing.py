@@ -10,6 +10,9 @@ A package is the folder `edgeops model package --out DIR` writes:
 `release_info.<fmt>` is a ReleaseInfo without `version`: the version is assigned here.
 An optional `"sha256": {"fp32": hex, "int8": hex}` is checked against the model files.
 `metrics` is stored on both formats' rows, or per format if it has "fp32"/"int8" objects.
+The released format's ReleaseInfo gets the signed part of the release's model card
+(server.governance.model_card), built from the report, the training run and the pipeline
+run, and validated against its schema before anything is recorded or signed.
 
 Order of effects, so agents never see half a release: validate everything (including
 each model against its own golden vectors), store the artifacts (content-addressed,
@@ -24,7 +27,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +36,10 @@ from pydantic import ValidationError
 from sqlalchemy.orm import sessionmaker
 
 from edgeops.errors import ConfigError, NotFoundError
+from edgeops.packaging.source import file_sha256
 from edgeops.schemas import ModelFormat, ReleaseInfo, target_path
 from server.config.settings import ServerSettings
+from server.governance.model_card import CardSource, signed_card
 from server.registry.artifact_store import ArtifactStore
 from server.registry.registry import FORMATS, Lineage, NewVersion, Registry
 from server.trust.repository import TufRepository
@@ -67,6 +73,7 @@ class ModelPackage:
     code_version: str | None
     training_run_id: int | None
     parent_version: int | None
+    report: dict[str, Any] = field(default_factory=dict)  # report.json as read
 
     def metrics_for(self, fmt: ModelFormat) -> dict[str, Any]:
         per_format = self.metrics.get(fmt)
@@ -182,6 +189,7 @@ def load_package(package_dir: Path) -> ModelPackage:
         code_version=_field(lineage, "code_version", str, lineage_where),
         training_run_id=_field(lineage, "training_run_id", int, lineage_where, required=False),
         parent_version=_field(lineage, "parent_version", int, lineage_where, required=False),
+        report=report,
     )
 
 
@@ -256,6 +264,8 @@ def publish_package(
             )
             for f in FORMATS
         }
+        path = target_path(package.model, version, fmt)
+        infos[fmt] = _with_model_card(session_factory, package, infos[fmt], path)
         items = [
             NewVersion(
                 format=f,
@@ -271,7 +281,6 @@ def publish_package(
             )
             for f in FORMATS
         ]
-        path = target_path(package.model, version, fmt)
         expected_targets_version = repository.targets_version() + 1
         records = registry.register_versions(
             package.model,
@@ -307,6 +316,33 @@ def publish_package(
         release_info=infos[fmt],
         version_ids={r.format: r.id for r in records},
     )
+
+
+def _with_model_card(
+    session_factory: sessionmaker, package: ModelPackage, info: ReleaseInfo, path: str
+) -> ReleaseInfo:
+    """`info` with the signed part of the release's model card (ConfigError if invalid)."""
+    model_file = package.model_files[info.format]
+    source = CardSource(
+        model=package.model,
+        task=package.task,
+        version=info.version,
+        format=info.format,
+        target_path=path,
+        artifact_sha256=file_sha256(model_file),
+        size_bytes=model_file.stat().st_size,
+        release_info=info,
+        released_at=datetime.now(UTC),
+        report=package.report,
+        metrics=package.metrics_for(info.format),
+        data_fingerprint=package.data_fingerprint,
+        code_version=package.code_version,
+        training_run_id=package.training_run_id,
+        parent_version=package.parent_version,
+    )
+    with session_factory() as session:
+        card = signed_card(session, source)
+    return ReleaseInfo.model_validate({**info.model_dump(by_alias=True), "model_card": card})
 
 
 def drop_unsigned_releases(registry: Registry, repository: TufRepository) -> list[str]:

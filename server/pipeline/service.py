@@ -9,7 +9,9 @@ from typing import Any
 from sqlalchemy.orm import sessionmaker
 
 from edgeops.errors import ConfigError
+from server.auth.tokens import require_person
 from server.config.settings import ServerSettings
+from server.governance import audit_chain
 from server.pipeline import store
 from server.registry.aliases import CHAMPION, get_alias
 
@@ -49,11 +51,23 @@ def request_run(session_factory: sessionmaker, settings: ServerSettings, actor: 
         return store.run_json(run, store.steps(session, run.id))
 
 
-def approve_run(session_factory: sessionmaker, run_id: int, actor: str,
-                now: float | None = None) -> dict[str, Any]:
+def approve_run(session_factory: sessionmaker, run_id: int, actor: str, *, kind: str,
+                role: str | None = None, now: float | None = None) -> dict[str, Any]:
+    """A person's approval of a run awaiting one, recorded as the run's `approved_by` and as
+    one audit entry ("pipeline.approve", target "pipeline run <id>") in the same transaction.
+
+    `actor` names the person ("Ada Lovelace (token ada)"), `kind` is their token's kind:
+    PersonRequiredError for a service token, PipelineStateError for a run not awaiting
+    approval, NotFoundError for an unknown run."""
+    require_person(kind, actor, f"approve pipeline run {run_id}")
     now = time.time() if now is None else now
     with session_factory.begin() as session:
+        already = store.get_run(session, run_id).approved_by
         run = store.approve(session, run_id, actor, now)
+        if already is None:
+            audit_chain.append(session, actor=actor, role=role, action="pipeline.approve",
+                               resource="pipeline_run", target=f"pipeline run {run_id}",
+                               detail=f"approved pipeline run {run_id} of {run.model}")
         return store.run_json(run, store.steps(session, run.id))
 
 

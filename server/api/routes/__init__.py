@@ -2,6 +2,7 @@
 
     tuf            /tuf/metadata, /tuf/targets             (no token: TUF verifies)
     models         /api/models
+    model_cards    /api/models/{m}/versions/{v}/card, /api/releases/card
     releases       /api/releases, /api/tuf/timestamp
     devices        /api/devices, /api/groups               (inventory, labels, history)
     deployments    /api/deployments
@@ -13,6 +14,7 @@
     tokens         /api/tokens
     audit          /api/audit
     training_runs  /api/training-runs
+    lineage        /api/lineage/devices/{id}?at=, /api/lineage/releases/{name}
     metrics        /metrics                                (Prometheus, no token)
 
 Services come from `app.state` through the aliases in server.api.deps; so does the one
@@ -29,7 +31,9 @@ from server.api.routes import (
     devices,
     enroll,
     ingest,
+    lineage,
     metrics,
+    model_cards,
     models,
     monitor,
     pipeline,
@@ -45,6 +49,7 @@ __all__ = ["ROUTERS"]
 ROUTERS: list[APIRouter] = [
     tuf.router,
     models.router,
+    model_cards.router,
     releases.router,
     devices.router,
     deployments.router,
@@ -56,5 +61,6 @@ ROUTERS: list[APIRouter] = [
     tokens.router,
     audit.router,
     training_runs.router,
+    lineage.router,
     metrics.router,
 ]

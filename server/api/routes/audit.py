@@ -1,17 +1,26 @@
-"""`/api/audit`: the audit log of mutating calls, newest first (operator and above)."""
+"""`/api/audit`: the hash-chained audit log (operator and above).
+
+    GET /api/audit          entries, newest first (page with before_id)
+    GET /api/audit/verify   the chain and its anchors checked: the first problem, if any
+    GET /api/audit/export   entries with since <= at < until as JSON lines, hashes included
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from server.api import audit
-from server.api.deps import OperatorDep, SessionFactoryDep
+from server.api.deps import OperatorDep, SessionFactoryDep, SettingsDep
+from server.governance import audit_chain
 
-__all__ = ["AuditEntryPublic", "router"]
+__all__ = ["AuditEntryPublic", "AuditVerdictPublic", "router"]
 
 router = APIRouter(prefix="/api/audit", tags=["audit"])
 
@@ -23,9 +32,23 @@ class AuditEntryPublic(BaseModel):
     role: str | None
     action: str
     resource: str
-    status_code: int
+    target: str | None
+    status_code: int | None
     outcome: str
+    reason: str | None
     detail: str | None
+    prev_hash: str | None
+    entry_hash: str | None
+
+
+class AuditVerdictPublic(BaseModel):
+    ok: bool
+    entries: int
+    first_bad_id: int | None
+    problem: str | None
+    legacy_entries: int
+    anchors: int
+    bad_anchor_id: int | None
 
 
 @router.get("", response_model=list[AuditEntryPublic])
@@ -41,7 +64,33 @@ def list_audit(
             AuditEntryPublic(
                 id=e.id, at=e.at if e.at.tzinfo else e.at.replace(tzinfo=UTC),
                 actor=e.actor, role=e.role, action=e.action, resource=e.resource,
-                status_code=e.status_code, outcome=e.outcome, detail=e.detail,
+                target=e.target, status_code=e.status_code, outcome=e.outcome, reason=e.reason,
+                detail=e.detail, prev_hash=e.prev_hash, entry_hash=e.entry_hash,
             )
             for e in audit.list_entries(session, limit=limit, before_id=before_id, actor=actor)
         ]
+
+
+@router.get("/verify", response_model=AuditVerdictPublic)
+def verify_audit(
+    _user: OperatorDep, session_factory: SessionFactoryDep, settings: SettingsDep
+) -> AuditVerdictPublic:
+    keys = audit_chain.audit_public_keys(settings.home)
+    with session_factory() as session:
+        return AuditVerdictPublic(**audit_chain.verify(session, keys).to_json())
+
+
+@router.get("/export")
+def export_audit(
+    _user: OperatorDep,
+    session_factory: SessionFactoryDep,
+    since: Annotated[datetime | None, Query(description="ISO time, inclusive")] = None,
+    until: Annotated[datetime | None, Query(description="ISO time, exclusive")] = None,
+) -> StreamingResponse:
+    def lines() -> Iterator[str]:
+        with session_factory() as session:
+            record: dict[str, Any]
+            for record in audit_chain.export(session, since, until):
+                yield json.dumps(record, sort_keys=True) + "\n"
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")

@@ -2,9 +2,10 @@
 
 Reads need a viewer token, changes an operator token. The work is server.pipeline.service's;
 refusals are domain errors mapped to HTTP in one place (server.api.errors): an unknown run
-404, approving a run that is not awaiting approval 409 (PipelineStateError), a second run in
-flight for the model 409 (PipelineConflictError), a missing or invalid release policy, or
-one that forbids manual runs, 400 (ConfigError).
+404, approving a run that is not awaiting approval 409 (PipelineStateError), approving with a
+service token 403 (PersonRequiredError: only people approve), a second run in flight for the
+model 409 (PipelineConflictError), a missing or invalid release policy, or one that forbids
+manual runs, 400 (ConfigError).
 """
 
 from __future__ import annotations
@@ -102,7 +103,9 @@ def get_run(run_id: RunId, _user: ViewerDep, session_factory: SessionFactoryDep)
 @router.post("/runs/{run_id}/approve", response_model=PipelineRunPublic)
 def approve_run(run_id: RunId, user: OperatorDep, session_factory: SessionFactoryDep,
                 request: Request) -> dict[str, Any]:
-    """Approve a run in `awaiting_approval`: its canary starts on the runner's next tick."""
-    run = service.approve_run(session_factory, run_id, user.name)
+    """Approve a run in `awaiting_approval`: its canary starts on the runner's next tick.
+    Only a person's token approves: a service token gets 403 (PersonRequiredError)."""
+    run = service.approve_run(session_factory, run_id, user.actor, kind=user.kind,
+                              role=user.role)
     note(request, f"approved pipeline run {run_id}")
     return run

@@ -77,11 +77,11 @@ def test_bad_requests_are_4xx(api_world: ApiWorld) -> None:
 
 def test_tokens_are_created_listed_and_revoked_by_admin(api_world: ApiWorld) -> None:
     http, admin = api_world.client, api_world.auth("admin")
-    created = http.post("/api/tokens", json={"name": "ci", "role": "operator"}, headers=admin)
+    created = http.post("/api/tokens", json={"name": "ci", "role": "operator", "kind": "service", "owner": "ci pipeline"}, headers=admin)
     assert created.status_code == 201
     secret = created.json()["token"]
     assert http.get("/api/rollouts", headers={"Authorization": f"Bearer {secret}"}).status_code == 200
-    assert http.post("/api/tokens", json={"name": "ci"}, headers=admin).status_code == 409
+    assert http.post("/api/tokens", json={"name": "ci", "kind": "service", "owner": "ci pipeline"}, headers=admin).status_code == 409
     assert http.delete("/api/tokens/ci", headers=admin).status_code == 200
     assert http.get("/api/rollouts", headers={"Authorization": f"Bearer {secret}"}).status_code == 401
     assert "token" not in str(http.get("/api/tokens", headers=admin).json()[0].keys() - {"name"})
