@@ -323,7 +323,8 @@ def run_simulation(config: SimulationConfig, progress: Progress = lambda _msg: N
         with stage("publish", "signing and publishing the release"):
             session_factory = open_database(settings.resolved_database_url)
             stack.callback(close_database, session_factory)
-            release = publish_release(settings, session_factory, out / "package", "int8")
+            release = publish_release(settings, session_factory, out / "package", "int8",
+                                    actor="simulation")
             progress(f"          published {release.target_path} as v{release.version}")
 
         with stage("agents", f"starting {config.devices} agents"):

@@ -47,6 +47,7 @@ from server.pipeline import service
 from server.pipeline.machine import FINAL_STATUSES
 from server.pipeline.steps import package_run, publish_release, start_rollout
 from server.rollouts import RolloutPolicy, RolloutSpec
+from simulations.drifts import DRIFTS, drift_inputs
 from simulations.laptop import (
     FleetAPI,
     SimulationConfig,
@@ -64,7 +65,6 @@ Progress = Callable[[str], None]
 
 from server.pipeline.runner import KILL_ENV  # noqa: E402
 
-DRIFTS = ("none", "offset", "shift")
 LABEL_FAULTS = ("none", "shuffle")
 
 
@@ -105,24 +105,6 @@ def laptop_policy(approval: str = "automatic", rounds: int = 3) -> str:
     return _LAPTOP_POLICY.format(approval=approval, rounds=rounds)
 
 
-def drift_inputs(x: NDArray[np.float32], kind: str, amount: float) -> NDArray[np.float32]:
-    """`x` (n, 64 digits pixels in [0, 1]) as a drifted sensor sees it.
-
-    offset: a stuck bias of `amount` on every pixel (clipped); shift: the image moves
-    `int(amount)` pixels right (a misaligned camera)."""
-    if kind == "none":
-        return x
-    if kind == "offset":
-        return np.clip(x + np.float32(amount), 0.0, 1.0).astype(np.float32)
-    if kind == "shift":
-        px = max(1, int(amount))
-        images = x.reshape(-1, 8, 8)
-        out = np.zeros_like(images)
-        out[:, :, px:] = images[:, :, :-px]
-        return out.reshape(x.shape)
-    raise ConfigError(f"unknown drift {kind!r} (expected one of {', '.join(DRIFTS)})")
-
-
 @dataclass(frozen=True)
 class LoopConfig:
     out_dir: Path
@@ -139,7 +121,7 @@ class LoopConfig:
     champion_local_epochs: int = 3
     window_s: float = 3.0  # the monitor's window
     baseline_s: float = 8.0  # undrifted traffic before the drift starts
-    trigger: str = "drift"  # "drift": wait for the monitor; "manual": `edgeops pipeline run`
+    trigger: str = "drift"  # "drift": wait for the monitor's event; "manual": a person starts it
     approve: bool = False  # approve the run when it waits for an operator
     kill_at: tuple[str, ...] = ()  # SIGKILL the server at these pipeline points, in order
     timeout_s: float = 420.0
@@ -311,7 +293,8 @@ def run_loop(config: LoopConfig, progress: Progress = lambda _m: None) -> LoopRe
         package_run(champion_run, out / "champion")
         session_factory = open_database(settings.resolved_database_url)
         stack.callback(close_database, session_factory)
-        champion = publish_release(settings, session_factory, out / "champion", "int8")
+        champion = publish_release(settings, session_factory, out / "champion", "int8",
+                                    actor="simulation")
         say(f"champion v{champion.version} published")
 
         data = task.load_data()
@@ -368,14 +351,17 @@ def run_loop(config: LoopConfig, progress: Progress = lambda _m: None) -> LoopRe
         traffic.drift_on = config.drift != "none"
         traffic.labels_corrupted = config.label_fault == "shuffle"
         figures["accuracy_during"] = _accuracy(agents, tests, drifted, drift_fn)
-        say(f"drift {config.drift} {config.drift_amount:g} on {config.drifted_group}"
-            + (", its labels corrupted" if traffic.labels_corrupted else "")
-            + f": accuracy {figures['accuracy_before']:.3f} -> {figures['accuracy_during']:.3f}")
+        what = [f"drift {config.drift} {config.drift_amount:g}"] if traffic.drift_on else []
+        what += ["labels corrupted"] if traffic.labels_corrupted else []
+        say(f"{' and '.join(what) or 'nothing changes'} on {config.drifted_group}: accuracy "
+            f"{figures['accuracy_before']:.3f} -> {figures['accuracy_during']:.3f}")
 
         if config.trigger == "manual":
             time.sleep(config.window_s * 3)  # fresh labelled data first
             response = http.post("/api/pipeline/runs", json={})
-            if response.status_code >= 400:
+            if response.status_code == 409:  # the monitor was faster: follow its run
+                say(f"a run is already in flight: {response.json().get('detail')}")
+            elif response.status_code >= 400:
                 raise TransportError(f"cannot start a pipeline run: {response.text}")
 
         run = _follow(config, session_factory, server, kills, http, say, onset)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 from pathlib import Path
 from typing import Annotated
 
@@ -43,7 +44,8 @@ def publish(
     settings = load_settings(home)
     session_factory = open_database(settings.resolved_database_url)
     try:
-        released = publish_release(settings, session_factory, package, fmt)  # type: ignore[arg-type]
+        released = publish_release(settings, session_factory, package, fmt,  # type: ignore[arg-type]
+                                   actor=f"{getpass.getuser()} (CLI on the server)")
     finally:
         close_database(session_factory)
     emit(

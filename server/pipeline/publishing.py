@@ -39,6 +39,7 @@ from edgeops.errors import ConfigError, NotFoundError
 from edgeops.packaging.source import file_sha256
 from edgeops.schemas import ModelFormat, ReleaseInfo, target_path
 from server.config.settings import ServerSettings
+from server.governance import audit_chain
 from server.governance.model_card import CardSource, signed_card
 from server.registry.artifact_store import ArtifactStore
 from server.registry.registry import FORMATS, Lineage, NewVersion, Registry
@@ -244,8 +245,10 @@ def publish_package(
     session_factory: sessionmaker,
     package_dir: Path,
     fmt: ModelFormat = "int8",
+    actor: str = "local operator (CLI)",
 ) -> PublishedRelease:
-    """Register both formats of the package as the model's next version and release `fmt`."""
+    """Register both formats of the package as the model's next version and release `fmt`;
+    the publication is an audit entry by `actor` (target "release <target path>")."""
     if fmt not in FORMATS:
         raise ConfigError(f"format must be one of {list(FORMATS)}, got {fmt!r}")
     package = load_package(package_dir)
@@ -305,6 +308,13 @@ def publish_package(
         )
     released = next(r for r in records if r.format == fmt)
     logger.info("published %s (targets v%d)", path, targets_version)
+    with session_factory.begin() as session:
+        audit_chain.append(
+            session, actor=actor, role=None, action="release.publish", resource="release",
+            target=f"release {path}",
+            reason=f"{package.model} v{version} signed in targets v{targets_version}"
+            + (f" from training run {package.training_run_id}" if package.training_run_id else ""),
+        )
     return PublishedRelease(
         model=package.model,
         version=version,

@@ -431,7 +431,8 @@ class PipelineRunner:
                 return
             # No write in this session before publishing: it opens its own transactions,
             # and SQLite allows one writer (this session writes only once it moves on).
-            release = publish_release(self._settings, self._session_factory, out, "int8")
+            release = publish_release(self._settings, self._session_factory, out, "int8",
+                                      actor=ACTOR)
             published = (release.version, release.target_path)
             self._maybe_kill(run, "packaging:published")
         version, target = published

@@ -150,12 +150,13 @@ def publish_release(
     session_factory: sessionmaker,
     package_dir: Path,
     fmt: ModelFormat = "int8",
+    actor: str = "local operator (CLI)",
 ) -> PublishedRelease:
     """Register both formats of a package as the model's next version and sign `fmt` as
-    the TUF target agents install."""
+    the TUF target agents install (an audit entry by `actor`)."""
     if fmt not in ("int8", "fp32"):
         raise ConfigError(f"release format must be int8 or fp32, got {fmt!r}")
-    return publish_package(settings, session_factory, package_dir, fmt)
+    return publish_package(settings, session_factory, package_dir, fmt, actor)
 
 
 def start_rollout(

@@ -7,6 +7,7 @@ it performs the side effect that state stands for.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select, update
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from edgeops.errors import NotFoundError
 from server.db.tables import PipelineRun, PipelineStep
+from server.governance import audit_chain
 from server.pipeline.machine import ACTIVE_STATUSES, FINAL_STATUSES, PipelineStateError, check_move
 
 __all__ = [
@@ -69,8 +71,12 @@ def create_run(
         raise PipelineConflictError(
             f"another pipeline run of {model!r} started at the same time"
         ) from err
-    session.add(PipelineStep(run_id=run.id, at=now, status="triggered",
-                             message=_trigger_message(trigger, actor), detail=dict(trigger)))
+    message = _trigger_message(trigger, actor)
+    session.add(PipelineStep(run_id=run.id, at=now, status="triggered", message=message,
+                             detail=dict(trigger)))
+    audit_chain.append(session, actor=actor, role=None, action="pipeline.triggered",
+                       resource="pipeline", target=f"pipeline run {run.id}", reason=message,
+                       at=datetime.fromtimestamp(now, UTC))
     return run
 
 
@@ -119,9 +125,11 @@ def update_results(run: PipelineRun, **results: Any) -> None:
 
 
 def move(session: Session, run: PipelineRun, to: str, message: str, now: float,
-         detail: Mapping[str, Any] | None = None, **fields: Any) -> None:
+         detail: Mapping[str, Any] | None = None, *, actor: str = "pipeline",
+         **fields: Any) -> None:
     """Move `run` to `to` (and set `fields`) if the table allows it and nobody else moved
-    it since it was loaded; PipelineStateError / PipelineConflictError otherwise."""
+    it since it was loaded; PipelineStateError / PipelineConflictError otherwise. The move
+    is an audit entry in the same transaction (target "pipeline run N")."""
     check_move(run.id, run.status, to)
     values: dict[str, Any] = {"status": to, "revision": run.revision + 1, "updated_at": now,
                               "state_entered_at": now, "results": run.results, **fields}
@@ -136,6 +144,10 @@ def move(session: Session, run: PipelineRun, to: str, message: str, now: float,
         raise PipelineConflictError(f"pipeline run {run.id} changed meanwhile")
     session.add(PipelineStep(run_id=run.id, at=now, status=to, message=message,
                              detail=dict(detail or {})))
+    audit_chain.append(session, actor=actor, role=None, action=f"pipeline.{to}",
+                       resource="pipeline", target=f"pipeline run {run.id}",
+                       outcome="refused" if to == "refused" else "ok", reason=message[:2000],
+                       at=datetime.fromtimestamp(now, UTC))
     session.flush()
     session.refresh(run)
 

@@ -33,6 +33,7 @@ from edgeops.messages import Command
 from server.background.periodic import LifespanHook, periodic
 from server.db.tables import DeviceEvent, Rollout
 from server.fleet.commands import CommandDeliveryError, CommandPublisher
+from server.governance import audit_chain
 from server.rollouts import store
 from server.rollouts.controller import (
     ACTIVE_STATUSES,
@@ -46,6 +47,7 @@ __all__ = ["RolloutRunner", "RunnerStats", "rollout_lifespan"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_TICK_S = 0.5
+ACTOR = "rollout-controller"  # who the audit log names for the controller's own decisions
 _Snapshot = tuple[bool, str | None, str | None, str | None, str | None]
 
 
@@ -120,6 +122,9 @@ class RolloutRunner:
             for event in decision.events:
                 logger.info("rollout %d (%s): %s", rollout.id, rollout.target, event,
                             extra={"rollout_id": rollout.id, "release": rollout.target})
+                audit_chain.append(session, actor=ACTOR, role=None, action="rollout.decision",
+                                   resource="rollout", target=f"rollout {rollout.id}",
+                                   reason=f"{rollout.target}: {event}")
             if decision.rollout.status in ("completed", "aborted"):
                 self.stats.rollouts_finished[decision.rollout.status] += 1
             commands.extend((rollout.id, action) for action in decision.commands)
