@@ -1,7 +1,8 @@
-"""`edgeops simulate`: the whole loop on this machine."""
+"""`edgeops simulate`: a scenario's whole life of a model, on this machine."""
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -13,42 +14,58 @@ from edgeops.exit_codes import ExitCode
 
 app = typer.Typer(add_completion=False)
 
+DEFAULT_SCENARIO = "drift-recovery"
+
 
 @app.command(
     help=(
-        "Run the whole EdgeOps loop on this machine: start Mosquitto on a free port, the "
-        "server, and N agents with their own local data; train a model federatedly "
-        "on the devices' own data (SecAgg+), quantize, sign and publish it; roll it out over the air in waves through the rollout controller; let them infer; collect telemetry.\n\n"
-        "Writes report.json, report.html (plots) and the logs of every part into --out."
+        "Run a scenario on this machine with real parts: Mosquitto on a free port, the server "
+        "process (monitor and pipeline inside), agents in several processes, Flower with "
+        "SecAgg+ for every training. The fleet lives through the scenario's timeline: a "
+        "champion trained federatedly and rolled out in waves, then drift, faults and the "
+        "server's own response (detect, retrain on the devices' fresh labels, gate, canary, "
+        "promote or roll back).\n\n"
+        "Built-in scenarios (simulations/scenarios/): baseline, drift-recovery (the default), "
+        "bad-candidate, faults, scale. A scenario is a TOML file (docs/scenarios.md); give a "
+        "path to run your own.\n\n"
+        "Writes report.html (the timeline), report.json (its summary and assertions) and the "
+        "logs of every part into --out. Exits 0 when every assertion holds, 1 when one fails "
+        "(named on the screen), 3 for a bad scenario file.\n\n"
+        "Examples:\n\n"
+        "  edgeops simulate\n\n"
+        "  edgeops simulate --scenario faults --out runs/faults\n\n"
+        "  edgeops simulate --scenario my.toml --devices 12 --seed 3 --json"
     )
 )
 def simulate(
-    devices: Annotated[int, typer.Option("--devices", "-n", min=1, help="How many agents to run.")] = 10,
+    scenario: Annotated[str, typer.Option("--scenario", "-s", help="A built-in scenario's name or a scenario file.")] = DEFAULT_SCENARIO,
+    devices: Annotated[int | None, typer.Option("--devices", "-n", min=1, help="Fleet size (cohorts keep their shares).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for data partitions, traffic and training.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the report, logs and homes (must be empty or new).")] = Path("runs/latest"),
-    task: Annotated[str, typer.Option(help="Built-in task name or module:attribute.")] = "digits",
-    alpha: Annotated[float | None, typer.Option(help="Dirichlet alpha for non-IID local data (default: IID).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for training and data partitioning.")] = 0,
-    training: Annotated[str, typer.Option(help="federated: the devices train the model with Flower rounds under SecAgg+ on their own data (default); centralized: the server trains it on the whole training split.")] = "federated",
-    rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 5,
-    local_epochs: Annotated[int, typer.Option(min=1, help="Federated local epochs per round.")] = 3,
-    epochs: Annotated[int, typer.Option(min=1, help="Centralized training epochs.")] = 30,
-    timeout_s: Annotated[float, typer.Option("--timeout-s", help="Longest wait for any fleet-wide step.")] = 120.0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print report.json instead of the table.")] = False,
+    console: Annotated[bool, typer.Option("--console", help="Keep the server up at the end and print the console's URL and a viewer token.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print report.json's summary and assertions instead of the table.")] = False,
 ) -> None:
-    from simulations.laptop import SimulationConfig, run_simulation
-    from simulations.report import summary_table, write_report
+    from simulations.engine import run_scenario
+    from simulations.scenario import load_scenario
+    from simulations.timeline_report import summary_lines
 
-    config = SimulationConfig(
-        out_dir=out, devices=devices, task=task, alpha=alpha, seed=seed, epochs=epochs, timeout_s=timeout_s,
-        training=training, rounds=rounds, local_epochs=local_epochs,
-    )
-    result = run_simulation(config, progress=lambda message: typer.echo(message, err=True))
-    paths = write_report(result, config.out_dir.resolve())
+    chosen = load_scenario(scenario)  # a bad file stops here, before anything starts
+    if devices is not None or seed is not None:
+        chosen = chosen.override(devices=devices, seed=seed)
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    run = run_scenario(chosen, out, progress=lambda message: typer.echo(message, err=True),
+                       keep_console=console)
+    timeline = run.timeline
+    lines = summary_lines(timeline)  # type: ignore[arg-type]
     emit(
-        result.to_json(),
+        {"summary": timeline["summary"], "assertions": timeline["assertions"],
+         "report": str(run.out_dir / "report.html")},
         as_json,
-        summary_table(result) + f"\n\nreport: {paths['html']}\n        {paths['json']}",
+        "\n".join(lines) + f"\n\nreport: {run.out_dir / 'report.html'}"
+        f"\nlogs:   {run.out_dir / 'logs'}",
     )
-    if not result.succeeded:
-        typer.echo("error: not every device reached the published version with telemetry", err=True)
-        sys.exit(ExitCode.UPDATE)
+    failed = [a for a in timeline["assertions"] if not a["passed"]]
+    for assertion in failed:
+        typer.echo(f"assertion failed: {assertion['name']}: {assertion['detail']}", err=True)
+    if failed:
+        sys.exit(ExitCode.FAILURE)

@@ -11,7 +11,8 @@ predictions is "inconclusive", never "ok" or "drift". `confirm` runs a CUSUM ove
 of consecutive windows (log10 of level / adjusted p: positive only when BH rejects), raises
 `drift_detected` when it crosses `cusum_threshold`, and `recovered` after `recover_windows`
 clean windows (hysteresis); `quality_dropped` fires when the estimated or realised accuracy
-falls more than `max_accuracy_drop` below the release's held-out accuracy.
+falls more than `max_accuracy_drop` below the release's held-out accuracy, beyond the window's
+sampling noise (a one-sided binomial test at the false-alarm rate).
 """
 
 from __future__ import annotations
@@ -235,15 +236,31 @@ def _accuracy_drop(score: CohortScore, ref: Reference, policy: MonitorPolicy) ->
         return None
     floor = ref.accuracy - policy.max_accuracy_drop
     found: dict[str, float] = {}
-    if score.estimated_accuracy is not None and score.estimated_accuracy < floor:
+    if score.estimated_accuracy is not None and _significantly_below(
+        score.estimated_accuracy, score.count, floor, policy.false_alarm_rate
+    ):
         found["estimated_accuracy"] = score.estimated_accuracy
     if (
         score.realised_accuracy is not None
         and score.feedback_count >= policy.min_feedback
-        and score.realised_accuracy < floor
+        and _significantly_below(
+            score.realised_accuracy, score.feedback_count, floor, policy.false_alarm_rate
+        )
     ):
         found["realised_accuracy"] = score.realised_accuracy
     return found or None
+
+
+def _significantly_below(accuracy: float, count: int, floor: float, rate: float) -> bool:
+    """`accuracy` over `count` predictions is below `floor` beyond sampling noise: a one-sided
+    binomial test at the false-alarm `rate` (75 labels measure accuracy to about +-4 pp, so
+    a window a little under the floor is not yet a drop)."""
+    from scipy.stats import binom
+
+    if accuracy >= floor or count <= 0:
+        return False
+    correct = int(round(accuracy * count))
+    return bool(binom.cdf(correct, count, min(max(floor, 0.0), 1.0)) < rate)
 
 
 def _drift_evidence(score: CohortScore, policy: MonitorPolicy, windows: tuple[str, ...]) -> dict[str, Any]:
