@@ -1,19 +1,19 @@
 # Everything a fresh machine needs to run EdgeOps lives here.
-#   make simulate   run the whole loop on this laptop (broker, server, 10 agents)
+#   make simulate   a model's whole life on this laptop (SCENARIO=drift-recovery by default)
 #   make test       run the test suite (what CI runs)
 #   make check      ruff, mypy and the import-linter contracts (CI runs them before the tests)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-DEVICES ?= 10
+SCENARIO ?= drift-recovery
 OUT ?= runs/$(shell date +%Y%m%d-%H%M%S)
 PYTEST_ARGS ?=
 
 .PHONY: simulate test check bench install system-deps browser-deps clean
 
 simulate: $(STAMP) system-deps
-	$(BIN)/edgeops simulate --devices $(DEVICES) --out $(OUT)
+	$(BIN)/edgeops simulate --scenario $(SCENARIO) --out $(OUT)
 
 test: $(STAMP) system-deps browser-deps
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
