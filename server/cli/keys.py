@@ -43,6 +43,22 @@ def _repo(home: Path) -> Any:
     return TufRepository(load_settings(home).tuf_dir)
 
 
+def _audit(home: Path, action: str, target: str, reason: str) -> None:
+    """The key change as an entry of the home's audit chain, by the CLI's user."""
+    import getpass
+
+    from server.config.settings import load_settings
+    from server.db.engine import close_database, open_database
+    from server.governance.audit_chain import record
+
+    session_factory = open_database(load_settings(home).resolved_database_url)
+    try:
+        record(session_factory, f"{getpass.getuser()} (CLI on the server)", action, target,
+               reason, resource="keys")
+    finally:
+        close_database(session_factory)
+
+
 def _summary(result: dict[str, Any]) -> str:
     if result.get("installed"):
         return f"installed root v{result['root_version']}"
@@ -78,6 +94,7 @@ def create(
     from server.trust.keys import create_key
 
     result = create_key(_repo(home), role, offline_out=out)
+    _audit(home, "keys.create", f"key {result['keyid'][:16]}", f"new {role} key; {_summary(result)}")
     emit(result, as_json, f"new {role} key {result['keyid'][:16]}; {_summary(result)}")
 
 
@@ -93,6 +110,8 @@ def rotate(
     from server.trust.keys import rotate_key
 
     result = rotate_key(_repo(home), role, keyid, offline_out=out)
+    _audit(home, "keys.rotate", f"key {result['replaced'][:16]}",
+           f"{role} key replaced by {result['keyid'][:16]}; {_summary(result)}")
     emit(
         result,
         as_json,
@@ -111,6 +130,8 @@ def revoke(
     from server.trust.keys import revoke_key
 
     result = revoke_key(_repo(home), keyid, offline_out=out)
+    _audit(home, "keys.revoke", f"key {result['revoked'][:16]}",
+           f"revoked from {', '.join(result['roles'])}; {_summary(result)}")
     emit(result, as_json, f"revoked {result['revoked'][:16]} ({', '.join(result['roles'])}); {_summary(result)}")
 
 
@@ -137,4 +158,5 @@ def import_root_(
     from server.trust.keys import import_root, load_root_file
 
     version = import_root(_repo(home), load_root_file(root_file))
+    _audit(home, "keys.import_root", f"root v{version}", f"installed root v{version} from {root_file}")
     emit({"root_version": version, "installed": True}, as_json, f"installed root v{version}")

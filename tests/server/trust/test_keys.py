@@ -90,6 +90,19 @@ def test_keys_cli_list_rotate_revoke(tmp_path: Path) -> None:
     assert new_key not in listing["roles"]["targets"]["keyids"]
     assert (settings.tuf_dir / "keys" / "revoked").is_dir()
     TufRepository(settings.tuf_dir).verify()
+    # Each change is an entry of the home's audit chain, naming the key.
+    from server.db.engine import close_database, open_database
+    from server.governance.audit_chain import audit_public_keys, export, verify
+
+    session_factory = open_database(settings.resolved_database_url)
+    try:
+        with session_factory() as session:
+            actions = [(e["action"], e["target"]) for e in export(session)]
+            assert verify(session, audit_public_keys(settings.home)).ok
+    finally:
+        close_database(session_factory)
+    assert [a for a, _ in actions] == ["keys.rotate", "keys.create", "keys.revoke"]
+    assert actions[2][1] == f"key {new_key[:16]}"
 
 
 @pytest.fixture
