@@ -7,7 +7,7 @@ SIGKILL of the process) and bring them back (a new process on the same agent hom
 agents resume from what their homes hold, as on a device after a power cut).
 
 SPEC (JSON): server_url, broker_host, broker_port, trusted_root (path), telemetry_interval_s,
-rate_hz, feedback_share, seed, devices: [{device_id, home, group, partition,
+rate_hz, feedback_share, feedback_delay_s, seed, devices: [{device_id, home, group, partition,
 num_partitions}]. Commands arrive on stdin as JSON lines, one reply per line on stdout:
 
     {"cmd": "drift", "group": g, "kind": "offset", "amount": 0.5}   drift a group's inputs
@@ -32,6 +32,7 @@ import json
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,7 @@ class _Host:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._paused = threading.Event()
+        self._late: deque[tuple[float, _Device, str, int]] = deque()  # labels still on the way
         self.devices = self._start_agents()
         self.predictions = 0
         self.labels = 0
@@ -115,6 +117,7 @@ class _Host:
     def _traffic(self) -> None:
         period = 1.0 / float(self._spec.get("rate_hz", 10.0))
         share = float(self._spec.get("feedback_share", 1.0))
+        delay = float(self._spec.get("feedback_delay_s", 0.0))
         next_at = time.monotonic()
         while not self._stop.is_set():
             if self._paused.is_set():
@@ -134,13 +137,22 @@ class _Host:
                     label = self._truth(device, int(y_pool[pick]), pick)
                     if device.group in self._bad_labels:
                         label = int(self._rng.integers(10))
-                    try:
-                        device.agent.feedback(prediction.prediction_ids[0], label)
-                        self.labels += 1
-                    except EdgeOpsError:
-                        pass
+                    self._late.append((time.monotonic() + delay, device,
+                                       prediction.prediction_ids[0], label))
+                self._deliver_labels()
             next_at += period
             self._stop.wait(max(0.0, next_at - time.monotonic()))
+
+    def _deliver_labels(self) -> None:
+        """The true labels whose delay has passed reach their devices, oldest first."""
+        now = time.monotonic()
+        while self._late and self._late[0][0] <= now:
+            _, device, prediction_id, label = self._late.popleft()
+            try:
+                device.agent.feedback(prediction_id, label)
+                self.labels += 1
+            except EdgeOpsError:
+                pass  # the prediction is gone (the model changed, or too old): a lost label
 
     def _pick(self, device: _Device, labels: NDArray[np.int64]) -> int:
         """The next input's index; under a prior drift a share of them are digits 0-4."""

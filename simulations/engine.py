@@ -220,9 +220,10 @@ def run_scenario(scenario: Scenario, out_dir: Path, progress: Progress = lambda 
         stack.callback(http.close)
 
         devices = scenario.fleet.devices
-        say(f"training the champion federatedly on {devices} devices "
-            f"({scenario.champion.rounds} rounds, SecAgg+)")
-        sim = SimulationConfig(out_dir=out, devices=devices, rounds=scenario.champion.rounds,
+        trainers = min(scenario.champion.clients or devices, devices)
+        say(f"training the champion federatedly on {trainers} devices' data "
+            f"({scenario.champion.rounds} rounds{', SecAgg+' if trainers >= 3 else ''})")
+        sim = SimulationConfig(out_dir=out, devices=trainers, rounds=scenario.champion.rounds,
                                local_epochs=scenario.champion.local_epochs, seed=scenario.seed,
                                alpha=scenario.fleet.alpha or None)
         champion_run, _ = train_federated(sim, settings, lambda _m: None)
@@ -294,7 +295,8 @@ def _start_hosts(scenario: Scenario, settings: ServerSettings, broker: Mosquitto
             "server_url": settings.resolved_public_url, "broker_host": broker.host,
             "broker_port": broker.port, "trusted_root": str(trusted_root),
             "telemetry_interval_s": 1.0, "rate_hz": scenario.traffic.rate_hz,
-            "feedback_share": scenario.traffic.feedback_share, "seed": scenario.seed + index,
+            "feedback_share": scenario.traffic.feedback_share,
+            "feedback_delay_s": scenario.traffic.feedback_delay_s, "seed": scenario.seed + index,
             "devices": [{"device_id": ids[i], "home": str(out / "agents" / ids[i]),
                          "group": cohorts[i], "partition": i, "num_partitions": len(ids)}
                         for i in mine],

@@ -203,10 +203,13 @@ class TrafficSettings(_Table):
 
 
 class ChampionSettings(_Table):
-    """The v1 model: trained federatedly on every device at the start, then rolled out."""
+    """The v1 model: trained federatedly at the start, then rolled out to every device."""
 
     rounds: PositiveCount = 3
     local_epochs: PositiveCount = 3
+    # Devices whose data trains it (the first N; None: every device). A large fleet trains
+    # its champion on a sample: SecAgg+ over 1,000 simulated clients is not what it shows.
+    clients: PositiveCount | None = None
     waves: tuple[Percent, ...] = (50.0, 100.0)  # cumulative percent of the fleet per wave
 
     @field_validator("waves")
