@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from edgeops.update_states import COMMITTED_STATES
+from edgeops.update_states import COMMITTED_STATES, TERMINAL_UPDATE_STATES
 from server.db.tables import MonitorEventRecord, Release
 from server.pipeline.training import recorded_training_runs
 from simulations.scenario import Scenario
@@ -86,13 +86,16 @@ def _nothing_lost(a: Any, scenario: Scenario, timeline: dict[str, Any], sf: Any)
 
 
 def _no_half_updated(a: Any, scenario: Scenario, timeline: dict[str, Any], sf: Any) -> dict[str, Any]:
-    """Judged on the fleet as the server saw it at the end, with every agent still running."""
+    """Every device settled on one whole version: its update (or its own rollback) is over
+    (TERMINAL_UPDATE_STATES, or running), judged on the fleet as the server saw it at the end
+    with every agent still running."""
+    settled = TERMINAL_UPDATE_STATES | COMMITTED_STATES
     rows = [(d["device_id"], d["state"], d["version"]) for d in timeline["devices"]]
-    bad = [f"{d} {s} v{v}" for d, s, v in rows if s not in COMMITTED_STATES or v is None]
+    bad = [f"{d} {s} v{v}" for d, s, v in rows if s not in settled or v is None]
     versions = sorted({v for _, _, v in rows if v is not None})
     return _result(a.name, not bad,
-                   f"every device committed ({', '.join(f'v{v}' for v in versions)})" if not bad
-                   else f"{len(bad)} not committed: {', '.join(bad[:5])}")
+                   f"every device settled on one version ({', '.join(f'v{v}' for v in versions)})"
+                   if not bad else f"{len(bad)} half-updated: {', '.join(bad[:5])}")
 
 
 def _trained_once(a: Any, scenario: Scenario, timeline: dict[str, Any], sf: Any) -> dict[str, Any]:

@@ -272,6 +272,10 @@ def run_scenario(scenario: Scenario, out_dir: Path, progress: Progress = lambda 
 def _logs_to_files(folder: Path) -> None:
     """Flower's, Ray's and Python's warnings go to logs/flower.log, not onto the screen: the
     terminal shows the scenario's own progress lines only."""
+    try:  # Flower attaches its console handler when first imported: import it first
+        import flwr.common.logger  # noqa: F401
+    except ImportError:
+        pass
     handler = logging.FileHandler(folder / "flower.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.captureWarnings(True)

@@ -410,7 +410,7 @@ class NothingLostAssertion(_Assertion):
 
 
 class NoHalfUpdatedAssertion(_Assertion):
-    """Every device ends on one committed version (none between slots)."""
+    """Every device ends settled on one whole version (none mid-update, none between slots)."""
 
     kind: Literal["no_half_updated"]
 
