@@ -168,16 +168,19 @@ def _largest_partition(config: FederatedConfig) -> int:
     )
 
 
-def feedback_rows(path: Path, until: float | None = None, split: FeedbackSplit | None = None) -> int:
-    """Rows in a device's feedback store (labelled by `until`, on the `split` side; 0 if it
-    has none yet), read-only: a count is all the server takes from a device's file."""
+def feedback_rows(path: Path, until: float | None = None, split: FeedbackSplit | None = None,
+                  since: float | None = None) -> int:
+    """Rows in a device's feedback store (labelled after `since` and by `until`, on the
+    `split` side; 0 if it has none yet), read-only: a count is all the server takes from a
+    device's file."""
     if not path.exists():
         return 0
     try:
         with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
             ids = [row[0] for row in db.execute(
-                "SELECT prediction_id FROM examples WHERE created_at <= ?",
-                (until if until is not None else float("inf"),),
+                "SELECT prediction_id FROM examples WHERE created_at <= ? AND created_at > ?",
+                (until if until is not None else float("inf"),
+                 since if since is not None else float("-inf")),
             )]
     except sqlite3.Error as err:
         raise ConfigError(f"cannot count the feedback examples in {path}: {err}") from err

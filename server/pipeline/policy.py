@@ -123,6 +123,11 @@ class RetrainingPolicy(_Section):
     secagg: StrictBool = True
     participants: Participants = "drifted_cohort"
     min_devices: PositiveCount = SECAGG_MIN_DEVICES
+    # Before training, wait until the triggering cohort's devices hold this many labels
+    # given since the trigger's window began (fresh data of the new conditions), at most
+    # `fresh_labels_timeout_s`; 0: train on what is there.
+    min_fresh_labels: Count = 0
+    fresh_labels_timeout_s: PositiveSeconds = 600.0
 
     @field_validator("min_devices")
     @classmethod
@@ -364,6 +369,11 @@ participants = "drifted_cohort"
 # Fewer devices available than this and the run is refused before training. SecAgg+
 # needs at least 3.
 min_devices = 3
+# Wait before training until the cohort that started the run holds this many labels given
+# since its drift began (the fresh data the retraining learns the new conditions from);
+# after fresh_labels_timeout_s it trains on what there is. 0 = do not wait.
+min_fresh_labels = 0
+fresh_labels_timeout_s = 600.0
 
 [gates]
 # TFMA-style thresholds. Without a [gates] table a policy gets the gates below; with one,

@@ -35,6 +35,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -42,6 +43,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from edgeops.errors import ConfigError, EdgeOpsError, QuantizationGateError
 from edgeops.exit_codes import ExitCode
+from edgeops.federated.config import Participant
 from server.background.periodic import LifespanHook, periodic
 from server.config.settings import ServerSettings
 from server.db.tables import (
@@ -298,6 +300,8 @@ class PipelineRunner:
         try:
             participants, fleet_size = choose_participants(
                 session, self._settings, retraining.participants, group, retraining.min_devices)
+            if not self._fresh_labels_ready(session, run, policy, participants, group, now):
+                return
             write_participants(run_dir(self._settings, run.id) / PARTICIPANTS_FILE,
                                participants, num_partitions=fleet_size, feedback_until=now)
         except ConfigError as err:
@@ -312,6 +316,36 @@ class PipelineRunner:
                    f"training on {len(participants)} devices ({', '.join(f'{c} {n}' for c, n in sorted(cohorts.items()))})"
                    f", {retraining.rounds} rounds{', SecAgg+' if retraining.secagg else ''}",
                    now, {"cohorts": cohorts}, training_attempts=1)
+
+    def _fresh_labels_ready(self, session: Session, run: PipelineRun, policy: ReleasePolicy,
+                            participants: list[Participant], group: str | None,
+                            now: float) -> bool:
+        """Whether the triggering cohort holds `min_fresh_labels` labels given since the
+        trigger's window began (or the wait timed out); notes the count while it waits."""
+        from server.federated.driver import feedback_rows
+
+        wanted = policy.retraining.min_fresh_labels
+        if wanted <= 0:
+            return True
+        windows = (run.trigger.get("evidence") or {}).get("windows") or []
+        since = float(str(windows[0]).split("-")[0]) if windows else run.created_at
+        cohort = [p for p in participants if group is None or p.cohort == group]
+        fresh = sum(feedback_rows(Path(p.feedback_path), None, "train", since) for p in cohort)
+        waited = now - run.created_at
+        waiting = dict(run.results.get("fresh_labels") or {})
+        if fresh >= wanted or waited >= policy.retraining.fresh_labels_timeout_s:
+            store.update_results(run, fresh_labels={"count": fresh, "wanted": wanted,
+                                                    "since": since, "waited_s": round(waited, 1)})
+            if fresh < wanted:
+                store.note(session, run, f"training on {fresh} fresh labels, fewer than "
+                           f"{wanted}: waited {waited:.0f} s", now)
+            return True
+        if not waiting:
+            store.update_results(run, fresh_labels={"count": fresh, "wanted": wanted,
+                                                    "since": since})
+            store.note(session, run, f"waiting for {wanted} fresh labels from "
+                       f"{group or 'the fleet'} ({fresh} so far)", now)
+        return False
 
     def _in_training(self, session: Session, run: PipelineRun, policy: ReleasePolicy,
                      now: float) -> None:

@@ -57,8 +57,9 @@ def test_readme_first_command_runs_drift_recovery_to_a_promoted_recovery(tmp_pat
     assert printed["summary"] == report["summary"]
     assert report["assertions"] and all(a["passed"] for a in report["assertions"])
     summary = report["summary"]
-    assert summary["scenario"] == "drift-recovery" and summary["devices"] == 6
-    assert summary["accuracy_during"] < summary["accuracy_before"] - 0.05  # the drift hurt
+    assert summary["scenario"] == "drift-recovery" and summary["devices"] == 9
+    assert summary["accuracy_during"] <= summary["accuracy_before"] - 0.02  # the drift hurt
+    assert summary["accuracy_after"] >= summary["accuracy_during"] + 0.03  # the loop helped
     assert summary["accuracy_after"] >= summary["accuracy_before"] - 0.03  # and it recovered
     assert summary["telemetry_stored"] == summary["telemetry_sent"] > 0
     assert summary["ota_bytes"] > 0 and summary["published_version"] == 2

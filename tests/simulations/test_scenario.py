@@ -71,10 +71,10 @@ def test_every_builtin_loads_by_name() -> None:
         assert scenario.assertions, f"{name} asserts nothing"
 
 
-def test_drift_recovery_is_a_third_of_six_devices_drifting_under_automatic_approval() -> None:
+def test_drift_recovery_is_a_third_of_nine_devices_drifting_under_automatic_approval() -> None:
     scenario = load_scenario("drift-recovery")
-    assert scenario.fleet.cohorts == {"north": 2, "south": 2, "east": 2}
-    assert scenario.fleet.assignment() == ("north", "south", "east") * 2
+    assert scenario.fleet.cohorts == {"north": 3, "south": 3, "east": 3}
+    assert scenario.fleet.assignment() == ("north", "south", "east") * 3
     (drift,) = scenario.events
     assert isinstance(drift, DriftEvent)
     assert (drift.cohort, drift.drift, drift.amount) == ("north", "offset", 0.5)
