@@ -52,6 +52,14 @@ __all__ = ["SENT_LOG", "main"]
 SENT_LOG = "telemetry-sent.log"
 
 
+def _share(labels: NDArray[np.int64], count: int, index: int, seed: int) -> NDArray[np.int64]:
+    """Device `index`'s share of a split cut `count` ways (the partitioner federated training
+    uses); a fleet larger than the split gives each device one sample, shared cyclically."""
+    if count <= len(labels):
+        return np.asarray(partition_devices(labels, count, None, seed=seed)[index])
+    return np.array([index % len(labels)])
+
+
 class _CountingAgent(Agent):
     """An agent that notes the id of every telemetry batch it hands to its outbox."""
 
@@ -93,8 +101,8 @@ class _Host:
         devices = []
         for entry in spec["devices"]:
             count, seed = int(entry["num_partitions"]), int(spec.get("seed", 0))
-            train = partition_devices(data.y_train, count, None, seed=seed)[entry["partition"]]
-            test = partition_devices(data.y_test, count, None, seed=seed)[entry["partition"]]
+            train = _share(data.y_train, count, int(entry["partition"]), seed)
+            test = _share(data.y_test, count, int(entry["partition"]), seed)
             config = AgentConfig(
                 home=Path(entry["home"]), device_id=entry["device_id"],
                 server_url=spec["server_url"], broker_host=spec["broker_host"],
