@@ -223,7 +223,7 @@ def run_scenario(scenario: Scenario, out_dir: Path, progress: Progress = lambda 
         trainers = min(scenario.champion.clients or devices, devices)
         say(f"training the champion federatedly on {trainers} devices' data "
             f"({scenario.champion.rounds} rounds{', SecAgg+' if trainers >= 3 else ''})")
-        sim = SimulationConfig(out_dir=out, devices=trainers, rounds=scenario.champion.rounds,
+        sim = SimulationConfig(devices=trainers, rounds=scenario.champion.rounds,
                                local_epochs=scenario.champion.local_epochs, seed=scenario.seed,
                                alpha=scenario.fleet.alpha or None)
         champion_run, _ = train_federated(sim, settings, lambda _m: None)

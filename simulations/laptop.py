@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import httpx
@@ -46,23 +45,18 @@ ROLLOUT_POLL_S = 0.25
 
 @dataclass(frozen=True)
 class SimulationConfig:
-    out_dir: Path
+    """How the champion is trained: federated, one client per device."""
+
     devices: int = 10
     task: str = "digits"
     alpha: float | None = None  # None: IID local data; else Dirichlet non-IID
     seed: int = 0
-    epochs: int = 30  # centralized training epochs
-    telemetry_interval_s: float = 1.0
-    timeout_s: float = 120.0
-    training: str = "federated"  # or "centralized"
     rounds: int = 5  # federated rounds
     local_epochs: int = 3  # federated local epochs per round
 
     def __post_init__(self) -> None:
         if self.devices < 1:
             raise ConfigError(f"--devices must be at least 1, got {self.devices}")
-        if self.training not in ("federated", "centralized"):
-            raise ConfigError(f"--training must be federated or centralized, got {self.training!r}")
         if self.rounds < 1 or self.local_epochs < 1:
             raise ConfigError("--rounds and --local-epochs must be at least 1")
         if self.alpha is not None and self.alpha <= 0:
