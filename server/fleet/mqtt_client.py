@@ -3,6 +3,9 @@
 Connection is asynchronous (`connect_async` + `loop_start`): paho's network thread keeps
 reconnecting with exponential backoff between `MIN_RECONNECT_DELAY_S` and
 `MAX_RECONNECT_DELAY_S`, so a server can start before its broker and survive broker restarts.
+Each client announces the MQTT 5 Maximum Packet Size the generated broker config enforces
+(server.identity.broker_config.MAX_PACKET_BYTES): a broker without that limit still never
+delivers the server a larger packet.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from paho.mqtt.properties import Properties
 
 from edgeops.errors import TransportError
 from server.config.settings import ServerSettings
+from server.identity.broker_config import MAX_PACKET_BYTES
 
 __all__ = [
     "MAX_RECONNECT_DELAY_S",
@@ -67,7 +71,7 @@ def new_client(
     if settings.broker_tls:
         from server.identity.ca import FleetCA
 
-        ca = FleetCA.ensure(settings.home)
+        ca = FleetCA.for_settings(settings)
         certificate = None if settings.device_auth == "password" else ca.identity(client_id)
         try:
             client.tls_set(
@@ -93,6 +97,7 @@ def start_connecting(
 ) -> None:
     """Start paho's network thread; it connects, and reconnects, in the background."""
     properties = Properties(PacketTypes.CONNECT)
+    properties.MaximumPacketSize = MAX_PACKET_BYTES
     if session_expiry_s:
         properties.SessionExpiryInterval = session_expiry_s
     if receive_maximum:
