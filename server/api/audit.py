@@ -4,8 +4,13 @@
 appends one entry to the hash chain (server.governance.audit_chain.append) with the caller
 (the principal the auth dependency resolved, or "anonymous"), method, path, status code and
 outcome. Handlers may add a line of detail, and what was acted on and why, with
-`note(request, "rollout 3 of digits/2/int8/model.onnx", target=..., reason=...)`.
-Secrets are never logged.
+`note(request, "rollout 3 of digits/2/int8/model.onnx", target=..., reason=...)`, and
+name the outcome when the status code does not tell it (a refused console login answers
+with a redirect: `note(..., outcome="denied")`). Secrets are never logged.
+
+An anonymous request that matched no route is not recorded: it acted on nothing, and
+otherwise anyone could fill the log (500 such POSTs wrote 500 rows in 0.6 s). Retention is
+`audit_retention_days` (server.governance.audit_chain.prune, run by the server).
 """
 
 from __future__ import annotations
@@ -34,10 +39,18 @@ AUDITED_PREFIXES = ("/api/", "/console/")
 
 
 def note(
-    request: Request, detail: str, *, target: str | None = None, reason: str | None = None
+    request: Request,
+    detail: str,
+    *,
+    target: str | None = None,
+    reason: str | None = None,
+    outcome: str | None = None,
 ) -> None:
-    """Attach a line of detail (and what was acted on, and why) to this request's entry."""
+    """Attach a line of detail (and what was acted on, and why, and the outcome when the
+    status code does not say it) to this request's entry."""
     request.state.audit_detail = detail[:2000]
+    if outcome is not None:
+        request.state.audit_outcome = outcome
     if target is not None:
         request.state.audit_target = target[:300]
     if reason is not None:
@@ -85,13 +98,15 @@ class AuditMiddleware:
             written = True
             request = Request(scope)
             principal = getattr(request.state, "principal", None)
+            if principal is None and "endpoint" not in scope:
+                return  # anonymous, and no route matched: nothing was acted on
             entry = {  # its time is taken under the chain lock, so times follow the ids
                 "actor": principal.actor if principal else "anonymous",
                 "role": principal.role if principal else None,
                 "action": scope["method"],
                 "resource": scope["path"][:300],
                 "status_code": status_code,
-                "outcome": outcome_of(status_code),
+                "outcome": getattr(request.state, "audit_outcome", None) or outcome_of(status_code),
                 "detail": getattr(request.state, "audit_detail", None),
                 "target": getattr(request.state, "audit_target", None),
                 "reason": getattr(request.state, "audit_reason", None),

@@ -9,12 +9,13 @@ through these `Annotated` aliases:
 
 Authentication, one idiom for every route:
 
-    Authorization: Bearer <token>     API clients and the CLI
-    cookie edgeops_token=<token>      the console (set by its login form)
+    Authorization: Bearer <token>     API clients and the CLI (the only way into /api)
 
 `ViewerDep`, `OperatorDep` and `AdminDep` resolve the caller to a `Principal` of at least
 that role (401 without a valid token, 403 with too small a role) and leave it on
-`request.state.principal` for the audit log. A principal carries its token's `kind` (a
+`request.state.principal` for the audit log; `require_role` is the same check for a route
+that needs a token only when a setting says so. The console's session cookie is not
+accepted here, so no cross-site form can act through the API (server.console.auth). A principal carries its token's `kind` (a
 person or a service) and `owner`; `actor` names the person behind it for the audit log.
 """
 
@@ -41,7 +42,6 @@ from server.registry.registry import Registry
 __all__ = [
     "AdminDep",
     "ArtifactStoreDep",
-    "CONSOLE_COOKIE",
     "EnrollmentDep",
     "IngestDep",
     "MetricsRegistryDep",
@@ -53,9 +53,9 @@ __all__ = [
     "SettingsDep",
     "ViewerDep",
     "authenticate",
+    "principal_for_hash",
+    "require_role",
 ]
-
-CONSOLE_COOKIE = "edgeops_token"
 
 
 @dataclass(frozen=True)
@@ -119,24 +119,48 @@ def _ingest(request: Request) -> Ingest | None:
 
 def authenticate(request: Request, secret: str) -> Principal | None:
     """The principal holding `secret`: the home's admin token, or a live API token."""
-    if not secret:
-        return None
-    admin_token: str = request.app.state.admin_token
-    if hmac.compare_digest(secret.encode(), admin_token.encode()):
+    return principal_for_hash(request, tokens.hash_token(secret)) if secret else None
+
+
+def principal_for_hash(request: Request, token_sha256: str) -> Principal | None:
+    """The principal whose token's SHA-256 is `token_sha256` (a console session keeps only
+    that): the home's admin token, or a live API token."""
+    admin_sha256 = tokens.hash_token(request.app.state.admin_token)
+    if hmac.compare_digest(token_sha256.encode(), admin_sha256.encode()):
         return Principal(name="admin", role="admin", kind="person", owner=ADMIN_OWNER)
     with request.app.state.session_factory() as session:
-        token = tokens.find_token(session, secret)
+        token = tokens.find_token_by_hash(session, token_sha256)
         if token is None:
             return None
         return Principal(name=token.name, role=token.role, kind=token.kind,  # type: ignore[arg-type]
                          owner=token.owner)
 
 
-def _presented(request: Request, authorization: str | None) -> str:
-    if authorization:
-        scheme, _, presented = authorization.partition(" ")
-        return presented.strip() if scheme.lower() == "bearer" else ""
-    return request.cookies.get(CONSOLE_COOKIE, "")
+def _presented(authorization: str | None) -> str:
+    scheme, _, presented = (authorization or "").partition(" ")
+    return presented.strip() if scheme.lower() == "bearer" else ""
+
+
+def require_role(request: Request, authorization: str | None, minimum: Role) -> Principal:
+    """The caller presenting `Authorization: Bearer <token>`, of at least `minimum` (401
+    without a valid token, 403 with too small a role), left on `request.state.principal`."""
+    principal = authenticate(request, _presented(authorization))
+    if principal is None:
+        raise HTTPException(
+            status_code=401,
+            detail="a token is required: send 'Authorization: Bearer <token>' "
+            "(the admin token is in <home>/admin.token; admins create others "
+            "with POST /api/tokens)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    request.state.principal = principal
+    if not tokens.has_role(principal.role, minimum):
+        raise HTTPException(
+            status_code=403,
+            detail=f"token {principal.name!r} has role {principal.role}; "
+            f"this needs {minimum} or above",
+        )
+    return principal
 
 
 def _require(minimum: Role) -> Callable[..., Principal]:
@@ -145,23 +169,7 @@ def _require(minimum: Role) -> Callable[..., Principal]:
     def dependency(
         request: Request, authorization: Annotated[str | None, Header()] = None
     ) -> Principal:
-        principal = authenticate(request, _presented(request, authorization))
-        if principal is None:
-            raise HTTPException(
-                status_code=401,
-                detail="a token is required: send 'Authorization: Bearer <token>' "
-                "(the admin token is in <home>/admin.token; admins create others "
-                "with POST /api/tokens)",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        request.state.principal = principal
-        if not tokens.has_role(principal.role, minimum):
-            raise HTTPException(
-                status_code=403,
-                detail=f"token {principal.name!r} has role {principal.role}; "
-                f"this needs {minimum} or above",
-            )
-        return principal
+        return require_role(request, authorization, minimum)
 
     dependency.__name__ = f"require_{minimum}"
     return dependency

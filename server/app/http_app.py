@@ -20,6 +20,7 @@ from sqlalchemy.orm import sessionmaker
 from edgeops import __version__, errors
 from server.api.audit import AuditMiddleware
 from server.api.errors import error_response
+from server.api.security_headers import SecurityHeadersMiddleware
 from server.app.home import read_admin_token
 from server.config.settings import ServerSettings
 from server.registry.artifact_store import ArtifactStore
@@ -38,7 +39,14 @@ def create_app(
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[Any]] | None = None,
 ) -> FastAPI:
     """Assemble the FastAPI app over already-opened services (no I/O besides the token)."""
-    app = FastAPI(title="EdgeOps server", version=__version__, lifespan=lifespan)
+    docs = ("/docs", "/redoc") if settings.api_docs else ()  # Swagger UI/ReDoc load from a CDN
+    app = FastAPI(
+        title="EdgeOps server",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+    )
     app.state.settings = settings
     app.state.session_factory = session_factory
     app.state.artifact_store = artifact_store
@@ -46,6 +54,7 @@ def create_app(
     app.state.admin_token = read_admin_token(settings)
     app.add_exception_handler(errors.EdgeOpsError, error_response)
     app.add_middleware(AuditMiddleware)  # every mutating /api and /console call
+    app.add_middleware(SecurityHeadersMiddleware, exempt_paths=docs)  # outside: on every answer
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

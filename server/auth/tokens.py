@@ -36,6 +36,7 @@ __all__ = [
     "actor_label",
     "create_token",
     "find_token",
+    "find_token_by_hash",
     "has_role",
     "hash_token",
     "list_tokens",
@@ -126,9 +127,14 @@ def create_token(session: Session, name: str, role: Role, created_by: str, *,
 
 def find_token(session: Session, secret: str) -> ApiToken | None:
     """The live (not revoked) token whose secret is `secret`."""
+    return find_token_by_hash(session, hash_token(secret))
+
+
+def find_token_by_hash(session: Session, token_sha256: str) -> ApiToken | None:
+    """The live (not revoked) token whose secret's SHA-256 is `token_sha256`."""
     return session.scalar(
         select(ApiToken).where(
-            ApiToken.token_sha256 == hash_token(secret), ApiToken.revoked_at.is_(None)
+            ApiToken.token_sha256 == token_sha256, ApiToken.revoked_at.is_(None)
         )
     )
 

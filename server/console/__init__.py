@@ -14,13 +14,15 @@
     render     HTML helpers (escaping, tables, bars, the start-rollout form)
     forms      bounded url-encoded form bodies (FormDep)
 
-Login with an API token (kept in an HttpOnly, SameSite=Strict cookie); viewers see the
-fleet and rollouts, operators can also start, pause, resume and abort rollouts.
+Login exchanges an API token for a server-side session (its secret in an HttpOnly,
+SameSite=Strict cookie); every state-changing request must come from the console's own
+origin and carry the session's CSRF token (server.console.auth). Viewers see the fleet and
+rollouts, operators can also start, pause, resume and abort rollouts.
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
 from server.console import (
     auth,
@@ -36,7 +38,8 @@ from server.console import (
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/console", include_in_schema=False)
+router = APIRouter(prefix="/console", include_in_schema=False,
+                   dependencies=[Depends(auth.same_origin)])
 for _part in (static, auth, overview, rollouts, pipeline, devices, lineage, monitor,
               model_card):
     router.include_router(_part.router)

@@ -1,15 +1,24 @@
-"""Console form bodies: `application/x-www-form-urlencoded`, bounded, without multipart."""
+"""Console form bodies: `application/x-www-form-urlencoded`, bounded, without multipart;
+and the hidden CSRF field every console form carries (`csrf_input`, checked by
+server.console.auth)."""
 
 from __future__ import annotations
 
+from html import escape
 from typing import Annotated
 from urllib.parse import parse_qsl
 
 from fastapi import Depends, HTTPException, Request
 
-__all__ = ["MAX_FORM_BYTES", "FormDep", "read_form"]
+__all__ = ["CSRF_FIELD", "MAX_FORM_BYTES", "FormDep", "csrf_input", "read_form"]
 
 MAX_FORM_BYTES = 16 * 1024
+CSRF_FIELD = "csrf_token"
+
+
+def csrf_input(token: str) -> str:
+    """The hidden form field carrying the session's CSRF token."""
+    return f'<input type="hidden" name="{CSRF_FIELD}" value="{escape(token)}">'
 
 
 async def read_form(request: Request) -> dict[str, str]:

@@ -57,6 +57,6 @@ def overview(user: ConsoleUserDep, session_factory: SessionFactoryDep) -> HTMLRe
         + table(["release", "devices", "share"], version_rows, "versions")
         + "<h2>Groups</h2>" + table(["group", "devices"], group_rows, "groups")
         + "<h2>Recent rollouts</h2>" + rollout_table(rollouts, counts)
-        + (start_form(releases, sorted(groups)) if has_role(user.role, "operator") else "")
+        + (start_form(releases, sorted(groups), user.csrf) if has_role(user.role, "operator") else "")
     )
     return html(page("Fleet overview", body, user))

@@ -168,7 +168,7 @@ def _canary_table(checks: list[dict[str, Any]]) -> str:
     return table(["at (UTC)", "verdict", "reason", "canary vs control"], rows, "canary-checks")
 
 
-def _approval(run: dict[str, Any], operator: bool, person: bool) -> str:
+def _approval(run: dict[str, Any], operator: bool, person: bool, csrf: str) -> str:
     if run.get("approved_by"):
         return f'<p id="approved-by">Approved by {e(run["approved_by"])}</p>'
     if run["status"] == "awaiting_approval" and operator and not person:
@@ -176,7 +176,7 @@ def _approval(run: dict[str, Any], operator: bool, person: bool) -> str:
                 "approve, and this token belongs to a service.</p>")
     if run["status"] == "awaiting_approval" and operator:
         return button_form(f"/console/pipeline/{run['id']}/approve", "Approve",
-                           ident="btn-approve")
+                           csrf=csrf, ident="btn-approve")
     if run["status"] == "awaiting_approval":
         return "<p>Waiting for an operator's approval.</p>"
     return ""
@@ -222,7 +222,7 @@ started by {e(run["created_by"])} at {e(_clock(run["created_at"]))} UTC</p>
 {f'<code>{e(run["candidate_target"])}</code> ({card_link(run["candidate_target"], "model card")})' if run.get("candidate_target") else ""}
 {f' · <a href="/console/rollouts/{run["rollout_id"]}">rollout {run["rollout_id"]}</a>'
  if run.get("rollout_id") else ""}</p>
-{_approval(run, has_role(user.role, "operator"), user.kind == "person")}
+{_approval(run, has_role(user.role, "operator"), user.kind == "person", user.csrf)}
 <h2>Timeline</h2>{timeline_chart(state_spans(timeline, time.time()))}
 <h2>Gates</h2>{_gate_table(gates) if gates else '<p id="no-gates">No gate checked yet.</p>'}
 <h2>Canary checks</h2>{_canary_table(checks) if checks else '<p id="no-checks">None yet.</p>'}

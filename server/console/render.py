@@ -1,7 +1,8 @@
 """HTML for the console pages. Every value is escaped; no external assets are referenced.
 
-    page(title, body, user)     the whole document with the navigation
+    page(title, body, user)     the whole document with the navigation (and logout form)
     table / bar / button_form   building blocks; rollout_table, start_form shared by pages
+                                (every form takes the session's CSRF token: `csrf`)
     html(body, status_code)     the HTMLResponse a page returns
     recent_actions(session, ...)   who did what to the page's object, from the audit log
 """
@@ -18,6 +19,7 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from server.console.forms import csrf_input
 from server.db.tables import AuditEntry
 from server.rollouts.controller import RolloutPolicy
 from server.rollouts.summary import summarize
@@ -48,7 +50,7 @@ def page(title: str, body: str, user: Any | None = None) -> str:
     who = (
         f'<span class="who">{e(user.name)} ({e(user.role)})</span>'
         '<form method="post" action="/console/logout" class="inline">'
-        '<button type="submit">Log out</button></form>'
+        f'{csrf_input(user.csrf)}<button type="submit">Log out</button></form>'
         if user is not None
         else ""
     )
@@ -93,11 +95,12 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]], ident: str = ""
     return f"<table{attr}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def button_form(action: str, label: str, *, enabled: bool = True, ident: str = "") -> str:
+def button_form(action: str, label: str, *, csrf: str, enabled: bool = True,
+                ident: str = "") -> str:
     disabled = "" if enabled else " disabled"
     attr = f' id="{e(ident)}"' if ident else ""
     return (
-        f'<form method="post" action="{e(action)}" class="inline">'
+        f'<form method="post" action="{e(action)}" class="inline">{csrf_input(csrf)}'
         f'<button type="submit"{attr}{disabled}>{e(label)}</button></form>'
     )
 
@@ -134,7 +137,7 @@ def rollout_table(rollouts: list[Any], counts: dict[int, dict[str, int]]) -> str
                  "rollouts")
 
 
-def start_form(releases: list[str], groups: list[str]) -> str:
+def start_form(releases: list[str], groups: list[str], csrf: str) -> str:
     """The "start a rollout" form, filled with the default rollout policy."""
     release_options = "".join(f'<option value="{e(t)}">{e(t)}</option>' for t in releases)
     group_options = '<option value="">(whole fleet)</option>' + "".join(
@@ -143,7 +146,7 @@ def start_form(releases: list[str], groups: list[str]) -> str:
     soak = e(f"{DEFAULT_POLICY.soak_s:g}")
     failures = e(f"{DEFAULT_POLICY.failure_threshold_pct:g}")
     return f"""<h2>Start a rollout</h2>
-<form method="post" action="/console/rollouts" id="start-rollout">
+<form method="post" action="/console/rollouts" id="start-rollout">{csrf_input(csrf)}
 <label>Release <select name="target" id="start-target">{release_options}</select></label>
 <label>Group <select name="group" id="start-group">{group_options}</select></label>
 <label>Waves (cumulative %) <input name="waves" id="start-waves" value="{waves}"></label>

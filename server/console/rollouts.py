@@ -14,11 +14,16 @@ from sqlalchemy.orm import sessionmaker
 
 from edgeops.errors import EdgeOpsError
 from server.api.audit import note
-from server.api.deps import Principal, SessionFactoryDep
+from server.api.deps import SessionFactoryDep
 from server.api.errors import status_for
 from server.api.routes.rollouts import RolloutCreate
 from server.auth.tokens import has_role
-from server.console.auth import ConsoleJsonUserDep, ConsoleOperatorDep, ConsoleUserDep
+from server.console.auth import (
+    ConsoleJsonUserDep,
+    ConsoleOperatorDep,
+    ConsoleUser,
+    ConsoleUserDep,
+)
 from server.console.forms import FormDep
 from server.console.render import (
     DEFAULT_POLICY,
@@ -53,7 +58,7 @@ def rollouts_page(user: ConsoleUserDep, session_factory: SessionFactoryDep) -> H
         groups = sorted(set(session.scalars(select(DeviceLabel.group_name))) | {"default"})
     body = rollout_table(rollouts, counts)
     if has_role(user.role, "operator"):
-        body += start_form(releases, groups)
+        body += start_form(releases, groups, user.csrf)
     return html(page("Rollouts", body, user))
 
 
@@ -109,7 +114,8 @@ def rollout_page(rollout_id: int, user: ConsoleUserDep,
             f"<tr><td>{w.index}</td>", f'<tr id="wave-{w.index}"><td>{w.index}</td>', 1)
     buttons = "".join(
         button_form(f"/console/rollouts/{rollout_id}/{action}", action.capitalize(),
-                    enabled=operator and summary.status in allowed, ident=f"btn-{action}")
+                    csrf=user.csrf, enabled=operator and summary.status in allowed,
+                    ident=f"btn-{action}")
         for action, allowed in (("pause", ("running",)), ("resume", ("paused",)),
                                 ("abort", ("running", "paused")))
     )
@@ -150,7 +156,7 @@ def rollout_progress(rollout_id: int, _user: ConsoleJsonUserDep,
         return JSONResponse(summarize(rollout, store.assignments(session, rollout_id)).to_json())
 
 
-def _act(request: Request, rollout_id: int, what: store.Request, user: Principal,
+def _act(request: Request, rollout_id: int, what: store.Request, user: ConsoleUser,
          session_factory: sessionmaker) -> Response:
     try:
         with session_factory.begin() as session:

@@ -14,33 +14,42 @@ time) and `register(app.state.metrics_registry, collector)`, or create prometheu
 Naming follows Prometheus conventions: `edgeops_<subsystem>_<name>_<unit>`, counters end
 in `_total`, base units (seconds, bytes), and no per-device labels (label values come from
 small fixed sets: message kinds, outcomes, rejection reasons, device states).
+
+A `release` label names a release the registry knows, or "none", or "unknown": `/metrics`
+collapses any other value (a version a device reported, which nobody published) into
+"unknown" as it serves (`KnownReleases`), so a device cannot mint label values. With the
+`metrics_token` setting, `/metrics` needs a viewer token.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.samples import Sample
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from server.api.deps import MetricsRegistryDep
+from server.api.deps import MetricsRegistryDep, SessionFactoryDep, SettingsDep, require_role
 from server.fleet.ingest.stats import IngestStats
 
 __all__ = [
     "FleetCollector",
     "IngestCollector",
+    "KnownReleases",
     "create_registry",
     "register",
     "router",
 ]
 
 KINDS = ("status", "telemetry", "unknown")
+RELEASE_LABEL = "release"
+UNLISTED_RELEASES = frozenset({"none", "unknown"})
 OUTCOMES = ("stored", "duplicate", "rejected")
 
 router = APIRouter(tags=["metrics"])
@@ -139,7 +148,50 @@ class FleetCollector:
         yield devices
 
 
-@router.get("/metrics", include_in_schema=False)
-def metrics(registry: MetricsRegistryDep) -> Response:
-    """The app's registry in the Prometheus text format (no token: scrapers read it)."""
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+class KnownReleases:
+    """`source`'s metrics with every `release` label the registry does not know replaced by
+    "unknown" (samples that then share their labels are added up)."""
+
+    def __init__(self, source: CollectorRegistry, known: set[str]) -> None:
+        self._source = source
+        self._known = known | UNLISTED_RELEASES
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self._source.collect():
+            if not any(RELEASE_LABEL in s.labels for s in metric.samples):
+                yield metric
+                continue
+            merged: dict[tuple[str, tuple[tuple[str, str], ...]], Sample] = {}
+            for sample in metric.samples:
+                labels = dict(sample.labels)
+                if labels.get(RELEASE_LABEL, "none") not in self._known:
+                    labels[RELEASE_LABEL] = "unknown"
+                key = (sample.name, tuple(sorted(labels.items())))
+                seen = merged.get(key)
+                value = sample.value + (seen.value if seen else 0.0)
+                merged[key] = sample._replace(labels=labels, value=value)
+            metric.samples = list(merged.values())
+            yield metric
+
+
+def _known_releases(session_factory: Callable[[], Session]) -> set[str]:
+    from server.db.tables import Release
+
+    try:
+        with session_factory() as session:
+            return set(session.scalars(select(Release.target_path)))
+    except SQLAlchemyError:
+        return set()  # every release label reads "unknown" this scrape
+
+
+def _metrics_reader(request: Request, settings: SettingsDep,
+                    authorization: Annotated[str | None, Header()] = None) -> None:
+    if settings.metrics_token:
+        require_role(request, authorization, "viewer")
+
+
+@router.get("/metrics", include_in_schema=False, dependencies=[Depends(_metrics_reader)])
+def metrics(registry: MetricsRegistryDep, session_factory: SessionFactoryDep) -> Response:
+    """The app's registry in the Prometheus text format (a token only with `metrics_token`)."""
+    known = KnownReleases(registry, _known_releases(session_factory))
+    return Response(generate_latest(known), media_type=CONTENT_TYPE_LATEST)

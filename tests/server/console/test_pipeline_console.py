@@ -9,10 +9,10 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from server.api.deps import CONSOLE_COOKIE
 from server.console.pipeline import StateSpan, state_spans, timeline_chart
 from server.pipeline import service
 from tests.server.api.test_pipeline_api import T0, PipelineWorld, path_to, pipeline_world, seed_run
+from tests.server.console.support import console_login, console_post
 
 pytestmark = [pytest.mark.pipeline]
 
@@ -35,9 +35,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PipelineWorld]:
 
 
 def browser(world: PipelineWorld, role: str) -> TestClient:
-    client = TestClient(world.app, follow_redirects=False)
-    client.cookies.set(CONSOLE_COOKIE, world.tokens[role])
-    return client
+    return console_login(TestClient(world.app, follow_redirects=False), world.tokens[role])
 
 
 def test_the_runs_page_lists_model_status_trigger_candidate_and_reason(world: PipelineWorld) -> None:
@@ -91,7 +89,7 @@ def test_posting_approve_records_the_operator_and_hides_the_button(world: Pipeli
     run_id = seed_run(world.session_factory, "approved", "awaiting_approval")
     operator = browser(world, "operator")
 
-    posted = operator.post(f"/console/pipeline/{run_id}/approve")
+    posted = console_post(operator, f"/console/pipeline/{run_id}/approve")
 
     assert posted.status_code == 303 and posted.headers["location"] == f"/console/pipeline/{run_id}"
     assert service.get_run(world.session_factory, run_id)["approved_by"] == "operator-1"
@@ -102,8 +100,8 @@ def test_posting_approve_records_the_operator_and_hides_the_button(world: Pipeli
 def test_approval_refusals_are_pages_with_the_error_status(world: PipelineWorld) -> None:
     run_id = seed_run(world.session_factory, "not-yet", "gated")
 
-    wrong_state = browser(world, "operator").post(f"/console/pipeline/{run_id}/approve")
-    by_viewer = browser(world, "viewer").post(f"/console/pipeline/{run_id}/approve")
+    wrong_state = console_post(browser(world, "operator"), f"/console/pipeline/{run_id}/approve")
+    by_viewer = console_post(browser(world, "viewer"), f"/console/pipeline/{run_id}/approve")
     unknown = browser(world, "viewer").get("/console/pipeline/999999")
 
     assert wrong_state.status_code == 409 and "gated, not awaiting_approval" in wrong_state.text
@@ -113,7 +111,8 @@ def test_approval_refusals_are_pages_with_the_error_status(world: PipelineWorld)
 
 
 def test_without_a_cookie_the_pages_send_people_to_the_login(world: PipelineWorld) -> None:
-    anonymous = TestClient(world.app, follow_redirects=False)
+    anonymous = TestClient(world.app, follow_redirects=False,
+                           headers={"origin": "http://testserver"})  # a same-origin browser
 
     for method, path in (("GET", "/console/pipeline"), ("GET", "/console/pipeline/1"),
                          ("POST", "/console/pipeline/1/approve")):

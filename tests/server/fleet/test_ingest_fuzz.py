@@ -114,6 +114,7 @@ def test_a_stream_of_junk_is_counted_and_good_traffic_keeps_flowing(
 
         app = FastAPI()
         app.state.metrics_registry = registry
+        app.state.settings, app.state.session_factory = fleet.settings, db  # /metrics reads them
         app.include_router(metrics_router)
         text = TestClient(app).get("/metrics").text
     samples = {

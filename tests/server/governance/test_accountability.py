@@ -5,6 +5,7 @@ The real app over SQLite (no fleet, no runner: nothing moves a run but the test)
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +19,6 @@ from sqlalchemy.orm import sessionmaker
 from typer.testing import CliRunner
 
 from edgeops.errors import ConfigError
-from server.api.deps import CONSOLE_COOKIE
 from server.app.build import build_app
 from server.app.home import init_home
 from server.auth.tokens import (
@@ -37,6 +37,7 @@ from server.pipeline import service, store
 from server.pipeline.machine import STATUSES
 from server.rollouts.controller import RolloutPolicy
 from tests.cli_support import REPO_ROOT, run_edgeops
+from tests.server.console.support import console_login, console_post
 
 pytestmark = [pytest.mark.governance]
 
@@ -54,10 +55,8 @@ class World:
         return {"Authorization": f"Bearer {self.secrets[name]}"}
 
     def console(self, name: str) -> TestClient:
-        """A console client logged in (by cookie) with token `name`."""
-        client = TestClient(self.http.app)
-        client.cookies.set(CONSOLE_COOKIE, self.secrets[name])
-        return client
+        """A console client logged in (by its login form) with token `name`."""
+        return console_login(TestClient(self.http.app), self.secrets[name])
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +184,8 @@ def test_the_cli_creates_a_service_token_and_lists_kind_and_owner(
 @pytest.mark.parametrize("owners", [[], ["--person", "Ada", "--service", "bot"]])
 def test_the_cli_refuses_a_token_without_exactly_one_owner(owners: list[str]) -> None:
     result = run_edgeops("fleet", "tokens", "create", "someone", *owners,
-                         "--server", "http://127.0.0.1:9", "--token", "unused", timeout=60)
+                         "--server", "http://127.0.0.1:9", timeout=60,
+                         env={**os.environ, "EDGEOPS_TOKEN": "unused"})
 
     assert result.returncode == 2, result.stderr
     assert "exactly one of --person" in result.stderr and "--service" in result.stderr
@@ -256,7 +256,7 @@ def test_the_console_hides_approve_from_a_service_and_refuses_its_post(world: Wo
     bot = world.console("ci")
 
     shown = bot.get(f"/console/pipeline/{run_id}")
-    posted = bot.post(f"/console/pipeline/{run_id}/approve", follow_redirects=False)
+    posted = console_post(bot, f"/console/pipeline/{run_id}/approve")
 
     assert shown.status_code == 200
     assert 'id="approval-needs-person"' in shown.text and 'id="btn-approve"' not in shown.text
@@ -271,7 +271,7 @@ def test_the_pipeline_run_page_shows_who_approved_in_recent_actions(world: World
     ada = world.console("ada")
     assert 'id="btn-approve"' in ada.get(f"/console/pipeline/{run_id}").text
 
-    posted = ada.post(f"/console/pipeline/{run_id}/approve", follow_redirects=False)
+    posted = console_post(ada, f"/console/pipeline/{run_id}/approve")
     world.http.post(f"/api/pipeline/runs/{other_id}/approve", headers=world.bearer("admin"))
     shown = ada.get(f"/console/pipeline/{run_id}")
 
@@ -300,7 +300,7 @@ def test_the_rollout_page_shows_recent_actions_about_that_rollout_only(world: Wo
     ada = world.console("ada")
     assert '<p id="no-actions">' in ada.get(f"/console/rollouts/{second}").text
 
-    resumed = ada.post(f"/console/rollouts/{first}/resume", follow_redirects=False)
+    resumed = console_post(ada, f"/console/rollouts/{first}/resume")
     assert resumed.status_code == 303, resumed.text
     shown = ada.get(f"/console/rollouts/{first}")
 

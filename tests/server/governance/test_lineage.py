@@ -15,7 +15,6 @@ from sqlalchemy.orm import sessionmaker
 from typer.testing import CliRunner
 
 from edgeops.errors import ConfigError, NotFoundError
-from server.api.deps import CONSOLE_COOKIE
 from server.app.build import build_app
 from server.app.home import init_home
 from server.cli.lineage import app, render_device, render_release
@@ -40,6 +39,7 @@ from server.governance.lineage import (
 )
 from server.pipeline.publishing import PublishedRelease, publish_package
 from server.trust.repository import TufRepository
+from tests.server.console.support import console_login
 from tests.server.helpers import make_package
 
 pytestmark = [pytest.mark.governance]
@@ -303,7 +303,7 @@ def test_api_and_console(world: World) -> None:
         release = client.get(f"/api/lineage/releases/{world.v1.target_path}", headers=auth)
         assert [d["device_id"] for d in release.json()["devices"]] == ["dev-1", "dev-2"]
 
-        client.cookies.set(CONSOLE_COOKIE, token)
+        console_login(client, token)
         device_page = client.get("/console/devices/dev-1")
         assert 'href="/console/lineage/devices/dev-1"' in device_page.text
         page = client.get("/console/lineage/devices/dev-1", params={"at": at(15).isoformat()})
@@ -317,6 +317,7 @@ def test_api_and_console(world: World) -> None:
 
 def test_the_cli_refuses_a_bad_time_before_any_request() -> None:
     result = CliRunner().invoke(app, ["device", "dev-1", "--at", "soon",
-                                      "--server", "http://127.0.0.1:9", "--token", "t"])
+                                      "--server", "http://127.0.0.1:9"],
+                                env={"EDGEOPS_TOKEN": "t"})
     assert isinstance(result.exception, ConfigError)
     assert "ISO 8601" in str(result.exception)

@@ -14,7 +14,6 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import sessionmaker
 
-from server.api.deps import CONSOLE_COOKIE
 from server.app.build import build_app
 from server.app.home import init_home
 from server.auth.tokens import create_token
@@ -22,6 +21,7 @@ from server.config.settings import ServerSettings
 from server.db.engine import close_database, open_database
 from server.db.tables import Device
 from tests.cli_support import REPO_ROOT
+from tests.server.console.support import console_login
 from tests.server.governance.test_model_card import PipelineRelease, seed_pipeline_release
 from tests.server.helpers import live_server
 
@@ -61,8 +61,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 @pytest.fixture(scope="module")
 def browser(world: World) -> Iterator[TestClient]:
     with TestClient(build_app(world.settings, with_fleet=False), follow_redirects=False) as client:
-        client.cookies.set(CONSOLE_COOKIE, world.viewer)
-        yield client
+        yield console_login(client, world.viewer)
 
 
 def test_the_card_page_shows_origin_data_recipe_gates_metrics_and_deployment(

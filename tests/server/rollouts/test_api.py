@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.server.console.support import console_login, console_post
 from tests.server.rollouts.conftest import ApiWorld
 
 # The app's fleet side dials a closed broker port in the background: a real socket.
@@ -90,14 +91,14 @@ def test_tokens_are_created_listed_and_revoked_by_admin(api_world: ApiWorld) -> 
 def test_console_login_and_pages(api_world: ApiWorld) -> None:
     http = api_world.client
     assert http.get("/console/", follow_redirects=False).status_code == 303
-    login = http.post("/console/login", data={"token": api_world.tokens["viewer"]},
-                      follow_redirects=False)
-    assert login.status_code == 303
+    console_login(http, api_world.tokens["viewer"])
     page = http.get("/console/")
     assert page.status_code == 200 and "Versions across the fleet" in page.text
     assert "Start a rollout" not in page.text  # viewers get no buttons
     assert http.get("/console/devices/dev-000").status_code == 200
     assert http.get("/console/static/console.js").status_code == 200
     assert "http" not in http.get("/console/").text.split("<main>")[0].replace("http-equiv", "")
-    http.post("/console/logout")
+    assert console_post(http, "/console/logout").headers["location"] == "/console/login"
+    assert http.get("/console/", follow_redirects=False).status_code == 303
     http.cookies.clear()
+    del http.headers["origin"]
