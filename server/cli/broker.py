@@ -3,12 +3,17 @@ device identity. Merged into `edgeops server` (server/cli/server.py adds this ap
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from edgeops.cli import JsonOption, emit, home_option
+from edgeops.errors import ConfigError
+
+if TYPE_CHECKING:
+    from server.config.settings import ServerSettings
 
 __all__ = ["app"]
 
@@ -34,7 +39,9 @@ def broker_config(
     server_client: Annotated[
         list[str] | None,
         typer.Option("--server-client", help="Extra server identity with fleet-wide rights "
-                     "(a second ingest worker, e.g. edgeops-server-ingest-2)."),
+                     "(a second ingest worker, e.g. edgeops-server-ingest-2): its client "
+                     "certificate is minted in <home>/ca/identities/ and no device may "
+                     "enroll under the name."),
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -49,6 +56,7 @@ def broker_config(
     from server.identity.broker_config import write_broker_config
 
     settings = load_settings(home)
+    _refuse_enrolled_names(settings, server_client or ())
     files = write_broker_config(
         settings, out, port=port, bind_host=bind, hosts=tuple(host or ("localhost", "127.0.0.1")),
         data_dir=data_dir.resolve() if data_dir else None,
@@ -72,6 +80,22 @@ def broker_config(
     )
 
 
+def _refuse_enrolled_names(settings: ServerSettings, names: Sequence[str]) -> None:
+    """ConfigError if a server client name is already a device: it would get fleet rights."""
+    from server.db.engine import open_database
+    from server.identity.certificates import CertificateStore
+
+    if not names:
+        return
+    store = CertificateStore(open_database(settings.resolved_database_url))
+    for name in names:
+        if store.is_enrolled(name):
+            raise ConfigError(
+                f"--server-client {name!r} is an enrolled device: the ACL would give that "
+                "device fleet-wide rights; choose another name"
+            )
+
+
 @app.command("enroll-token")
 def enroll_token(
     home: HomeOption,
@@ -81,15 +105,21 @@ def enroll_token(
     ttl_s: Annotated[float, typer.Option("--ttl-s", help="Seconds until the token expires.")] = 86400.0,
     as_json: JsonOption = False,
 ) -> None:
-    """Create a one-time enrollment token (stored hashed; shown once). A device uses it with
-    `edgeops agent enroll --token ...` to get its certificate."""
+    """Create a one-time enrollment token (stored hashed; shown once) and print it with the
+    fleet CA's fingerprint. Give both to the device out of band; it enrolls with
+    `edgeops agent enroll --token-file FILE --ca-fingerprint FP` and refuses a server that
+    offers another CA."""
+    from edgeops.ca_pin import ca_fingerprint
     from server.config.settings import load_settings
     from server.identity.enrollment import Enrollment
 
-    token, record = Enrollment(load_settings(home)).tokens.create(ttl_s=ttl_s, device_id=device_id)
+    enrollment = Enrollment(load_settings(home))
+    token, record = enrollment.tokens.create(ttl_s=ttl_s, device_id=device_id)
+    fingerprint = ca_fingerprint(enrollment.ca().ca_pem)
     emit(
-        {"token": token, "device_id": record.device_id, "expires_at": record.expires_at},
+        {"token": token, "device_id": record.device_id, "expires_at": record.expires_at,
+         "ca_fingerprint": fingerprint},
         as_json,
-        f"{token}\n(one use, expires in {ttl_s:.0f} s"
+        f"{token}\nca fingerprint: {fingerprint}\n(one use, expires in {ttl_s:.0f} s"
         + (f", only for device {device_id})" if device_id else ")"),
     )

@@ -1,19 +1,22 @@
-"""`edgeops fleet`: the devices, their groups and tags, and API tokens."""
+"""`edgeops fleet`: the devices, their groups and tags, their certificates, and API tokens."""
 
 from __future__ import annotations
 
+import os
+import signal
 from typing import Annotated
 
 import typer
 
 from edgeops.cli import emit
+from edgeops.errors import ConfigError
 from server.cli.api_client import HomeOption, JsonOption, ServerOption, TokenOption, connect
 
 __all__ = ["app"]
 
 app = typer.Typer(
     name="fleet",
-    help="The fleet as the server sees it: devices, groups and tags, API tokens.",
+    help="The fleet as the server sees it: devices, groups and tags, certificates, API tokens.",
     no_args_is_help=True,
 )
 tokens_app = typer.Typer(name="tokens", help="API tokens with roles (admin only).",
@@ -63,6 +66,43 @@ def label(
     result = client.request("PUT", f"/api/devices/{device_id}/labels",
                             json={"group": group, "tags": tag or []})
     emit(result, as_json, f"{device_id}: group {result['group']}, tags {result['tags']}")
+
+
+@app.command("revoke")
+def revoke(
+    device_id: Annotated[str, typer.Argument(help="The device whose certificates to revoke.")],
+    broker_pid: Annotated[int | None, typer.Option(
+        "--broker-pid", help="Mosquitto's process id on this machine: send it SIGHUP so it "
+                             "rereads the CRL at once.")] = None,
+    home: HomeOption = None,
+    server: ServerOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Revoke every certificate of a device (admin): the server rewrites the fleet CA's CRL
+    and every copy `edgeops server broker-config` installed (`crlfile`). The broker refuses
+    the device once it rereads the CRL: pass --broker-pid, or run `systemctl reload
+    mosquitto`. The device can come back only with a token bound to its id."""
+    result = connect(home, server, token).post("/api/enroll/revocations",
+                                               json={"device_id": device_id})
+    if broker_pid is not None:
+        reload_broker(broker_pid)
+    serials = result["revoked_serials"]
+    emit({**result, "broker_reloaded": broker_pid is not None}, as_json,
+         f"{device_id}: {len(serials)} certificate(s) revoked; CRL written to "
+         + ", ".join(result["crl_files"])
+         + ("" if broker_pid is not None else
+            "\n  reload the broker so it rereads the CRL (SIGHUP: --broker-pid PID)"))
+
+
+def reload_broker(pid: int) -> None:
+    """SIGHUP to Mosquitto `pid`: it rereads its config, ACL and CRL files."""
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError as err:
+        raise ConfigError(f"no broker process {pid} to reload: {err}") from err
+    except PermissionError as err:
+        raise ConfigError(f"not allowed to signal broker process {pid}: {err}") from err
 
 
 @tokens_app.command("create")

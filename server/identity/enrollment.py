@@ -3,11 +3,20 @@
     <home>/ca/enroll_tokens.json    token records (0600): sha256 of the token, never the token
     <home>/ca/passwords             Mosquitto password file (0600), password mode only
 
-Flow (`Enrollment.enroll`): check the CSR (signature, CN = device id, not reserved) *before*
-spending the token, so a broken request does not burn it; then consume the token (exists,
-unexpired, unused, bound to this device if it names one) under a file lock, so two requests
-racing with one token cannot both win; then sign. Refusals raise `TrustError` (bad, used or
-expired token: HTTP 403), `PayloadError` (bad CSR: 422) or `ConfigError` (reserved id: 400).
+Flow (`Enrollment.enroll`): check the CSR (signature, CN = device id, not reserved: the
+fixed server prefix, `broker_identity` and every server identity the CA minted) *before*
+spending the token, so a broken request does not burn it; then, under a file lock, so two
+requests racing with one token (or for one id) cannot both win: check the token (exists,
+unexpired, unused, bound to this device if it names one; an unbound token cannot enroll an
+id that is already enrolled), sign, record the certificate in `issued_certificates`, and
+only then mark the token spent. Refusals raise `TrustError` (bad, used or expired token, or
+an enrolled id: HTTP 403), `PayloadError` (bad CSR: 422) or `ConfigError` (reserved id: 400).
+
+Renewal (`Enrollment.renew`): the device presents its current certificate, a CSR and a
+signature by its current key over both and a timestamp (edgeops.renewal); the certificate
+must be one this CA issued to that device, recorded, unrevoked and unexpired.
+Revocation (`Enrollment.revoke`): the device's certificates are marked revoked and the CRL
+is republished (server.identity.crl).
 
 Password mode (`device_auth = "password"`) issues a random broker password instead of a
 certificate, stored hashed in Mosquitto's PBKDF2-SHA512 format. It exists for simulations:
@@ -17,6 +26,7 @@ it is refused unless the settings say `allow_password_auth = true`.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import fcntl
 import hashlib
 import hmac
@@ -24,22 +34,39 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from sqlalchemy.orm import sessionmaker
 
 from edgeops.atomic_io import write_bytes_atomic
-from edgeops.errors import ConfigError, TrustError
+from edgeops.errors import ConfigError, NotFoundError, PayloadError, TrustError
+from edgeops.renewal import check_renewal_signature
 from server.auth.tokens import hash_token
 from server.config.settings import ServerSettings
-from server.identity.ca import CA_DIR, FleetCA, check_device_name, csr_common_name, load_csr
+from server.identity.ca import (
+    CA_DIR,
+    FleetCA,
+    check_device_name,
+    check_device_validity,
+    csr_common_name,
+    load_csr,
+)
+from server.identity.certificates import CertificateStore, serial_hex
+from server.identity.crl import CrlFiles
 
 __all__ = [
     "DEFAULT_TOKEN_TTL_S",
     "EnrollmentResult",
     "Enrollment",
+    "RevocationResult",
     "TokenRecord",
     "TokenStore",
     "check_password_mode",
@@ -49,6 +76,7 @@ __all__ = [
 
 DEFAULT_TOKEN_TTL_S = 24 * 3600
 PBKDF2_ITERATIONS = 101  # what mosquitto_passwd 2.0 writes for `$7$`
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -71,13 +99,23 @@ class EnrollmentResult:
     password: str | None = None
 
 
+@dataclass(frozen=True)
+class RevocationResult:
+    device_id: str
+    revoked_serials: list[str]  # revoked now (a second revocation finds none)
+    crl_files: list[str]  # the CRL and its copies, rewritten
+
+
 # Pure core ------------------------------------------------------------------------------
 
 
 def consume_token(
-    records: list[TokenRecord], token: str, device_id: str, now: float
+    records: list[TokenRecord], token: str, device_id: str, now: float, *, enrolled: bool = False
 ) -> list[TokenRecord]:
-    """The records with `token` spent by `device_id`; TrustError if it cannot be spent."""
+    """The records with `token` spent by `device_id`; TrustError if it cannot be spent.
+
+    `enrolled`: `device_id` already has a certificate, so only a token bound to it (the
+    operator's explicit re-enrollment) may enroll it again."""
     digest = hash_token(token)
     for index, record in enumerate(records):  # noqa: B007 (index is used after the loop)
         if hmac.compare_digest(record.token_sha256, digest):
@@ -90,6 +128,12 @@ def consume_token(
         raise TrustError("this enrollment token has expired")
     if record.device_id is not None and record.device_id != device_id:
         raise TrustError(f"this enrollment token is for another device, not {device_id!r}")
+    if record.device_id is None and enrolled:
+        raise TrustError(
+            f"device {device_id!r} is already enrolled: an unbound token cannot enroll it "
+            "again. To re-enroll it, create a token bound to it: "
+            f"edgeops server enroll-token --device-id {device_id}"
+        )
     spent = replace(record, used_at=now, used_by=device_id)
     return [*records[:index], spent, *records[index + 1 :]]
 
@@ -164,9 +208,20 @@ class TokenStore:
         return token, record
 
     def consume(self, token: str, device_id: str, now: float | None = None) -> None:
+        self.spend(token, device_id, lambda: None, now=now)
+
+    def spend(
+        self, token: str, device_id: str, issue: Callable[[], T], *,
+        enrolled: Callable[[], bool] = lambda: False, now: float | None = None,
+    ) -> T:
+        """Check `token` for `device_id`, run `issue`, then mark the token spent, all under
+        the lock; if `issue` raises, the token stays unspent."""
         now = time.time() if now is None else now
         with self._locked() as records:
-            self._write(consume_token(records, token, device_id, now))
+            spent = consume_token(records, token, device_id, now, enrolled=enrolled())
+            result = issue()
+            self._write(spent)
+        return result
 
     def records(self) -> list[TokenRecord]:
         return self._read()
@@ -190,17 +245,40 @@ class PasswordFile:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
+    def has(self, username: str) -> bool:
+        lines = self.path.read_text().splitlines() if self.path.exists() else []
+        return any(line.split(":", 1)[0] == username for line in lines)
+
 
 class Enrollment:
-    """Enrollment for one server home (the API and the CLI both use this)."""
+    """Enrollment for one server home (the API and the CLI both use this).
 
-    def __init__(self, settings: ServerSettings) -> None:
+    Issuing, renewing and revoking certificates needs `session_factory` (the certificate
+    table); tokens and server passwords do not."""
+
+    def __init__(
+        self, settings: ServerSettings, session_factory: sessionmaker | None = None
+    ) -> None:
         self._settings = settings
+        self._session_factory = session_factory
         self.tokens = TokenStore(settings.home / CA_DIR / "enroll_tokens.json")
         self.passwords = PasswordFile(settings.home / CA_DIR / "passwords")
+        self.validity = check_device_validity(
+            dt.timedelta(days=settings.device_cert_validity_days)
+        )
 
     def ca(self) -> FleetCA:
-        return FleetCA.ensure(self._settings.home)
+        return FleetCA.for_settings(self._settings)
+
+    @property
+    def certificates(self) -> CertificateStore:
+        if self._session_factory is None:
+            raise ConfigError("issuing device certificates needs the server database")
+        return CertificateStore(self._session_factory)
+
+    def reserved_names(self, ca: FleetCA) -> tuple[str, ...]:
+        """Prefixes no device id may start with: the server's MQTT identities."""
+        return (self._settings.broker_identity, *ca.server_identities())
 
     def server_password(self, name: str) -> str:
         """The broker password of the server's own client `name` (password mode), created
@@ -221,16 +299,80 @@ class Enrollment:
 
     def enroll(self, token: str, csr_pem: bytes) -> EnrollmentResult:
         csr = load_csr(csr_pem)
-        device_id = check_device_name(csr_common_name(csr))
         ca = self.ca()
+        reserved = self.reserved_names(ca)
+        device_id = check_device_name(csr_common_name(csr), reserved)
         if self._settings.device_auth == "password":
             check_password_mode(self._settings)
-            self.tokens.consume(token, device_id)
             password = secrets.token_urlsafe(24)
-            self.passwords.set(device_id, password)
+            self.tokens.spend(token, device_id, lambda: self.passwords.set(device_id, password),
+                              enrolled=lambda: self.passwords.has(device_id))
             return EnrollmentResult(
                 device_id, "password", ca.ca_pem.decode(), username=device_id, password=password
             )
-        self.tokens.consume(token, device_id)
-        certificate = ca.sign_csr(csr_pem, device_id)
+        store = self.certificates
+
+        def issue() -> bytes:
+            pem = ca.sign_csr(csr_pem, device_id, validity=self.validity, reserved=reserved)
+            store.record(x509.load_pem_x509_certificate(pem), device_id)
+            return pem
+
+        certificate = self.tokens.spend(token, device_id, issue,
+                                        enrolled=lambda: store.is_enrolled(device_id))
         return EnrollmentResult(device_id, "certificate", ca.ca_pem.decode(), certificate.decode())
+
+    def renew(
+        self, certificate_pem: bytes, csr_pem: bytes, signed_at: int, signature: str,
+        now: float | None = None,
+    ) -> EnrollmentResult:
+        """A new certificate for the device holding `certificate_pem`'s key (see module doc)."""
+        now = time.time() if now is None else now
+        ca = self.ca()
+        current = _load_issued(certificate_pem, ca)
+        device_id = _device_of(current)
+        store = self.certificates
+        record = store.check_usable(current, device_id, dt.datetime.fromtimestamp(now, dt.UTC))
+        csr = load_csr(csr_pem)
+        if csr_common_name(csr) != device_id:
+            raise TrustError(f"a renewal CSR must name the same device, {device_id!r}")
+        public = current.public_key()
+        assert isinstance(public, ec.EllipticCurvePublicKey)  # the CA signs only EC keys
+        check_renewal_signature(public, signature, device_id, csr_pem, signed_at, now)
+        pem = ca.sign_csr(csr_pem, device_id, validity=self.validity,
+                          reserved=self.reserved_names(ca))
+        store.record(x509.load_pem_x509_certificate(pem), device_id, renewed_from=record.serial)
+        return EnrollmentResult(device_id, "certificate", ca.ca_pem.decode(), pem.decode())
+
+    def revoke(self, device_id: str) -> RevocationResult:
+        """Revoke every certificate of `device_id` and republish the CRL."""
+        store = self.certificates
+        if not store.is_enrolled(device_id):
+            raise NotFoundError(f"no certificate was issued to device {device_id!r}")
+        serials = store.revoke_device(device_id, dt.datetime.now(dt.UTC))
+        files = self.publish_crl()
+        return RevocationResult(device_id, serials, [str(path) for path in files])
+
+    def publish_crl(self) -> list[Path]:
+        """Sign the CRL of every revoked certificate and write it and its copies."""
+        ca = self.ca()
+        return CrlFiles(ca).publish(ca.sign_crl(self.certificates.revoked()))
+
+
+def _device_of(cert: x509.Certificate) -> str:
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(names) != 1:
+        raise TrustError("a device certificate names exactly one device")
+    return str(names[0].value)
+
+
+def _load_issued(certificate_pem: bytes, ca: FleetCA) -> x509.Certificate:
+    """`certificate_pem` parsed, if this CA signed it; else TrustError."""
+    try:
+        cert = x509.load_pem_x509_certificate(certificate_pem)
+    except ValueError as err:
+        raise PayloadError(f"not a PEM certificate: {err}") from err
+    try:
+        cert.verify_directly_issued_by(ca.cert)
+    except (InvalidSignature, ValueError, TypeError) as err:
+        raise TrustError(f"certificate {serial_hex(cert.serial_number)} is not from the fleet CA") from err
+    return cert

@@ -32,6 +32,7 @@ pytestmark = [pytest.mark.rollouts]
 # credential), the CA certificate, and the Prometheus scrape.
 PUBLIC = {
     ("POST", "/api/enroll"),
+    ("POST", "/api/enroll/renew"),  # the device key's signature is the credential
     ("GET", "/api/enroll/ca"),
     ("GET", "/metrics"),
 }
@@ -118,5 +119,5 @@ def test_api_cli_and_console_take_the_rollout_defaults_from_the_policy() -> None
         failure_min_count=cli["failure_min"].default,
         device_timeout_s=cli["device_timeout_s"].default,
     ) == defaults
-    form = start_form([], [])
+    form = start_form([], [], csrf="0" * 64)
     assert 'value="1,10,50,100"' in form and 'value="60"' in form and 'value="10"' in form

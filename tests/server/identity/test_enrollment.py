@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from agent.config import AgentConfig, dump_toml, load_config
 from agent.daemon import Agent
 from agent.enroll import enroll, load_or_create_key, make_csr
+from edgeops.ca_pin import ca_fingerprint
 from edgeops.errors import ConfigError, TrustError
 from server.app.build import build_app
 from server.app.home import init_home, read_admin_token
@@ -57,6 +58,11 @@ def _agent_home(tmp_path: Path, device_id: str, server: Server, **fields: object
     return config
 
 
+def _pin(server: Server) -> str:
+    """The fleet CA's fingerprint, as the operator hands it to the device with the token."""
+    return ca_fingerprint(FleetCA.for_settings(server.settings).ca_pem)
+
+
 def _token(server: Server, **body: object) -> str:
     response = httpx.post(f"{server.url}/api/enroll/tokens", json=body,
                           headers={"Authorization": f"Bearer {server.admin_token}"})
@@ -70,7 +76,7 @@ def test_a_device_enrolls_with_a_token_and_its_key_never_leaves_it(
     config = _agent_home(tmp_path, "dev-1", server)
     token = _token(server, device_id="dev-1")
 
-    outcome = enroll(config, token)
+    outcome = enroll(config, token, ca_fingerprint=_pin(server))
 
     identity = config.identity
     assert stat.S_IMODE(os.stat(identity.key_file).st_mode) == 0o600
@@ -88,10 +94,11 @@ def test_a_device_enrolls_with_a_token_and_its_key_never_leaves_it(
 def test_a_token_is_single_use_and_bound_to_its_device(server: Server, tmp_path: Path) -> None:
     token = _token(server, device_id="dev-1")
     with pytest.raises(TrustError, match="another device"):
-        enroll(_agent_home(tmp_path, "dev-2", server), token)
-    enroll(_agent_home(tmp_path, "dev-1", server), token)  # a refused attempt did not spend it
+        enroll(_agent_home(tmp_path, "dev-2", server), token, ca_fingerprint=_pin(server))
+    enroll(_agent_home(tmp_path, "dev-1", server), token,  # a refused attempt did not spend it
+           ca_fingerprint=_pin(server))
     with pytest.raises(TrustError, match="already used"):
-        enroll(_agent_home(tmp_path, "dev-1b", server), token)
+        enroll(_agent_home(tmp_path, "dev-1b", server), token, ca_fingerprint=_pin(server))
 
 
 def test_bad_requests_are_refused_without_spending_the_token(server: Server) -> None:
@@ -129,7 +136,7 @@ def test_the_enrolled_agent_streams_over_tls_to_ingest(server: Server, tmp_path:
     broker = MosquittoBroker.secured(tmp_path / "broker", server.settings).start()
     settings = dataclasses.replace(server.settings, broker_port=broker.port)
     config = _agent_home(tmp_path, "dev-1", server, broker_port=broker.port, http_port=None)
-    enroll(config, _token(server, device_id="dev-1"))
+    enroll(config, _token(server, device_id="dev-1"), ca_fingerprint=_pin(server))
     weights = model_weights(1)
     install_model(config.home, make_release(1, weights), build_model(weights))
     with sqlite_database(tmp_path) as db, \
