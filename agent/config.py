@@ -14,6 +14,7 @@ The home holds everything the agent owns:
     <home>/active.json          pointer to the active slot (the commit point of an update)
     <home>/identity/            device.key (0600), device.crt, ca.crt from enrollment
     <home>/outbox.db            telemetry waiting for the broker's PUBACK (SQLite, WAL)
+    <home>/api_token            bearer token of the local API (0600, see agent/api_auth.py)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from agent.api_auth import TOKEN_FILE, ensure_token
 from edgeops.atomic_io import write_bytes_atomic
 from edgeops.errors import ConfigError
 from edgeops.settings_file import env_prefix, load_settings_file
@@ -198,6 +200,11 @@ class AgentConfig:
         return self.home / TRUSTED_ROOT_FILE
 
     @property
+    def api_token_path(self) -> Path:
+        """The local API's bearer token (made at init or the first start with the API on)."""
+        return self.home / TOKEN_FILE
+
+    @property
     def downloads_dir(self) -> Path:
         return self.home / "downloads"
 
@@ -273,7 +280,8 @@ def init_agent_home(
     """Create an agent home: agent.toml and the trusted TUF root. Returns the config as saved.
 
     Refuses to touch an existing home unless `force`; with `force` the settings and trust
-    root are replaced and the cached TUF metadata is dropped, while installed models stay.
+    root are replaced and the cached TUF metadata is dropped, while installed models and
+    the local API token stay.
     """
     home = Path(home)
     config = dataclasses.replace(config, home=home)
@@ -288,4 +296,5 @@ def init_agent_home(
     write_bytes_atomic(home / CONFIG_FILE, dump_toml(config).encode())
     write_bytes_atomic(config.trusted_root_path, trusted_root)
     write_bytes_atomic(config.tuf_dir / "root.json", trusted_root)
+    ensure_token(config.api_token_path)
     return config

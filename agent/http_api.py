@@ -8,6 +8,9 @@
                     -> 200 {"prediction_id": ..., "label": ...}
                     -> 400 bad JSON, unknown or already labelled id, label not a class
     GET  /status    -> 200 the DeviceStatus as JSON
+
+Every request is first checked by `agent.api_auth.ApiGuard` (Host 421, Origin 403; POST:
+bearer token 401, application/json 415) before its body is read; /status needs no token.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
+from agent.api_auth import ApiGuard, Refusal
+from agent.http_deadline import HeaderDeadline
 from agent.runtime import NoModelError
 from edgeops.errors import PayloadError
 from edgeops.messages import DeviceStatus
@@ -49,10 +54,13 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], api: AgentApi, max_body_bytes: int) -> None:
+    def __init__(
+        self, address: tuple[str, int], api: AgentApi, max_body_bytes: int, token: str
+    ) -> None:
         self.api = api
         self.max_body_bytes = max_body_bytes
         super().__init__(address, _Handler)
+        self.guard = ApiGuard.for_address(token, address[0], self.server_port)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind resolves the bound address with socket.getfqdn: a reverse
@@ -62,7 +70,7 @@ class _Server(ThreadingHTTPServer):
         self.server_name = host if isinstance(host, str) else bytes(host).decode()
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(HeaderDeadline, BaseHTTPRequestHandler):  # header-read and idle timeouts
     server: _Server
     protocol_version = "HTTP/1.1"
     # Headers and body are separate writes: with Nagle on, a keep-alive client's delayed
@@ -83,7 +91,26 @@ class _Handler(BaseHTTPRequestHandler):
     def _error(self, status: HTTPStatus, message: str) -> None:
         self._send(status, {"error": message})
 
+    def _refused(self, *, needs_token: bool) -> bool:
+        """Answer a request the guard refuses (without reading its body); True if it did."""
+        refusal: Refusal | None = self.server.guard.check(
+            self.headers, method=self.command, needs_token=needs_token
+        )
+        if refusal is None:
+            return False
+        self.close_connection = True
+        data = json.dumps({"error": refusal.message}).encode()
+        self.send_response(refusal.status)
+        for name, value in (*refusal.headers, ("Content-Type", "application/json")):
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        return True
+
     def do_GET(self) -> None:  # noqa: N802 (stdlib name)
+        if self._refused(needs_token=False):
+            return
         if self.path.split("?")[0] == "/status":
             status = self.server.api.status()
             self._send(HTTPStatus.OK, status.model_dump(mode="json", by_alias=True))
@@ -91,6 +118,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.NOT_FOUND, f"no route GET {self.path}")
 
     def do_POST(self) -> None:  # noqa: N802 (stdlib name)
+        if self._refused(needs_token=True):
+            return
         route = self.path.split("?")[0]
         if route not in ("/predict", "/feedback"):
             self._discard_body()
@@ -101,6 +130,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             request = json.loads(body)
+        except RecursionError:  # json's C decoder recurses once per nesting level
+            self._error(HTTPStatus.BAD_REQUEST, "body is JSON nested too deeply")
+            return
         except (UnicodeDecodeError, ValueError) as err:
             self._error(HTTPStatus.BAD_REQUEST, f"body is not JSON: {err}")
             return
@@ -167,8 +199,10 @@ class _Handler(BaseHTTPRequestHandler):
 class HttpApi:
     """A ThreadingHTTPServer bound to one agent, running in a daemon thread."""
 
-    def __init__(self, api: AgentApi, host: str, port: int, max_body_bytes: int) -> None:
-        self._server = _Server((host, port), api, max_body_bytes)
+    def __init__(
+        self, api: AgentApi, host: str, port: int, max_body_bytes: int, token: str
+    ) -> None:
+        self._server = _Server((host, port), api, max_body_bytes, token)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},  # how long shutdown() may wait

@@ -311,8 +311,10 @@ bare, full = min(bares), min(fulls)
 body = json.dumps({"inputs": x.tolist()}).encode()
 url = urlparse(agent.http_url)
 connection = http.client.HTTPConnection(url.hostname, url.port)  # keep-alive, as a local app
+headers = {"Content-Type": "application/json",
+           "Authorization": "Bearer " + config.api_token_path.read_text().strip()}
 def http_predict():
-    connection.request("POST", "/predict", body, {"Content-Type": "application/json"})
+    connection.request("POST", "/predict", body, headers)
     response = connection.getresponse()
     response.read()
     assert response.status == 200, response.status

@@ -213,6 +213,9 @@ class Command(WireMessage):
     kind: Literal["update", "rollback", "config"]
     target: str | None = None  # TUF target path, for `update`
     issued_at: float = Field(default_factory=time.time)
+    # `update` only: an explicit rollback to a release older than the one the device runs.
+    # Without it the agent refuses a downgrade (None keeps the payload as it always was).
+    allow_downgrade: bool | None = None
 
 
 MessageT = TypeVar("MessageT", bound=WireMessage)

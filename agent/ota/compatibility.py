@@ -5,13 +5,17 @@ least that) and `required_opset` (the ai.onnx opset its graph imports; this agen
 onnxruntime must implement it). The opset onnxruntime supports is not exposed by its API,
 so it comes from the release-notes table below (`max_onnx_opset` in the agent settings
 overrides it, e.g. for a custom build).
+
+A release older than the one running (same model, lower version) is a downgrade: it may
+be a known-bad or known-vulnerable model that is still validly signed, so only an explicit
+rollback command from the server installs it (`downgrade`).
 """
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["ORT_MAX_OPSET", "incompatibility", "parse_version", "supported_opset"]
+__all__ = ["ORT_MAX_OPSET", "downgrade", "incompatibility", "parse_version", "supported_opset"]
 
 # onnxruntime minor version -> highest ai.onnx opset it implements (ORT release notes).
 ORT_MAX_OPSET: dict[tuple[int, int], int] = {
@@ -72,3 +76,21 @@ def incompatibility(
             f"this agent's onnxruntime supports up to {max_opset}"
         )
     return None
+
+
+def downgrade(
+    running: tuple[str, int] | None, candidate: tuple[str, int], *, allowed: bool
+) -> str | None:
+    """Why the (model, version) `candidate` must not replace `running`, or None if it may.
+
+    Versions of different models are not comparable: a switch of model is not a downgrade.
+    """
+    if running is None or allowed:
+        return None
+    (model, version), (new_model, new_version) = running, candidate
+    if new_model != model or new_version >= version:
+        return None
+    return (
+        f"downgrade refused: {new_model} v{new_version} is older than the running "
+        f"v{version}; only an explicit rollback command (allow_downgrade) installs it"
+    )

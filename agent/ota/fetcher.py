@@ -162,8 +162,9 @@ class _Opened:
 class _Connections:
     """One kept-alive HTTP(S) connection per origin. Not thread-safe: one per fetcher."""
 
-    def __init__(self, timeout_s: float) -> None:
+    def __init__(self, timeout_s: float, ca_file: Path | None = None) -> None:
         self._timeout_s = timeout_s
+        self._ca_file = ca_file
         self._open: dict[tuple[str, str], http.client.HTTPConnection] = {}
         self._proxies: dict[tuple[str, str], urllib.parse.SplitResult | None] = {}
         self._tls: ssl.SSLContext | None = None
@@ -187,6 +188,8 @@ class _Connections:
         if scheme == "https":
             if self._tls is None:
                 self._tls = ssl.create_default_context()
+                if self._ca_file is not None:  # the fleet CA too: a server on its own cert
+                    self._tls.load_verify_locations(cafile=str(self._ca_file))
             connection = http.client.HTTPSConnection(
                 address, timeout=self._timeout_s, context=self._tls
             )
@@ -224,6 +227,7 @@ class ResumableFetcher(FetcherInterface):
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
         fault: FaultHook | None = None,
+        ca_file: Path | None = None,
     ) -> None:
         self.policy = policy
         self._partial_dir = Path(partial_dir) if partial_dir is not None else None
@@ -232,7 +236,7 @@ class ResumableFetcher(FetcherInterface):
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._fault = fault
-        self._connections = _Connections(policy.timeout_s)
+        self._connections = _Connections(policy.timeout_s, ca_file)
         self.requests = 0  # HTTP requests made (tests count resumes with it)
         self.resumed_from: list[int] = []  # offsets of Range requests
 

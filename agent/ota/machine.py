@@ -91,7 +91,8 @@ class UpdateRecord:
     `slot` is the slot the update writes into; `previous_slot`/`previous_target` what
     served before (the rollback destination). `baseline` holds the previous model's
     health statistics recorded just before the switch. `history` is the chain of
-    (state, timestamp) the update went through, for status and tests.
+    (state, timestamp) the update went through, for status and tests. `allow_downgrade`:
+    the server's command was an explicit rollback, so an older release may install.
     """
 
     target: str
@@ -107,6 +108,7 @@ class UpdateRecord:
     baseline: dict[str, Any] | None = None
     health_started_at: float | None = None
     history: tuple[tuple[str, float], ...] = field(default_factory=tuple)
+    allow_downgrade: bool = False
 
     @property
     def terminal(self) -> bool:
@@ -140,6 +142,8 @@ def new_update(
     previous_slot: str | None,
     previous_target: str | None,
     now: float,
+    *,
+    allow_downgrade: bool = False,
 ) -> UpdateRecord:
     """The record of an update about to start downloading."""
     return UpdateRecord(
@@ -151,6 +155,7 @@ def new_update(
         started_at=now,
         updated_at=now,
         history=(("downloading", now),),
+        allow_downgrade=allow_downgrade,
     )
 
 

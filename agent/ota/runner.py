@@ -179,8 +179,10 @@ class UpdateRunner:
         self._recovering = True
         self._enter(recovered)
 
-    def start(self, target: str) -> None:
-        """Begin the update to `target` and run it up to the health window (or its end)."""
+    def start(self, target: str, *, allow_downgrade: bool = False) -> None:
+        """Begin the update to `target` and run it up to the health window (or its end).
+
+        A release older than the active one fails the update unless `allow_downgrade`."""
         if self.busy:
             assert self.record is not None
             raise UpdateError(
@@ -197,6 +199,7 @@ class UpdateRunner:
             pointer.slot if pointer else None,
             pointer.target if pointer else None,
             self._clock(),
+            allow_downgrade=allow_downgrade,
         )
         self._found = self._downloaded = self._runtime = None
         self._recovering = False
@@ -271,7 +274,9 @@ class UpdateRunner:
 
     def _step_downloading(self, record: UpdateRecord) -> tuple[Event, str | None, dict]:
         self._last_progress = -1.0
-        found = self._updater.lookup(record.target, self._progress)
+        found = self._updater.lookup(
+            record.target, self._progress, allow_downgrade=record.allow_downgrade
+        )
         if found.info.path != record.target:
             raise UpdateError(f"repository answered {found.info.path} for {record.target}")
         self._downloaded = self._updater.download(found, record.slot)  # type: ignore[arg-type]

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent.config import AgentConfig
-from agent.ota.compatibility import incompatibility, supported_opset
+from agent.ota.compatibility import downgrade, incompatibility, supported_opset
 from agent.ota.model_store import ModelStore, SlotName, SlotRecord
 from agent.runtime import ModelRuntime
 from edgeops import __version__
@@ -115,6 +115,10 @@ class IncompatibleReleaseError(UpdateError):
     """The release needs a newer agent or onnxruntime than this device has."""
 
 
+class DowngradeRefusedError(UpdateError):
+    """The release is older than the one running and the command was no explicit rollback."""
+
+
 @dataclass(frozen=True)
 class Lookup:
     """A target found in freshly verified metadata, with its signed release info."""
@@ -161,6 +165,8 @@ class ReleaseUpdater:
             ),
             partial_dir=config.downloads_dir / "partial",
             on_progress=on_progress,
+            # An enrolled device trusts its fleet's CA for HTTPS, beside the system's.
+            ca_file=config.identity.ca_file if config.identity.ca_file.exists() else None,
             user_agent=f"edgeops-agent/{__version__}",
             fault=self._fault,
         )
@@ -200,14 +206,44 @@ class ReleaseUpdater:
 
     # The steps -----------------------------------------------------------------------
 
-    def lookup(self, target: str, on_progress: ProgressCallback | None = None) -> Lookup:
-        """Refresh metadata and find `target`; refuse what this agent must not download."""
+    def lookup(
+        self,
+        target: str,
+        on_progress: ProgressCallback | None = None,
+        *,
+        allow_downgrade: bool = False,
+    ) -> Lookup:
+        """Refresh metadata and find `target`; refuse what this agent must not download,
+        including, unless `allow_downgrade`, a release older than the active one."""
         fetcher = self._make_fetcher(on_progress)
         try:
-            return self._lookup(target, fetcher)
+            found = self._lookup(target, fetcher)
+            running = self._active_release()
+            reason = downgrade(
+                None if running is None else (running.model, running.version),
+                (found.release.model, found.release.version),
+                allowed=allow_downgrade,
+            )
+            if reason is not None:
+                raise DowngradeRefusedError(reason)
+            return found
         except BaseException:
             _close(fetcher)  # a Lookup that is returned closes it after the download
             raise
+
+    def _active_release(self) -> ReleaseInfo | None:
+        """The release the active slot serves; None without a usable one (nothing to
+        protect, and refusing would keep a device with a broken slot from healing)."""
+        try:
+            pointer = self._store.active_pointer()
+            if pointer is None:
+                return None
+            return self._store.read_slot(pointer.slot, verify=False).release
+        except UpdateError as err:
+            logger.warning(
+                "device %s: no active release to compare with: %s", self._config.device_id, err
+            )
+            return None
 
     def _lookup(self, target: str, fetcher: FetcherInterface) -> Lookup:
         updater = self._new_tuf_updater(fetcher)

@@ -1,21 +1,27 @@
-"""`edgeops release`: publish a model package as a signed TUF release, list releases."""
+"""`edgeops release`: publish a model package as a signed TUF release, list and withdraw
+releases."""
 
 from __future__ import annotations
 
 import getpass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from edgeops.cli import JsonOption, ServerHomeOption, emit
 from edgeops.errors import ConfigError
 
+if TYPE_CHECKING:
+    from sqlalchemy.orm import sessionmaker
+
+    from server.config.settings import ServerSettings
+
 __all__ = ["app"]
 
 app = typer.Typer(
     name="release",
-    help="Publish packaged models as signed releases (TUF targets) and list them.",
+    help="Publish packaged models as signed releases (TUF targets), list and withdraw them.",
     no_args_is_help=True,
 )
 
@@ -81,12 +87,95 @@ def list_releases(home: HomeOption, as_json: JsonOption = False) -> None:
             "artifact_sha256": r.artifact_sha256,
             "size_bytes": r.size_bytes,
             "created_at": r.created_at.isoformat(),
+            "withdrawn_at": r.withdrawn_at.isoformat() if r.withdrawn_at else None,
         }
         for r in releases
     ]
     lines = [
         f"{r['target_path']:<40} v{r['version']:<4} {r['format']:<5} "
-        f"targets v{r['targets_version']}"
+        f"targets v{r['targets_version']}" + ("  WITHDRAWN" if r["withdrawn_at"] else "")
         for r in rows
     ]
     emit({"releases": rows}, as_json, "\n".join(lines) if lines else "no releases yet")
+
+
+@app.command("withdraw")
+def withdraw(
+    release: Annotated[
+        str,
+        typer.Argument(
+            help="The release: its target path (digits/3/model.int8.onnx) or "
+            "its version number (with --model when several models have releases)."
+        ),
+    ],
+    home: HomeOption,
+    reason: Annotated[
+        str,
+        typer.Option("--reason", help="Why it is withdrawn (kept in the registry and audit log)."),
+    ],
+    model: Annotated[
+        str | None, typer.Option("--model", help="The model whose VERSION this is.")
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Withdraw even the champion or the target of an active "
+            "rollout (devices not yet updated then fail verification).",
+        ),
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Withdraw RELEASE (a target path such as digits/3/model.int8.onnx, or a version
+    number): remove its target from the signed TUF targets (new targets,
+    snapshot and timestamp) and mark it in the registry, so no agent can verify it and no
+    rollout or deployment sends it again. Devices that run it keep running it: roll them
+    forward with a newer release. Refuses the champion and the target of an active rollout
+    unless --force. Running it again finishes an interrupted withdrawal."""
+    from server.config.settings import load_settings
+    from server.db.engine import close_database, open_database
+    from server.pipeline.withdrawal import withdraw_release
+
+    settings = load_settings(home)
+    session_factory = open_database(settings.resolved_database_url)
+    try:
+        target = _release_target(settings, session_factory, release, model)
+        withdrawn = withdraw_release(
+            settings,
+            session_factory,
+            target,
+            reason=reason,
+            force=force,
+            actor=f"{getpass.getuser()} (CLI on the server)",
+        )
+    finally:
+        close_database(session_factory)
+    r = withdrawn.release
+    text = (
+        f"{r.target_path} was already withdrawn"
+        if withdrawn.already
+        else f"Withdrew {r.model} v{r.version} ({r.format}): {r.target_path} is no longer in "
+        f"the signed targets (targets v{withdrawn.targets_version})"
+    )
+    emit(withdrawn.to_json(), as_json, text)
+
+
+def _release_target(
+    settings: ServerSettings, session_factory: sessionmaker, release: str, model: str | None
+) -> str:
+    """The target path RELEASE names: itself, or the release of version RELEASE."""
+    from server.registry.artifact_store import ArtifactStore
+    from server.registry.registry import Registry
+
+    registry = Registry(session_factory, ArtifactStore(settings.artifacts_dir))
+    if not release.isdigit():
+        return registry.find_release(release).target_path
+    if model is None:
+        models = sorted({r.model for r in registry.list_releases()})
+        if len(models) != 1:
+            raise ConfigError(
+                f"--model is needed to tell whose version {release} this is "
+                f"(models with releases: {', '.join(models) or 'none'})"
+            )
+        model = models[0]
+    return registry.get_release(model, int(release)).target_path

@@ -365,7 +365,7 @@ def drop_unsigned_releases(registry: Registry, repository: TufRepository) -> lis
     signed = {target.path for target in repository.targets()}
     dropped = []
     for release in registry.list_releases():
-        if release.target_path not in signed:
+        if release.target_path not in signed and release.withdrawn_at is None:
             logger.warning(
                 "%s v%d was recorded but never signed (an interrupted publish); removing it",
                 release.model, release.version,

@@ -3,6 +3,10 @@
 A thin service over a SQLAlchemy session factory and an artifact store. Every public
 method runs in its own transaction and returns frozen records, never ORM objects, so
 callers cannot touch a session by accident.
+
+A withdrawn release keeps its rows (lineage and device history still name it) but is marked
+with when and why; `check_not_withdrawn` is what rollouts and deployments call before they
+send it anywhere. `server.pipeline.withdrawal` removes its target from the signed targets.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +25,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from edgeops.errors import ConfigError, NotFoundError, RegistryError
 from edgeops.schemas import ModelFormat
-from server.db.tables import Artifact, Model, ModelVersion, Release, TrainingRun, as_utc
+from server.db.tables import (
+    Artifact,
+    Model,
+    ModelVersion,
+    Release,
+    Rollout,
+    TrainingRun,
+    as_utc,
+)
+from server.registry.aliases import CHAMPION, get_alias
 from server.registry.artifact_store import BlobStore
 
 __all__ = [
@@ -31,7 +44,9 @@ __all__ = [
     "NewVersion",
     "Registry",
     "ReleaseRecord",
+    "ReleaseWithdrawnError",
     "VersionRecord",
+    "check_not_withdrawn",
 ]
 
 logger = logging.getLogger(__name__)
@@ -95,6 +110,25 @@ class ReleaseRecord:
     size_bytes: int
     model_version_id: int
     created_at: datetime
+    withdrawn_at: datetime | None = None
+    withdrawn_reason: str | None = None
+
+
+class ReleaseWithdrawnError(RegistryError):
+    """The release was withdrawn: it is not in the signed targets and is never sent again."""
+
+
+def check_not_withdrawn(session: Session, target_path: str) -> None:
+    """NotFoundError if no release has `target_path`, ReleaseWithdrawnError if it was
+    withdrawn: the check before a rollout or deployment sends the target to devices."""
+    release = session.scalar(select(Release).where(Release.target_path == target_path))
+    if release is None:
+        raise NotFoundError(f"no release has target path {target_path!r}")
+    if release.withdrawn_at is not None:
+        raise ReleaseWithdrawnError(
+            f"release {target_path} was withdrawn on {as_utc(release.withdrawn_at).isoformat()}"
+            f" ({release.withdrawn_reason or 'no reason given'}); publish a new version instead"
+        )
 
 
 def _model_record(row: Model) -> ModelRecord:
@@ -133,6 +167,8 @@ def _release_record(release: Release, version: ModelVersion, model_name: str) ->
         size_bytes=version.size_bytes,
         model_version_id=version.id,
         created_at=as_utc(release.created_at),
+        withdrawn_at=as_utc(release.withdrawn_at) if release.withdrawn_at else None,
+        withdrawn_reason=release.withdrawn_reason,
     )
 
 
@@ -349,6 +385,67 @@ class Registry:
             if model_name is not None:
                 query = query.where(Model.name == model_name)
             return [_release_record(r, v, m.name) for r, v, m in session.execute(query).all()]
+
+    def get_release(self, model_name: str, version: int) -> ReleaseRecord:
+        """The release of `model_name` `version`; NotFoundError if that version has none."""
+        for release in self.list_releases(model_name):
+            if release.version == version:
+                return release
+        raise NotFoundError(f"model {model_name!r} has no release of version {version}")
+
+    def find_release(self, target_path: str) -> ReleaseRecord:
+        """The release with `target_path`; NotFoundError if there is none."""
+        for release in self.list_releases():
+            if release.target_path == target_path:
+                return release
+        raise NotFoundError(f"no release has target path {target_path!r}")
+
+    def mark_withdrawn(
+        self, target_path: str, reason: str, *, force: bool = False, now: datetime | None = None
+    ) -> ReleaseRecord:
+        """Mark the release withdrawn so no rollout or deployment sends it again.
+
+        Refuses (RegistryError, naming the way out) a release that is its model's champion
+        or the target of an active rollout, unless `force`: withdrawing what the fleet is
+        told to run is a decision, not a side effect. A release withdrawn before is
+        returned as it is (the signed targets may still need the removal: the caller
+        finishes it)."""
+        with self._transaction() as session:
+            row = session.scalar(select(Release).where(Release.target_path == target_path))
+            if row is None:
+                raise NotFoundError(f"no release has target path {target_path!r}")
+            version = session.get(ModelVersion, row.model_version_id)
+            assert version is not None  # a foreign key
+            model = session.get(Model, version.model_id)
+            assert model is not None
+            if row.withdrawn_at is None:
+                if not force:
+                    self._check_withdrawable(session, row, model.name, version.version)
+                row.withdrawn_at = now or datetime.now(UTC)
+                row.withdrawn_reason = reason
+                session.flush()
+                logger.warning("withdrew release %s: %s", target_path, reason)
+            return _release_record(row, version, model.name)
+
+    @staticmethod
+    def _check_withdrawable(session: Session, row: Release, model: str, version: int) -> None:
+        active = session.scalars(
+            select(Rollout.id).where(
+                Rollout.target == row.target_path, Rollout.active_scope.is_not(None)
+            )
+        ).all()
+        if active:
+            ids = ", ".join(str(i) for i in active)
+            raise RegistryError(
+                f"release {row.target_path} is the target of active rollout {ids}: abort it "
+                f"first ('edgeops rollout abort {active[0]}'), or pass --force to withdraw it "
+                "anyway (devices not yet updated then fail verification)"
+            )
+        if get_alias(session, model, CHAMPION) == version:
+            raise RegistryError(
+                f"release {row.target_path} is the champion of {model} (v{version}): promote "
+                "or roll back to another version first, or pass --force to withdraw it anyway"
+            )
 
     # ---- helpers ------------------------------------------------------------------------
 

@@ -18,7 +18,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from edgeops.errors import ConfigError, NotFoundError
-from server.db.tables import Device, DeviceLabel, Release, Rollout, RolloutDevice
+from server.db.tables import Device, DeviceLabel, Rollout, RolloutDevice
+from server.registry.registry import check_not_withdrawn
 from server.rollouts.controller import (
     ACTIVE_STATUSES,
     Decision,
@@ -99,11 +100,11 @@ def _active_conflict(session: Session, scope: str) -> Rollout | None:
 def create_rollout(session: Session, spec: RolloutSpec, actor: str, now: float) -> Rollout:
     """Create a running rollout; its first wave starts on the runner's next tick.
 
-    NotFoundError if the target is not a release; ConfigError if it selects no device;
+    NotFoundError if the target is not a release, ReleaseWithdrawnError if it was withdrawn;
+    ConfigError if it selects no device;
     RolloutConflictError if a rollout is active for the same group (or the whole fleet).
     """
-    if session.scalar(select(Release.id).where(Release.target_path == spec.target)) is None:
-        raise NotFoundError(f"no release has target path {spec.target!r}")
+    check_not_withdrawn(session, spec.target)  # NotFoundError / ReleaseWithdrawnError
     scope = spec.group if spec.group is not None else FLEET_SCOPE
     conflict = _active_conflict(session, scope)
     if conflict is not None:

@@ -20,8 +20,9 @@ from edgeops.errors import NotFoundError
 from edgeops.messages import Command
 from edgeops.topics import DEVICE_ID_PATTERN
 from server.api.deps import AdminDep, PublisherDep, SessionFactoryDep
-from server.db.tables import Device, Release
+from server.db.tables import Device
 from server.fleet import inventory
+from server.registry.registry import check_not_withdrawn
 
 __all__ = ["DeploymentCreate", "DeploymentPublic", "router"]
 
@@ -44,6 +45,11 @@ class DeploymentCreate(BaseModel):
         min_length=1,
         max_length=MAX_DEVICES_PER_REQUEST,
         description="device ids; null deploys to every known device",
+    )
+    allow_downgrade: bool = Field(
+        default=False,
+        description="an explicit rollback: devices install the target even if it is older "
+        "than the release they run (they refuse a downgrade otherwise)",
     )
 
     @field_validator("target")
@@ -86,8 +92,7 @@ def create_deployment(
 ) -> DeploymentPublic:
     """Send `update` to the devices (every known device when `devices` is null)."""
     with session_factory() as session:
-        if session.scalar(select(Release.id).where(Release.target_path == body.target)) is None:
-            raise NotFoundError(f"no release has target path {body.target!r}")
+        check_not_withdrawn(session, body.target)  # NotFoundError / ReleaseWithdrawnError
         if body.devices is None:
             devices = [d.device_id for d in inventory.list_devices(session)]
             if not devices:
@@ -100,7 +105,9 @@ def create_deployment(
             unknown = [d for d in devices if d not in known]
             if unknown:
                 raise NotFoundError(f"unknown devices: {_named(unknown)}")
-    command = Command(kind="update", target=body.target)
+    command = Command(
+        kind="update", target=body.target, allow_downgrade=body.allow_downgrade or None
+    )
     publisher.send_many(devices, command)  # CommandDeliveryError -> 503
     logger.info("deployment %s of %s sent to %d devices", command.command_id, body.target,
                 len(devices))

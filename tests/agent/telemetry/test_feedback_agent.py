@@ -46,7 +46,9 @@ def request(agent: Agent, path: str, body: bytes) -> tuple[int, Any]:
     host, port = agent.http_url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=5)
     try:
-        conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        token = agent.config.api_token_path.read_text().strip()
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+        conn.request("POST", path, body=body, headers=headers)
         response = conn.getresponse()
         return response.status, json.loads(response.read())
     finally:
