@@ -3,8 +3,11 @@
 <home>/server.toml      settings (server.config.settings)
 <home>/registry.db      SQLite registry (unless database_url points elsewhere)
 <home>/artifacts/       content-addressed artifact store
-<home>/tuf/             TUF repository: keys/ (0600) and metadata/
+<home>/tuf/             TUF repository: the online keys/ (0600) and metadata/
 <home>/admin.token      bearer token for mutating API calls (0600)
+
+The TUF root keys never enter the home: `init_home` writes them to a folder outside it
+(`<home>.root-keys/` by default), one file per key, for the operator to hand to their holders.
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ from edgeops.errors import ConfigError, EdgeOpsError
 from server.config.settings import SETTINGS_FILE, ServerSettings, save_settings
 from server.db.engine import migrate_database
 from server.registry.artifact_store import ArtifactStore
-from server.trust.repository import TufExpiry, init_repository
+from server.trust.repository import RootKeyCustody, TufExpiry, init_repository
 
-__all__ = ["HomeInfo", "init_home", "read_admin_token"]
+__all__ = ["HomeInfo", "default_root_key_folder", "init_home", "read_admin_token"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,29 +39,56 @@ class HomeInfo:
     artifacts_dir: Path
     tuf_dir: Path
     admin_token_file: Path
+    root_keys_dir: Path  # where the root private keys were written
 
 
-def init_home(settings: ServerSettings, expiry: TufExpiry | None = None) -> HomeInfo:
+def default_root_key_folder(home: Path) -> Path:
+    """`<home>.root-keys`, next to the home and outside it."""
+    home = Path(home).resolve()
+    return home.with_name(f"{home.name}.root-keys")
+
+
+def init_home(
+    settings: ServerSettings,
+    expiry: TufExpiry | None = None,
+    *,
+    root_custody: RootKeyCustody | None = None,
+) -> HomeInfo:
     """Create a new server home; refuse (ConfigError) if `settings.home` already holds one.
 
-    An empty existing folder is accepted. If any step fails, everything created is removed.
+    The root keys go where `root_custody` says (default: unencrypted in
+    `default_root_key_folder(home)`), which must lie outside the home unless it keeps them
+    online (`RootKeyCustody()`, development only). An empty existing folder is accepted. If
+    any step fails, everything created is removed.
     """
     home = Path(settings.home)
     if home.exists() and (not home.is_dir() or any(home.iterdir())):
         hint = " (it is a server home already)" if (home / SETTINGS_FILE).exists() else ""
         raise ConfigError(f"{home} already exists and is not empty{hint}; choose a new --home")
+    custody = root_custody or RootKeyCustody(directory=default_root_key_folder(home))
+    if custody.directory is not None and Path(custody.directory).resolve().is_relative_to(
+        home.resolve()
+    ):
+        raise ConfigError(
+            f"the root key folder {custody.directory} is inside the server home {home}; "
+            "the server must not hold its root keys: choose a folder outside it"
+        )
+    root_keys_dir = Path(custody.directory or settings.tuf_dir / "keys").resolve()
     created = not home.exists()
+    created_root_dir = not root_keys_dir.exists()
     home.mkdir(parents=True, exist_ok=True)
     try:
         os.chmod(home, 0o700)
         save_settings(settings)
         migrate_database(settings.resolved_database_url)
         ArtifactStore(settings.artifacts_dir).ensure()
-        init_repository(settings.tuf_dir, expiry or TufExpiry())
+        init_repository(settings.tuf_dir, expiry or TufExpiry(), root_custody=custody)
         token_file = settings.admin_token_file
         write_bytes_atomic(token_file, secrets.token_urlsafe(32).encode() + b"\n", mode=0o600)
     except (EdgeOpsError, OSError) as err:
         _remove_partial_home(home, created)
+        if created_root_dir:
+            shutil.rmtree(root_keys_dir, ignore_errors=True)
         if isinstance(err, EdgeOpsError):
             raise
         raise ConfigError(f"cannot create server home {home}: {err}") from err
@@ -70,6 +100,7 @@ def init_home(settings: ServerSettings, expiry: TufExpiry | None = None) -> Home
         artifacts_dir=settings.artifacts_dir,
         tuf_dir=settings.tuf_dir,
         admin_token_file=settings.admin_token_file,
+        root_keys_dir=root_keys_dir,
     )
 
 

@@ -1,6 +1,7 @@
 """The fleet certificate authority: device certificates, server identities, the broker's cert.
 
-    <home>/ca/ca.key                 the CA private key (0600, never leaves the server home)
+    <home>/ca/ca.key                 the CA private key (0600, never leaves the server home;
+                                     encrypted with the passphrase in ca_key_passphrase_file)
     <home>/ca/ca.crt                 the CA certificate (devices and the broker trust it)
     <home>/ca/identities/<name>.key  server-side identities (0600): the broker's TLS cert and
     <home>/ca/identities/<name>.crt  one MQTT client cert per server connection
@@ -12,8 +13,12 @@ Identity rules
 - A device certificate's subject CN is the device id, the only name the broker uses
   (`use_identity_as_username`), so the CSR may propose nothing else: the subject is rebuilt
   from the id, and only the CSR's public key (proven by its signature) is kept.
-- Names starting with `SERVER_IDENTITY_PREFIX` are reserved for the server's own
-  identities, which the broker ACL grants fleet-wide rights: no device may enroll as one.
+- Names starting with `SERVER_IDENTITY_PREFIX`, with the configured `broker_identity` or
+  with any server-side identity minted here (`identities/`, e.g. `--server-client` names)
+  are reserved: the broker ACL grants them fleet-wide rights, so no device may enroll as one.
+- Device certificates live `DEVICE_VALIDITY` (397 days, below the CA/Browser Forum's old
+  825-day ceiling) and are renewed by the agent; revoked ones are listed in the CRL
+  (`sign_crl`) the broker checks (`crlfile`).
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ import datetime as dt
 import ipaddress
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -37,12 +44,20 @@ from edgeops.topics import validate_device_id
 from edgeops.x509 import common_name as _name
 from edgeops.x509 import key_pem, make_csr, new_private_key
 
+if TYPE_CHECKING:
+    from server.config.settings import ServerSettings
+
 __all__ = [
     "CA_DIR",
+    "CRL_FILE",
+    "DEVICE_VALIDITY",
     "SERVER_IDENTITY_PREFIX",
     "FleetCA",
     "IdentityFiles",
+    "build_crl",
+    "ca_key_passphrase",
     "check_device_name",
+    "check_device_validity",
     "issue_certificate",
     "load_csr",
     "new_private_key",
@@ -54,7 +69,9 @@ logger = logging.getLogger(__name__)
 CA_DIR = "ca"
 SERVER_IDENTITY_PREFIX = "edgeops-server"
 CA_VALIDITY = dt.timedelta(days=3650)
-DEVICE_VALIDITY = dt.timedelta(days=825)
+DEVICE_VALIDITY = dt.timedelta(days=397)
+MAX_DEVICE_VALIDITY = dt.timedelta(days=825)  # exclusive
+CRL_FILE = "crl.pem"
 MAX_CSR_BYTES = 16 * 1024
 
 
@@ -74,15 +91,32 @@ def cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def check_device_name(device_id: str) -> str:
-    """`device_id` if a device may enroll under it, else ConfigError."""
+def check_device_name(device_id: str, reserved: Sequence[str] = ()) -> str:
+    """`device_id` if a device may enroll under it, else ConfigError.
+
+    A name starting with `SERVER_IDENTITY_PREFIX` or one of `reserved` (compared without
+    case) collides with a server identity or a client id derived from it
+    (`<identity>-commands`, `<identity>-ingest`).
+    """
     validate_device_id(device_id)
-    if device_id.lower().startswith(SERVER_IDENTITY_PREFIX):
-        raise ConfigError(
-            f"device id {device_id!r} is reserved: names starting with "
-            f"{SERVER_IDENTITY_PREFIX!r} belong to the server"
-        )
+    lowered = device_id.lower()
+    for prefix in (SERVER_IDENTITY_PREFIX, *reserved):
+        if prefix and lowered.startswith(prefix.lower()):
+            raise ConfigError(
+                f"device id {device_id!r} is reserved: names starting with {prefix!r} "
+                "belong to the server's MQTT identities"
+            )
     return device_id
+
+
+def check_device_validity(validity: dt.timedelta) -> dt.timedelta:
+    """`validity` if it is a sound device certificate lifetime, else ConfigError."""
+    if not dt.timedelta(days=1) <= validity < MAX_DEVICE_VALIDITY:
+        raise ConfigError(
+            f"device certificates must live at least 1 day and less than "
+            f"{MAX_DEVICE_VALIDITY.days} days, not {validity.days} days"
+        )
+    return validity
 
 
 def make_ca_certificate(
@@ -183,12 +217,42 @@ def sign_device_csr(
     csr: x509.CertificateSigningRequest,
     device_id: str,
     now: dt.datetime,
+    *,
+    validity: dt.timedelta = DEVICE_VALIDITY,
+    reserved: Sequence[str] = (),
 ) -> x509.Certificate:
     """A client certificate with CN = `device_id` for the CSR's (verified) public key."""
-    check_device_name(device_id)
+    check_device_name(device_id, reserved)
     public = csr.public_key()
     assert isinstance(public, ec.EllipticCurvePublicKey)  # load_csr checked it
-    return issue_certificate(ca_key, ca_cert, public, device_id, now)
+    return issue_certificate(
+        ca_key, ca_cert, public, device_id, now, validity=check_device_validity(validity)
+    )
+
+
+def build_crl(
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    revoked: Sequence[tuple[int, dt.datetime]],
+    now: dt.datetime,
+) -> x509.CertificateRevocationList:
+    """The CA's CRL listing `revoked` (serial, when). It is valid until the CA expires: the
+    broker reads it from a local file, and OpenSSL refuses every client once it is stale."""
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now - dt.timedelta(minutes=5))
+        .next_update(ca_cert.not_valid_after_utc)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+    )
+    for serial, at in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(at).build()
+        )
+    return builder.sign(ca_key, hashes.SHA256())
 
 
 # File shell -----------------------------------------------------------------------------
@@ -196,6 +260,31 @@ def sign_device_csr(
 
 def _write_private(path: Path, data: bytes) -> None:
     write_bytes_atomic(path, data, mode=0o600)
+
+
+def _ca_key_pem(key: ec.EllipticCurvePrivateKey, passphrase: bytes | None) -> bytes:
+    if passphrase is None:
+        return key_pem(key)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(passphrase),
+    )
+
+
+def ca_key_passphrase(settings: ServerSettings) -> bytes | None:
+    """The CA key passphrase from `settings.ca_key_passphrase_file` (relative to the home),
+    without its trailing newline; None if no file is configured."""
+    if not settings.ca_key_passphrase_file:
+        return None
+    path = settings.home / settings.ca_key_passphrase_file
+    try:
+        passphrase = path.read_bytes().rstrip(b"\r\n")
+    except OSError as err:
+        raise ConfigError(f"cannot read ca_key_passphrase_file {path}: {err}") from err
+    if not passphrase:
+        raise ConfigError(f"ca_key_passphrase_file {path} is empty")
+    return passphrase
 
 
 class FleetCA:
@@ -215,37 +304,77 @@ class FleetCA:
         return cert_pem(self.cert)
 
     @classmethod
-    def ensure(cls, home: Path, name: str = "EdgeOps fleet CA") -> FleetCA:
-        """Load the CA of the server home `home`, creating it (key 0600) if absent."""
+    def for_settings(cls, settings: ServerSettings) -> FleetCA:
+        """`ensure` for the server home of `settings`, with its CA key passphrase."""
+        return cls.ensure(settings.home, passphrase=ca_key_passphrase(settings))
+
+    @classmethod
+    def ensure(
+        cls, home: Path, name: str = "EdgeOps fleet CA", *, passphrase: bytes | None = None
+    ) -> FleetCA:
+        """Load the CA of the server home `home`, creating it (key 0600, encrypted with
+        `passphrase` if given) if absent."""
         directory = Path(home) / CA_DIR
         key_file, cert_file = directory / "ca.key", directory / "ca.crt"
         if key_file.exists():
-            return cls.load(home)
+            return cls.load(home, passphrase=passphrase)
         directory.mkdir(parents=True, exist_ok=True)
         os.chmod(directory, 0o700)
         key = new_private_key()
         cert = make_ca_certificate(key, name, dt.datetime.now(dt.UTC))
-        _write_private(key_file, key_pem(key))
+        _write_private(key_file, _ca_key_pem(key, passphrase))
         write_bytes_atomic(cert_file, cert_pem(cert), mode=0o644)
         logger.info("created the fleet CA in %s", directory)
         return cls(directory, key, cert)
 
     @classmethod
-    def load(cls, home: Path) -> FleetCA:
+    def load(cls, home: Path, *, passphrase: bytes | None = None) -> FleetCA:
+        """The CA of `home`. A key stored in clear is encrypted in place once a
+        `passphrase` is configured."""
         directory = Path(home) / CA_DIR
+        key_file = directory / "ca.key"
         try:
-            key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), None)
+            data = key_file.read_bytes()
             cert = x509.load_pem_x509_certificate((directory / "ca.crt").read_bytes())
         except (OSError, ValueError) as err:
             raise ConfigError(f"cannot load the fleet CA from {directory}: {err}") from err
+        encrypted = b"ENCRYPTED" in data.split(b"\n", 1)[0]
+        if encrypted and passphrase is None:
+            raise ConfigError(
+                f"the fleet CA key {key_file} is encrypted: set ca_key_passphrase_file in "
+                "server.toml (or EDGEOPS_SERVER_CA_KEY_PASSPHRASE_FILE) to the file holding "
+                "its passphrase"
+            )
+        try:
+            key = serialization.load_pem_private_key(data, passphrase if encrypted else None)
+        except (ValueError, TypeError) as err:
+            hint = "wrong passphrase, or " if encrypted else ""
+            raise ConfigError(f"cannot load the fleet CA key {key_file}: {hint}{err}") from err
         if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise ConfigError(f"{directory / 'ca.key'} is not an EC key")
+            raise ConfigError(f"{key_file} is not an EC key")
+        if passphrase is not None and not encrypted:
+            _write_private(key_file, _ca_key_pem(key, passphrase))
+            logger.warning("encrypted the fleet CA key %s with the configured passphrase", key_file)
         return cls(directory, key, cert)
 
-    def sign_csr(self, csr_pem: bytes, device_id: str, now: dt.datetime | None = None) -> bytes:
+    def sign_csr(
+        self, csr_pem: bytes, device_id: str, now: dt.datetime | None = None, *,
+        validity: dt.timedelta = DEVICE_VALIDITY,
+        reserved: Sequence[str] = (),
+    ) -> bytes:
         csr = load_csr(csr_pem)
         now = now or dt.datetime.now(dt.UTC)
-        return cert_pem(sign_device_csr(self._key, self.cert, csr, device_id, now))
+        return cert_pem(sign_device_csr(self._key, self.cert, csr, device_id, now,
+                                        validity=validity, reserved=reserved))
+
+    def sign_crl(self, revoked: Sequence[tuple[int, dt.datetime]]) -> bytes:
+        """PEM CRL of this CA listing `revoked` (serial, when)."""
+        crl = build_crl(self._key, self.cert, revoked, dt.datetime.now(dt.UTC))
+        return crl.public_bytes(serialization.Encoding.PEM)
+
+    def server_identities(self) -> tuple[str, ...]:
+        """The names of the server-side identities minted so far (`identities/<name>.crt`)."""
+        return tuple(sorted(path.stem for path in (self.directory / "identities").glob("*.crt")))
 
     def identity(
         self, name: str, *, server: bool = False, hosts: tuple[str, ...] = (),

@@ -3,15 +3,18 @@
 Every change of keys is a new root version. TUF clients accept root N+1 only if it is
 signed by a threshold of root N's root keys *and* a threshold of its own, so each
 change here is signed with both: by the local keys when enough are in `keys/`, or on
-other machines from an exported unsigned file:
+other machines from an exported unsigned file. A server home made by `edgeops server init`
+holds no root key, so every root change takes this path:
 
-    edgeops server keys rotate --role root --offline --out root-v4.json   # proposes
-    edgeops server keys sign-root root-v4.json --key /media/usb/root.pem  # elsewhere, xN
-    edgeops server keys import-root root-v4.json                          # verifies, installs
+    edgeops server keys rotate --role timestamp --out root-v2.json          # proposes
+    edgeops server keys sign-root root-v2.json --key /media/usb/root.pem \
+        --passphrase-file -                                                 # elsewhere, xN
+    edgeops server keys import-root root-v2.json                            # verifies, installs
 
 Installing a root re-signs targets, snapshot and timestamp with new versions, so their
-signatures match the keys the new root names. Removed keys move to `keys/revoked/`;
-metadata signed only by them is refused by every client that has the new root.
+signatures match the keys the new root names. Keys the new root drops move to
+`keys/revoked/`; metadata signed only by them is refused by every client that has the new
+root.
 """
 
 from __future__ import annotations
@@ -24,8 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from securesystemslib.signer import CryptoSigner, Signer
+from securesystemslib.signer import CryptoSigner
 from tuf.api.exceptions import RepositoryError
 from tuf.api.metadata import Metadata, Root
 from tuf.api.serialization import DeserializationError
@@ -33,7 +35,13 @@ from tuf.api.serialization.json import JSONSerializer
 
 from edgeops.atomic_io import write_bytes_atomic
 from edgeops.errors import ConfigError, TrustError
-from server.trust.repository import ROLES, TufRepository, write_private_key
+from server.trust.repository import (
+    OFFLINE_ROOT_STEPS,
+    ROLES,
+    TufRepository,
+    load_private_key,
+    write_private_key,
+)
 
 __all__ = [
     "KeyInfo",
@@ -41,6 +49,8 @@ __all__ = [
     "import_root",
     "list_keys",
     "load_root_file",
+    "online_root_keys",
+    "renew_root",
     "revoke_key",
     "rotate_key",
     "sign_root_file",
@@ -59,7 +69,12 @@ class KeyInfo:
     path: str | None
 
     def to_json(self) -> dict[str, Any]:
-        return {"keyid": self.keyid, "roles": list(self.roles), "online": self.online, "path": self.path}
+        return {
+            "keyid": self.keyid,
+            "roles": list(self.roles),
+            "online": self.online,
+            "path": self.path,
+        }
 
 
 def _now() -> datetime:
@@ -99,7 +114,15 @@ def list_keys(repo: TufRepository) -> dict[str, Any]:
     }
 
 
-def propose_root(repo: TufRepository, change: RootChange, now: datetime | None = None) -> Metadata[Root]:
+def online_root_keys(repo: TufRepository) -> list[Path]:
+    """The files in keys/ holding a key of the current root role (none, when kept offline)."""
+    root_keyids = set(_root_md(repo).signed.roles["root"].keyids)
+    return [path for keyid, (path, _s) in repo.local_signers().items() if keyid in root_keyids]
+
+
+def propose_root(
+    repo: TufRepository, change: RootChange, now: datetime | None = None
+) -> Metadata[Root]:
     """The next root version with `change` applied, unsigned."""
     current = _root_md(repo)
     proposed = Metadata.from_bytes(repo.root_bytes())
@@ -139,7 +162,9 @@ def verify_root(old_root: Root, proposed: Metadata[Root]) -> None:
     try:
         old_root.verify_delegate("root", proposed.signed_bytes, proposed.signatures)
     except RepositoryError as err:
-        raise TrustError(f"root v{proposed.signed.version} lacks the old root threshold: {err}") from err
+        raise TrustError(
+            f"root v{proposed.signed.version} lacks the old root threshold: {err}"
+        ) from err
     try:
         proposed.signed.verify_delegate("root", proposed.signed_bytes, proposed.signatures)
     except RepositoryError as err:
@@ -158,6 +183,8 @@ def import_root(repo: TufRepository, proposed: Metadata[Root], now: datetime | N
         write_bytes_atomic(repo.metadata_dir / "root.json", data)
         _root, targets, snapshot, timestamp = repo._current()  # noqa: SLF001 (same package)
         repo._commit(proposed, targets, snapshot, timestamp, now)  # noqa: SLF001
+        for keyid in set(old_root.keys) - set(proposed.signed.keys):
+            _retire(repo, keyid)
     logger.info("installed TUF root v%d", version)
     return version
 
@@ -173,15 +200,34 @@ def _apply(
     if offline_out is not None:
         sign_with_local_keys(repo, proposed)
         write_bytes_atomic(offline_out, proposed.to_bytes(JSONSerializer(compact=False)))
-        return {"root_version": proposed.signed.version, "exported": str(offline_out), "installed": False}
+        return {
+            "root_version": proposed.signed.version,
+            "exported": str(offline_out),
+            "installed": False,
+        }
     sign_with_local_keys(repo, proposed)
     try:
         version = import_root(repo, proposed, now)
     except TrustError as err:
         raise ConfigError(
-            f"{err}; not enough root keys on this machine: use --offline and sign elsewhere"
+            f"this machine cannot sign root v{proposed.signed.version} "
+            f"({err}); {OFFLINE_ROOT_STEPS}"
         ) from err
     return {"root_version": version, "installed": True}
+
+
+def _new_key_folder(repo: TufRepository, role: str, key_dir: Path | None) -> Path:
+    """Where a new key of `role` goes: keys/, unless it is a root key of an offline root."""
+    if key_dir is not None:
+        return Path(key_dir)
+    if role == "root":
+        root_keyids = set(_root_md(repo).signed.roles["root"].keyids)
+        if not root_keyids & set(repo.local_signers()):
+            raise ConfigError(
+                "the root keys of this repository are offline, so a new root key must not "
+                "be written to the server: give --key-dir DIR (and --passphrase-file)"
+            )
+    return repo.keys_dir
 
 
 def create_key(
@@ -189,14 +235,19 @@ def create_key(
     role: str,
     *,
     offline_out: Path | None = None,
+    key_dir: Path | None = None,
+    passphrase: bytes | None = None,
     now: datetime | None = None,
 ) -> dict[str, Any]:
-    """Generate a key, save it in keys/, and add it to `role` in a new root."""
+    """Generate a key, save it in `key_dir` (default keys/; encrypted with `passphrase`),
+    and add it to `role` in a new root."""
     _check_role(role)
     signer = CryptoSigner.generate_ed25519()
-    path = write_private_key(repo.keys_dir, role, signer)
+    path = write_private_key(_new_key_folder(repo, role, key_dir), role, signer, passphrase)
     try:
-        result = _apply(repo, lambda r: r.add_key(signer.public_key, role), offline_out=offline_out, now=now)
+        result = _apply(
+            repo, lambda r: r.add_key(signer.public_key, role), offline_out=offline_out, now=now
+        )
     except BaseException:
         path.unlink(missing_ok=True)
         raise
@@ -209,19 +260,24 @@ def rotate_key(
     keyid: str | None = None,
     *,
     offline_out: Path | None = None,
+    key_dir: Path | None = None,
+    passphrase: bytes | None = None,
     now: datetime | None = None,
 ) -> dict[str, Any]:
     """Replace `keyid` (default: every current key of `role`, which must then be one) with a
-    new key, in a new root signed by the old and the new thresholds."""
+    new key (saved as `create_key` does), in a new root signed by the old and the new
+    thresholds."""
     _check_role(role)
     current = _root_md(repo).signed.roles[role].keyids
     if keyid is None:
         if len(current) != 1:
-            raise ConfigError(f"{role} has {len(current)} keys: name the one to rotate with --keyid")
+            raise ConfigError(
+                f"{role} has {len(current)} keys: name the one to rotate with --keyid"
+            )
         keyid = current[0]
     keyid = _resolve(repo, keyid, role)
     signer = CryptoSigner.generate_ed25519()
-    path = write_private_key(repo.keys_dir, role, signer)
+    path = write_private_key(_new_key_folder(repo, role, key_dir), role, signer, passphrase)
 
     def change(root: Root) -> None:
         root.add_key(signer.public_key, role)
@@ -232,8 +288,6 @@ def rotate_key(
     except BaseException:
         path.unlink(missing_ok=True)
         raise
-    if result["installed"]:
-        _retire(repo, keyid)
     return {**result, "keyid": signer.public_key.keyid, "replaced": keyid, "path": str(path)}
 
 
@@ -253,9 +307,14 @@ def revoke_key(
             root.revoke_key(keyid, role)
 
     result = _apply(repo, change, offline_out=offline_out, now=now)
-    if result["installed"]:
-        _retire(repo, keyid)
     return {**result, "revoked": keyid, "roles": roles}
+
+
+def renew_root(
+    repo: TufRepository, *, offline_out: Path | None = None, now: datetime | None = None
+) -> dict[str, Any]:
+    """The same root with the next version and a fresh expiry (before the old one runs out)."""
+    return _apply(repo, lambda _root: None, offline_out=offline_out, now=now)
 
 
 def load_root_file(path: Path) -> Metadata[Root]:
@@ -268,13 +327,11 @@ def load_root_file(path: Path) -> Metadata[Root]:
     return metadata
 
 
-def sign_root_file(path: Path, key_file: Path) -> str:
-    """Add the signature of the private key in `key_file` to the root in `path` (offline)."""
+def sign_root_file(path: Path, key_file: Path, passphrase: bytes | None = None) -> str:
+    """Add the signature of the private key in `key_file` (decrypted with `passphrase`) to
+    the root in `path` (offline)."""
     metadata = load_root_file(path)
-    try:
-        signer: Signer = CryptoSigner(load_pem_private_key(Path(key_file).read_bytes(), password=None))
-    except (OSError, ValueError, TypeError) as err:
-        raise ConfigError(f"cannot load the key {key_file}: {err}") from err
+    signer = load_private_key(key_file, passphrase)
     metadata.sign(signer, append=True)
     write_bytes_atomic(Path(path), metadata.to_bytes(JSONSerializer(compact=False)))
     return signer.public_key.keyid

@@ -72,9 +72,10 @@ def test_keys_cli_list_rotate_revoke(tmp_path: Path) -> None:
     from server.app.home import init_home
     from server.cli.keys import app
     from server.config.settings import ServerSettings
+    from server.trust.repository import RootKeyCustody
 
     settings = ServerSettings(home=tmp_path / "server")
-    init_home(settings)
+    init_home(settings, root_custody=RootKeyCustody())  # a development home: root keys online
     runner = CliRunner()
     home = ["--home", str(settings.home)]
 
