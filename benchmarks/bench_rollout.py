@@ -105,7 +105,8 @@ def run(devices: int, workdir: Path) -> dict[str, object]:
     server = None
     try:
         settings = ServerSettings(home=workdir / "server", http_port=free_port(),
-                                  broker_host=broker.host, broker_port=broker.port)
+                                  broker_host=broker.host, broker_port=broker.port,
+                                  allow_insecure_http=True, allow_insecure_mqtt=True)
         init_home(settings)
         settings = load_settings(settings.home)
         factory = open_database(settings.resolved_database_url)

@@ -7,13 +7,14 @@ The schema is owned by the migrations in `server/db/migrations`; nothing calls
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.util.exc import CommandError
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
 from edgeops.errors import ConfigError
@@ -49,8 +50,9 @@ def upgrade_database(engine: Engine, revision: str = "head") -> None:
             config.attributes["connection"] = connection
             command.upgrade(config, revision)
     except (SQLAlchemyError, CommandError) as err:
-        url = engine.url.render_as_string(hide_password=True)
-        raise ConfigError(f"cannot migrate the database at {url}: {err}") from err
+        url, detail = _without_password(engine.url.render_as_string(hide_password=False),
+                                        str(err))
+        raise ConfigError(f"cannot migrate the database at {url}: {detail}") from err
 
 
 def open_database(database_url: str) -> sessionmaker:
@@ -71,10 +73,24 @@ def _open_migrated_engine(database_url: str) -> Engine:
     try:
         engine = make_engine(database_url)
     except (SQLAlchemyError, ValueError, ImportError) as err:
-        raise ConfigError(f"cannot open database URL {database_url!r}: {err}") from err
+        shown, detail = _without_password(database_url, str(err))
+        # from None: the cause's own text quotes the URL, password included
+        raise ConfigError(f"cannot open database URL {shown!r}: {detail}") from None
     upgrade_database(engine)
     logger.info("database ready at %s", engine.url.render_as_string(hide_password=True))
     return engine
+
+
+def _without_password(database_url: str, text: str) -> tuple[str, str]:
+    """`database_url` and `text` (an error that may quote the URL) with the password masked."""
+    try:
+        url = make_url(database_url)
+    except (ArgumentError, ValueError):  # unparsable: mask what sits between "user:" and "@"
+        masked = re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", database_url)
+        return masked, text.replace(database_url, masked)
+    masked = url.render_as_string(hide_password=True)
+    text = text.replace(database_url, masked)
+    return masked, text.replace(url.password, "***") if url.password else text
 
 
 def close_database(session_factory: sessionmaker) -> None:

@@ -9,6 +9,7 @@ Mosquitto, so its rollout runner ticks and an abort settles to `aborted`.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -136,7 +137,7 @@ def test_rollout_failures_exit_with_their_codes(server: dict) -> None:
     conn = _connection(server)
     missing = run_edgeops("rollout", "status", "999", *conn)
     unreachable = run_edgeops("rollout", "status", "1", "--server", f"http://127.0.0.1:{free_port()}",
-                              "--token", "t")
+                              env={**os.environ, "EDGEOPS_TOKEN": "t"})
     no_token = run_edgeops("rollout", "list", env={"PATH": "/usr/bin:/bin"})
     bad_argument = run_edgeops("rollout", "status", "not-a-number")
 

@@ -53,7 +53,7 @@ def test_cli_init_publish_list(tmp_path: Path, package_template: Path) -> None:
         server_app, ["init", "--home", str(home), "--http-port", "9001", "--json"]
     )
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["public_url"] == "http://127.0.0.1:9001"
+    assert json.loads(result.output)["public_url"] == "https://127.0.0.1:9001"  # TLS by default
 
     result = runner.invoke(
         release_app, ["publish", "--home", str(home), "--package", str(package_template), "--json"]

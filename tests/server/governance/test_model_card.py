@@ -379,7 +379,7 @@ def test_edgeops_model_card_without_a_version_or_target_path_says_what_to_give()
 
     from server.cli.model import app
 
-    result = CliRunner().invoke(app, ["card", "digits", "--token", "t"])
+    result = CliRunner().invoke(app, ["card", "digits"], env={"EDGEOPS_TOKEN": "t"})
 
     assert isinstance(result.exception, ConfigError)
     assert "give the version of 'digits'" in str(result.exception)
@@ -396,7 +396,9 @@ def test_edgeops_model_card_prints_json_and_html(
     token = server_settings.admin_token_file.read_text().strip()
     out = tmp_path / "card.html"
     with live_server(build_app(server_settings, with_fleet=False)) as url:
-        connection = ("--server", url, "--token", token)
+        token_file = tmp_path / "token"
+        token_file.write_text(token)
+        connection = ("--server", url, "--token-file", str(token_file))
         as_json = run_edgeops("model", "card", "digits/2/model.int8.onnx", "--json", *connection)
         as_html = run_edgeops("model", "card", "digits", "2", "--html", "--out", str(out),
                               *connection)

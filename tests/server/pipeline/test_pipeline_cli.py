@@ -92,9 +92,12 @@ def test_policy_check_names_the_problem_in_a_bad_file_and_exits_3(tmp_path: Path
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PipelineWorld, list[str]]]:
     """The world's app on a live port, and the connection options of an operator."""
-    with pipeline_world(tmp_path_factory.mktemp("pipeline-cli")) as world:
+    folder = tmp_path_factory.mktemp("pipeline-cli")
+    token_file = folder / "operator.token"
+    with pipeline_world(folder) as world:
+        token_file.write_text(world.tokens["operator"])
         with live_server(world.app) as url:
-            yield world, ["--server", url, "--token", world.tokens["operator"]]
+            yield world, ["--server", url, "--token-file", str(token_file)]
 
 
 def pipeline(*args: str) -> Result:

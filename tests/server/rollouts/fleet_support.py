@@ -115,6 +115,11 @@ def agent_supports_health_window() -> bool:
     return "health_window_s" in {f.name for f in dataclasses.fields(AgentConfig)}
 
 
+# The test fleets serve plain HTTP and MQTT on loopback: opt in, as server.toml would.
+INSECURE_LOOPBACK_ENV = {"EDGEOPS_SERVER_ALLOW_INSECURE_HTTP": "true",
+                         "EDGEOPS_SERVER_ALLOW_INSECURE_MQTT": "true"}
+
+
 class ServerProcess:
     """`python -m edgeops.cli server run --home ...`, killable and restartable."""
 
@@ -128,7 +133,7 @@ class ServerProcess:
                 [sys.executable, "-m", "edgeops.cli", "-v", "server", "run", "--home",
                  str(self.home)],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **INSECURE_LOOPBACK_ENV},
             )
         wait_for_port(self.host, self.port, timeout_s)
 
@@ -317,6 +322,7 @@ __all__ = [
     "AgentPools",
     "Api",
     "CommandSniffer",
+    "INSECURE_LOOPBACK_ENV",
     "PredictionDriver",
     "ServerProcess",
     "agent_supports_health_window",
