@@ -1,20 +1,29 @@
-"""`edgeops agent ...`: enroll a device home, run the agent, show what it runs.
+"""`edgeops agent ...`: enroll a device home, run the agent (or install it as a systemd
+service), show what it runs.
 
 Imports nothing from `server`; the heavy agent modules load only inside the commands.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
 
 from agent.config import DEFAULT_CLI_HTTP_PORT, AgentConfig, init_agent_home, load_config
+from agent.logging_setup import LOG_FORMATS
 from edgeops.cli import JsonOption, emit, home_option
+from edgeops.cli_secrets import read_secret
 from edgeops.errors import ConfigError, UpdateError
+
+logger = logging.getLogger(__name__)
 
 app = typer.Typer(
     name="agent",
@@ -47,7 +56,8 @@ def init(
         Path, typer.Option("--root", help="Trusted TUF root.json from the server (the trust anchor)")
     ],
     username: Annotated[str | None, typer.Option("--username", help="Broker username")] = None,
-    password: Annotated[str | None, typer.Option("--password", help="Broker password")] = None,
+    password_file: Annotated[Path | None, typer.Option(
+        "--password-file", help="File holding the broker password ('-': standard input)")] = None,
     fleet: Annotated[str, typer.Option("--fleet", help="Fleet name in the topic prefix")] = "default",
     http_port: Annotated[
         int, typer.Option("--http-port", help="Local inference API port on 127.0.0.1 (-1 disables)")
@@ -68,15 +78,16 @@ def init(
         broker_host=host,
         broker_port=port,
         broker_username=username,
-        broker_password=password,
+        broker_password=read_secret(password_file, what="broker password"),
         fleet=fleet,
         http_port=None if http_port < 0 else http_port,
     )
     saved = init_agent_home(home, config, trusted_root, force=force)
     emit(
-        {"home": str(home), "config": saved.redacted()},
+        {"home": str(home), "config": saved.redacted(), "api_token_file": str(saved.api_token_path)},
         as_json,
         f"agent home ready at {home} for device {device_id}\n"
+        f"local API clients send 'Authorization: Bearer' with the token in {saved.api_token_path}\n"
         f"run it with: edgeops agent run --home {home}",
     )
 
@@ -84,7 +95,12 @@ def init(
 @app.command()
 def enroll(
     home: HomeOption,
-    token: Annotated[str, typer.Option("--token", help="One-time token from 'edgeops server enroll-token'")],
+    ca_fingerprint: Annotated[str, typer.Option(
+        "--ca-fingerprint", help="The fleet CA's SHA-256 fingerprint, as 'edgeops server "
+        "enroll-token' printed it with the token: a server offering another CA is refused")],
+    token_file: Annotated[Path | None, typer.Option(
+        "--token-file", help="File holding the one-time token from 'edgeops server "
+        "enroll-token' ('-': standard input); or set EDGEOPS_ENROLL_TOKEN")] = None,
     server: Annotated[
         str | None, typer.Option("--server", help="Server base URL (default: the home's server_url)")
     ] = None,
@@ -99,12 +115,17 @@ def enroll(
     from agent.enroll import enroll as enroll_device
 
     config = load_config(home)
+    token = read_secret(token_file, what="enrollment token", env_var="EDGEOPS_ENROLL_TOKEN")
+    if token is None:
+        raise ConfigError("no enrollment token: pass --token-file PATH (or - for standard input) "
+                          "or set EDGEOPS_ENROLL_TOKEN")
     overrides: dict[str, Any] = {}
     if broker is not None:
         overrides["broker_host"], overrides["broker_port"] = _parse_broker(broker)
     if server is not None:
         overrides["server_url"] = server
-    outcome = enroll_device(config, token, server_url=server, **overrides)
+    outcome = enroll_device(config, token, ca_fingerprint=ca_fingerprint, server_url=server,
+                            **overrides)
     emit(
         {
             "device_id": config.device_id,
@@ -119,33 +140,128 @@ def enroll(
     )
 
 
+LogFormatOption = Annotated[
+    str,
+    typer.Option(
+        "--log-format",
+        help="text (a terminal), journal (systemd's journal: <priority> prefix, no time) or json "
+        "(one object per line, for collectors); auto picks journal under systemd. Every line "
+        "carries device_id, release and rollout_id.",
+        click_type=click.Choice(LOG_FORMATS),
+    ),
+]
+
+
 @app.command()
-def run(home: HomeOption) -> None:
-    """Run the agent until SIGINT or SIGTERM, then publish `offline` and exit."""
+def run(home: HomeOption, log_format: LogFormatOption = "auto") -> None:
+    """Run the agent until SIGINT or SIGTERM, then publish `offline` and exit.
+
+    Under systemd (Type=notify) it reports ready once serving and feeds the watchdog while
+    its threads are alive."""
     from agent.daemon import Agent
+    from agent.logging_setup import configure_logging, resolve_log_format, rollout_id_of
+    from agent.systemd_notify import Notifier
 
     config = load_config(home)
+    chosen = resolve_log_format(log_format, os.environ, sys.stderr)
     stop = threading.Event()
 
     def request_stop(signum: int, frame: Any) -> None:
         stop.set()
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    agent = Agent(config).start()
-    typer.echo(
-        f"agent {config.device_id} running (state {agent.state}"
-        + (f", API {agent.http_url}" if agent.http_url else "")
-        + "); Ctrl-C stops it",
-        err=True,
+    agent = Agent(config)
+    configure_logging(
+        chosen,
+        lambda: {
+            "device_id": config.device_id,
+            "release": agent.status().release,
+            "rollout_id": rollout_id_of(agent.last_command_id),
+        },
     )
+    notifier = Notifier.from_environment(os.environ)
+    agent.start()
+    summary = f"agent {config.device_id} running (state {agent.state}" + (
+        f", API {agent.http_url}" if agent.http_url else ""
+    ) + ")"
+    _announce(chosen, f"{summary}; Ctrl-C stops it")
+    notifier.ready(summary)
     try:
-        while not stop.wait(1.0):
-            pass
+        while not stop.wait(notifier.tick_s):
+            if agent.alive:
+                notifier.feed_watchdog()
+            # else: a thread died; no more WATCHDOG=1, so systemd restarts the agent
     finally:
+        notifier.stopping()
         agent.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    typer.echo(f"agent {config.device_id} stopped", err=True)
+    _announce(chosen, f"agent {config.device_id} stopped")
+
+
+def _announce(log_format: str, message: str) -> None:
+    """A line for whoever watches: on the terminal as it always was, as a log record (with
+    its fields) for the journal and collectors."""
+    if log_format == "text":
+        typer.echo(message, err=True)
+    else:
+        logger.info("%s", message)
+
+
+@app.command("install-service")
+def install_service(
+    home: HomeOption,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Where to write the unit (default: /etc/systemd/system/NAME.service)."
+        ),
+    ] = None,
+    name: Annotated[str, typer.Option("--name", help="The unit's name, without .service.")] = "edgeops-agent",
+    user: Annotated[str, typer.Option("--user", help="The dedicated system user it runs as.")] = "edgeops",
+    memory_max: Annotated[
+        str, typer.Option("--memory-max", help="systemd MemoryMax=: the cgroup's memory cap.")
+    ] = "512M",
+    watchdog_s: Annotated[
+        int, typer.Option("--watchdog-s", min=0, help="WatchdogSec=: restart the agent if it stops "
+                          "reporting alive for this long (0: no watchdog).")
+    ] = 30,
+    as_json: JsonOption = False,
+) -> None:
+    """Write a systemd unit that runs this agent as a confined service and print how to
+    enable it.
+
+    The unit runs `edgeops agent run --home HOME` as a dedicated user, restarts it on
+    failure or when the watchdog starves, lets it write only to its home
+    (ProtectSystem=strict, ReadWritePaths), forbids privilege gain (NoNewPrivileges), caps
+    its memory (MemoryMax) and sends its logs to the journal with device_id, release and
+    rollout_id fields.
+
+    Example:  sudo edgeops agent install-service --home /var/lib/edgeops-agent"""
+    from agent.service import (
+        DEFAULT_UNIT_DIR,
+        ServiceSpec,
+        edgeops_command,
+        enable_instructions,
+        write_unit,
+    )
+
+    config = load_config(home)  # a home that is not initialised fails here, not at boot
+    spec = ServiceSpec(
+        home=config.home.resolve(),
+        command=edgeops_command(),
+        name=name,
+        user=user,
+        memory_max=memory_max,
+        watchdog_s=watchdog_s,
+    )
+    path = write_unit(spec, output if output is not None else DEFAULT_UNIT_DIR / spec.unit_name)
+    steps = enable_instructions(spec, path)
+    emit(
+        {"unit": str(path), "name": spec.unit_name, "user": spec.user, "enable": steps},
+        as_json,
+        f"wrote {path}\nenable it with:\n" + "\n".join(f"  {step}" for step in steps),
+    )
 
 
 def local_status(home: Path) -> dict[str, Any]:

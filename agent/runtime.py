@@ -3,15 +3,51 @@
 from __future__ import annotations
 
 import logging
+import platform
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
-from edgeops.errors import EdgeOpsError, PayloadError, SmokeTestError, UpdateError
+from edgeops.errors import (
+    EdgeOpsError,
+    MissingDependencyError,
+    PayloadError,
+    SmokeTestError,
+    UpdateError,
+)
 from edgeops.schemas import GoldenVectors, ReleaseInfo
 
 logger = logging.getLogger(__name__)
+
+# `platform.machine()` names of the CPUs onnxruntime publishes wheels for (README: platforms).
+SUPPORTED_MACHINES = {
+    "x86_64": "x86-64",
+    "amd64": "x86-64",
+    "aarch64": "aarch64",
+    "arm64": "aarch64",
+}
+
+
+def onnxruntime_import_error(err: ImportError, machine: str) -> MissingDependencyError:
+    """Why onnxruntime does not import here, and what to do: on a CPU it has no wheels for
+    (32-bit ARM, i686, ...) installing again cannot help, so say which platform to use."""
+    if machine.lower() in SUPPORTED_MACHINES:
+        return MissingDependencyError(
+            f"onnxruntime does not import ({err}); install the agent with: "
+            "pip install 'edgeops[agent]'"
+        )
+    return MissingDependencyError(
+        f"the EdgeOps agent does not run on this {machine or 'unknown'} machine: onnxruntime, "
+        "its inference engine, publishes no wheels for it (only x86-64 and aarch64). "
+        "On a Raspberry Pi or another ARM board install a 64-bit (aarch64) OS, e.g. "
+        "Raspberry Pi OS 64-bit, and the agent there; see 'Supported platforms' in the README."
+    )
+
+
+try:
+    import onnxruntime as ort
+except ImportError as _err:
+    raise onnxruntime_import_error(_err, platform.machine()) from _err
 
 
 class NoModelError(EdgeOpsError):
@@ -25,7 +61,9 @@ class ModelRuntime:
     nothing else. Bad input raises PayloadError naming what was wrong.
     """
 
-    def __init__(self, model_path: Path, release: ReleaseInfo, *, intra_op_threads: int = 1) -> None:
+    def __init__(
+        self, model_path: Path, release: ReleaseInfo, *, intra_op_threads: int = 1
+    ) -> None:
         self.release = release
         self.model_path = Path(model_path)
         options = ort.SessionOptions()

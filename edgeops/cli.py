@@ -2,21 +2,27 @@
 
 Subcommand groups are plugins registered under the `edgeops.commands` entry point group
 (agent, server, model, release, simulate, ...). The core imports none of them until the
-user asks for one, so `edgeops agent ...` never loads the server's dependencies, and a
-group whose extra is missing says which extra to install.
+user asks for one, so `edgeops agent ...` never loads the server's dependencies. A group
+whose extra is not installed (read from the installed distribution's requirements) is
+listed apart in `--help` and, run, says which extra to install and exits with
+MISSING_DEPENDENCY, as does any command that meets a missing package while it runs.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
-from importlib.metadata import EntryPoint, entry_points
+from collections.abc import Sequence
+from importlib.metadata import EntryPoint, PackageNotFoundError, entry_points, requires, version
 from pathlib import Path
 from typing import Annotated, Any
 
 import click
 import typer
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from edgeops import __version__
 from edgeops.errors import EdgeOpsError
@@ -32,7 +38,10 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "edgeops.commands"
-EXTRA_FOR_GROUP = {"agent": "agent", "simulate": "all"}
+DISTRIBUTION = "edgeops"
+# The extra each command group needs; every group not named here needs `server`.
+EXTRA_FOR_GROUP = {"agent": "agent"}
+DEFAULT_EXTRA = "server"
 OWN_PACKAGES = {"edgeops", "agent", "server", "simulations"}
 
 
@@ -53,18 +62,61 @@ def _plugins() -> dict[str, EntryPoint]:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
-def _missing_extra_command(name: str, err: ImportError) -> click.Command:
-    extra = EXTRA_FOR_GROUP.get(name, "server")
+def extra_for(group: str) -> str:
+    return EXTRA_FOR_GROUP.get(group, DEFAULT_EXTRA)
 
-    def explain() -> None:
-        click.echo(
-            f"error: 'edgeops {name}' needs a package that is not installed ({err.name or err}).\n"
-            f"Install it with: pip install 'edgeops[{extra}]'",
-            err=True,
+
+@functools.cache
+def missing_for_extra(extra: str) -> tuple[str, ...]:
+    """The distributions `edgeops[extra]` requires (through the extras it includes) that
+    are not installed; empty when all are, or when EdgeOps runs without its metadata."""
+    try:
+        requirements = [Requirement(text) for text in requires(DISTRIBUTION) or []]
+    except PackageNotFoundError:
+        return ()
+    missing: set[str] = set()
+    pending, seen = [extra], set()
+    while pending:
+        current = pending.pop()
+        seen.add(current)
+        for requirement in requirements:
+            if requirement.marker is None or not requirement.marker.evaluate({"extra": current}):
+                continue
+            if canonicalize_name(requirement.name) == DISTRIBUTION:
+                pending.extend(e for e in requirement.extras if e not in seen)
+                continue
+            try:
+                version(requirement.name)
+            except PackageNotFoundError:
+                missing.add(requirement.name)
+    return tuple(sorted(missing))
+
+
+def _install_hint(what: str, extra: str) -> str:
+    return f"error: {what}.\nInstall it with: pip install 'edgeops[{extra}]'"
+
+
+class _UnavailableCommand(click.Command):
+    """Stands for a group whose extra is not installed: `--help` lists it apart, and
+    running it says what to install instead of importing the group."""
+
+    def __init__(self, name: str, extra: str, missing: Sequence[str]) -> None:
+        self.extra = extra
+        packages = ", ".join(missing[:4]) + (", ..." if len(missing) > 4 else "")
+        super().__init__(
+            name,
+            callback=self._explain,
+            help=f"needs {packages}",
+            context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+            add_help_option=False,
         )
-        sys.exit(ExitCode.MISSING_DEPENDENCY)
+        self._what = (
+            f"'edgeops {name}' needs the '{extra}' extra, which is not installed ({packages})"
+        )
 
-    return click.Command(name, callback=explain, help=f"(unavailable: pip install 'edgeops[{extra}]')")
+    def _explain(self) -> None:
+        click.echo(_install_hint(self._what, self.extra), err=True)
+        sys.exit(ExitCode.MISSING_DEPENDENCY)
 
 
 class PluginGroup(click.Group):
@@ -77,15 +129,38 @@ class PluginGroup(click.Group):
         entry_point = _plugins().get(cmd_name)
         if entry_point is None:
             return None
+        extra = extra_for(cmd_name)
+        missing = missing_for_extra(extra)
+        if missing:
+            return _UnavailableCommand(cmd_name, extra, missing)
         try:
             loaded = entry_point.load()
         except ImportError as err:
             if (err.name or "").split(".")[0] in OWN_PACKAGES:
                 raise  # a bug in EdgeOps itself, not a missing extra
-            return _missing_extra_command(cmd_name, err)
+            return _UnavailableCommand(cmd_name, extra, [err.name or str(err)])
         command = typer.main.get_command(loaded) if isinstance(loaded, typer.Typer) else loaded
         command.name = cmd_name
         return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The commands this installation can run, then those whose extra is missing."""
+        commands = [(name, self.get_command(ctx, name)) for name in self.list_commands(ctx)]
+        shown = [(name, cmd) for name, cmd in commands if cmd is not None and not cmd.hidden]
+        if not shown:
+            return
+        limit = formatter.width - 6 - max(len(name) for name, _ in shown)
+        sections: dict[str, list[tuple[str, str]]] = {}
+        for name, cmd in shown:
+            title = (
+                f"Not installed (pip install 'edgeops[{cmd.extra}]')"
+                if isinstance(cmd, _UnavailableCommand)
+                else "Commands"
+            )
+            sections.setdefault(title, []).append((name, cmd.get_short_help_str(limit)))
+        for title in sorted(sections, key=lambda t: t != "Commands"):
+            with formatter.section(title):
+                formatter.write_dl(sections[title])
 
 
 @click.group(
@@ -132,7 +207,22 @@ def main(argv: list[str] | None = None) -> None:
     except EdgeOpsError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(exit_code_for(err))
+    except ModuleNotFoundError as err:
+        package = (err.name or "").split(".")[0]
+        if not package or package in OWN_PACKAGES:
+            raise  # a bug in EdgeOps itself: show the traceback
+        group = _group_of(sys.argv[1:] if argv is None else argv)
+        command = f"'edgeops {group}'" if group else "this command"
+        what = f"{command} needs the Python package '{package}', which is not installed"
+        click.echo(_install_hint(what, extra_for(group or "")), err=True)
+        sys.exit(ExitCode.MISSING_DEPENDENCY)
     sys.exit(_exit_code_of(returned))
+
+
+def _group_of(args: Sequence[str]) -> str | None:
+    """The command group named in `args` (the first word that is not an option)."""
+    word = next((arg for arg in args if not arg.startswith("-")), None)
+    return word if word in _plugins() else None
 
 
 def _exit_code_of(returned: object) -> int:

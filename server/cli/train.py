@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from datetime import UTC, datetime
@@ -58,6 +57,7 @@ def train(
     drop_clients: Annotated[str, typer.Option(help="Fault injection: comma-separated client ids that fail every fit.")] = "",
     cpus: Annotated[int | None, typer.Option(help="CPUs the Simulation Engine may use (default: all).")] = None,
     client_cpus: Annotated[float, typer.Option(help="CPUs each virtual client reserves.")] = 1.0,
+    log_file: Annotated[Path | None, typer.Option("--log-file", help="Where Flower's and Ray's logs go (default: HOME/logs/flower.log, or runs/train-TIME/flower.log without --home).")] = None,
     as_json: JsonOption = False,
 ) -> None:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -99,31 +99,33 @@ def train(
         ),
         drop_partitions=_ids(drop_clients),
     )
-    flwr_logger = logging.getLogger("flwr")
-    flwr_logger.propagate = False  # Flower prints through its own handler already
-    if logging.getLogger().getEffectiveLevel() > logging.INFO:
-        flwr_logger.setLevel(logging.WARNING)
+    from server.federated.flower_logs import flower_logs_to
+
+    flower_log = flower_logs_to(log_file if log_file is not None else _default_log_file(home))
     started_at = datetime.now(UTC)
     click.echo(
         f"Training {task} on {clients} simulated devices, {rounds} rounds, {strategy}"
         f"{' + SecAgg+' if secagg else ''}{' + DP' if config.dp else ''}",
         err=True,
     )
-    with click.progressbar(length=rounds, label="rounds", file=sys.stderr) as bar:
+    try:
+        with click.progressbar(length=rounds, label="rounds", file=sys.stderr) as bar:
 
-        def on_round(outcome: Any) -> None:
-            accuracy = outcome.heldout_accuracy
-            bar.label = (
-                f"round {outcome.round} {outcome.status}"
-                + (f", held-out accuracy {accuracy:.2%}" if accuracy is not None else "")
+            def on_round(outcome: Any) -> None:
+                accuracy = outcome.heldout_accuracy
+                bar.label = (
+                    f"round {outcome.round} {outcome.status}"
+                    + (f", held-out accuracy {accuracy:.2%}" if accuracy is not None else "")
+                )
+                bar.update(1)
+
+            result = run_simulation_engine(
+                config,
+                on_round=on_round,
+                resources=EngineResources(num_cpus=cpus, client_cpus=client_cpus),
             )
-            bar.update(1)
-
-        result = run_simulation_engine(
-            config,
-            on_round=on_round,
-            resources=EngineResources(num_cpus=cpus, client_cpus=client_cpus),
-        )
+    finally:  # named on failure too: that is when the file is read
+        click.echo(f"Flower and Ray logs: {flower_log}", err=True)
     summary: dict[str, Any] = {
         "training_run_id": None,
         "task": task,
@@ -134,6 +136,7 @@ def train(
         "weights_sha256": None,
         "data_fingerprint": result.data_fingerprint,
         "code_version": result.code_version,
+        "log_file": str(flower_log),
     }
     if settings is not None:
         from server.db.engine import close_database, open_database
@@ -147,6 +150,12 @@ def train(
         summary["training_run_id"] = run.id
         summary["weights_sha256"] = run.record.weights_sha256
     emit(summary, as_json, format_summary(summary, home))
+
+
+def _default_log_file(home: Path | None) -> Path:
+    if home is not None:
+        return home / "logs" / "flower.log"
+    return Path("runs") / f"train-{datetime.now(UTC):%Y%m%d-%H%M%S}" / "flower.log"
 
 
 def _int_or_fraction(value: float) -> int | float:

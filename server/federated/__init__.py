@@ -13,6 +13,7 @@ the Simulation Engine driver and training runs in the registry.
                  Simulation Engine (Ray); a series shares one engine
     local_grid   LocalGrid: in-process transport for tests and debugging
     runs         TrainingRuns: record a run (weights in the artifact store), read it back
+    flower_logs  flower_logs_to(): Flower's, Ray's and warnings' lines into a log file
 
 Import the submodules; this package imports nothing heavy itself.
 """

@@ -31,9 +31,12 @@ def root_file(tmp_path: Path) -> Path:
 
 
 def init_args(home: Path, root: Path) -> list[str]:
+    password_file = root.parent / "broker.password"
+    password_file.write_text("pw\n")
     return [
         "agent", "init", "--home", str(home), "--device-id", "dev-7", "--server", "http://srv:8000",
-        "--broker", "broker.local:1884", "--root", str(root), "--password", "pw", "--json",
+        "--broker", "broker.local:1884", "--root", str(root), "--password-file", str(password_file),
+        "--json",
     ]  # fmt: skip
 
 

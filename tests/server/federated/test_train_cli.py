@@ -5,6 +5,8 @@ whose SecAgg+ rounds all halt exits non-zero and registers nothing."""
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,21 @@ pytestmark = [pytest.mark.federated, pytest.mark.e2e, pytest.mark.integration]
 
 # Few clients, one local epoch, one CPU per client actor: Ray on 2 shared cores.
 SMALL = ("--task", "digits", "--clients", "3", "--local-epochs", "1", "--cpus", "2")
+# What Flower's console handler, its deprecation banners and Ray's warnings look like.
+FLOWER_LINE = re.compile(
+    r"^\s*(INFO|WARNING|ERROR|DEBUG)\s*:|DEPRECATED|FutureWarning|ray[/.:]|flwr|warnings\.warn",
+    re.MULTILINE,
+)
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def assert_flower_logs_in_file(done: subprocess.CompletedProcess[str], log_file: Path) -> None:
+    """The terminal has the command's own lines only and names the file that has Flower's."""
+    terminal = ANSI.sub("", done.stderr)  # stdout is the command's summary
+    assert f"Flower and Ray logs: {log_file}" in terminal
+    stray = [m.group(0) for m in FLOWER_LINE.finditer(terminal.replace(str(log_file), ""))]
+    assert not stray, terminal[-3000:]
+    assert "flwr" in log_file.read_text()
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +54,7 @@ def test_halted_secagg_rounds_exit_non_zero_and_register_nothing(home: Path) -> 
     assert "produced no new model" in done.stderr
     assert "secure aggregation halted" in done.stderr
     assert recorded_training_runs(home) == []
+    assert_flower_logs_in_file(done, home / "logs" / "flower.log")
 
 
 def test_train_records_the_run_and_packaging_from_it_carries_the_lineage(home: Path) -> None:
@@ -44,6 +62,8 @@ def test_train_records_the_run_and_packaging_from_it_carries_the_lineage(home: P
 
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)
+    assert summary["log_file"] == str(home / "logs" / "flower.log")
+    assert_flower_logs_in_file(done, home / "logs" / "flower.log")
     run_id = summary["training_run_id"]
     [run] = [r for r in recorded_training_runs(home) if r["id"] == run_id]
     assert run["kind"] == "federated" and run["status"] == "succeeded"
