@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from agent.api_auth import ensure_token
 from agent.config import AgentConfig
 from agent.http_api import HttpApi
 from agent.ota.health import HealthSampler
@@ -28,6 +29,8 @@ from agent.ota.machine import UpdateRecord
 from agent.ota.model_store import ModelStore, SlotName, other_slot
 from agent.ota.runner import UpdateRunner, kill_at
 from agent.ota.updater import InstalledModel, ReleaseUpdater
+from agent.renew import CHECK_INTERVAL_S as RENEWAL_CHECK_INTERVAL_S
+from agent.renew import renew_if_due
 from agent.runtime import ModelRuntime, NoModelError
 from agent.telemetry.feedback_store import FEEDBACK_FILE, FeedbackStore
 from agent.telemetry.mqtt_link import MqttLink
@@ -127,6 +130,8 @@ class Agent:
         self._process_stats = ProcessStats()
         self._outbox: Outbox | None = None  # opened by start(): telemetry waiting for PUBACK
         self.bad_commands = 0  # malformed cmd payloads, counted and dropped
+        self._next_renewal_check = 0.0  # monotonic; the telemetry loop's first pass checks
+        self.last_command_id: str | None = None  # its rollout id goes into log lines
 
     # Lifecycle -------------------------------------------------------------------------
 
@@ -139,7 +144,11 @@ class Agent:
         self._restore_update_status()
         if self.config.http_port is not None:
             self._http = HttpApi(
-                self, self.config.http_host, self.config.http_port, self.config.http_max_body_bytes
+                self,
+                self.config.http_host,
+                self.config.http_port,
+                self.config.http_max_body_bytes,
+                ensure_token(self.config.api_token_path),
             )
             self._http.start()
             logger.info("device %s: local API on %s", self.device_id, self._http.url)
@@ -198,6 +207,11 @@ class Agent:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    @property
+    def alive(self) -> bool:
+        """Started, and its worker and telemetry threads still run (the systemd watchdog)."""
+        return self._started and all(thread.is_alive() for thread in self._threads)
 
     @property
     def http_url(self) -> str | None:
@@ -493,6 +507,7 @@ class Agent:
         return self.status()
 
     def _handle_command(self, command: Command) -> None:
+        self.last_command_id = command.command_id
         logger.info(
             "device %s: command %s %s (%s)",
             self.device_id,
@@ -502,7 +517,7 @@ class Agent:
         )
         try:
             if command.kind == "update":
-                self._update(command.target or "")
+                self._update(command.target or "", allow_downgrade=bool(command.allow_downgrade))
             elif command.kind == "rollback":
                 self._rollback()
             else:
@@ -514,7 +529,7 @@ class Agent:
             logger.exception("device %s: %s crashed", self.device_id, command.kind)
             self._set_state("update_failed", f"internal error: {type(err).__name__}: {err}")
 
-    def _update(self, target: str) -> None:
+    def _update(self, target: str, *, allow_downgrade: bool = False) -> None:
         record = self._runner.record
         if self._runner.busy and record is not None:
             if record.target != target:
@@ -522,7 +537,9 @@ class Agent:
                     "device %s: %s waits for the update of %s (%s)",
                     self.device_id, target, record.target, record.state,
                 )
-                self._deferred.append(Command(kind="update", target=target))
+                self._deferred.append(
+                    Command(kind="update", target=target, allow_downgrade=allow_downgrade or None)
+                )
             return
         current = self._model
         if current is not None and current.target == target:
@@ -531,7 +548,7 @@ class Agent:
                 self._target = target
             self._set_state("committed", "already active")
             return
-        self._runner.start(target)
+        self._runner.start(target, allow_downgrade=allow_downgrade)
 
     def _rollback(self) -> None:
         if not self._runner.rollback_active("rollback requested by the server"):
@@ -566,11 +583,22 @@ class Agent:
         if batch is not None and self._link is not None:
             self._link.publish_telemetry(batch)
 
+    def _renew_certificate(self) -> None:
+        """Renew the device certificate if it is due; a failure waits for the next check."""
+        try:
+            renew_if_due(self.config, self._clock())
+        except Exception as err:  # the current certificate still works: log and retry later
+            logger.warning("device %s: certificate renewal failed, retrying in %.0f s: %s",
+                           self.device_id, RENEWAL_CHECK_INTERVAL_S, err)
+
     def _telemetry_loop(self) -> None:
         """Fold pending samples every second (off the hot path); flush every interval."""
         interval_s = self.config.telemetry_interval_s
         next_flush = time.monotonic() + interval_s
         while not self._stop_event.wait(min(FOLD_INTERVAL_S, max(0.0, next_flush - time.monotonic()))):
+            if time.monotonic() >= self._next_renewal_check:
+                self._next_renewal_check = time.monotonic() + RENEWAL_CHECK_INTERVAL_S
+                self._renew_certificate()
             try:
                 if time.monotonic() >= next_flush:
                     next_flush += interval_s

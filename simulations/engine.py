@@ -202,6 +202,8 @@ def run_scenario(scenario: Scenario, out_dir: Path, progress: Progress = lambda 
             broker_port=broker.port, monitor_window_s=scenario.monitor.window_s,
             monitor_interval_s=0.5, monitor_grace_s=1.0, monitor_min_count=40,
             pipeline_interval_s=0.5, simulated_fleet_dir=str(out / "agents"),
+            # one laptop, loopback only: plain HTTP and MQTT, opted into (docs/security.md)
+            allow_insecure_http=True, allow_insecure_mqtt=True,
         )
         init_home(settings)
         settings = load_settings(settings.home)
@@ -272,20 +274,9 @@ def run_scenario(scenario: Scenario, out_dir: Path, progress: Progress = lambda 
 def _logs_to_files(folder: Path) -> None:
     """Flower's, Ray's and Python's warnings go to logs/flower.log, not onto the screen: the
     terminal shows the scenario's own progress lines only."""
-    try:  # Flower attaches its console handler when first imported: import it first
-        import flwr.common.logger  # noqa: F401
-    except ImportError:
-        pass
-    handler = logging.FileHandler(folder / "flower.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.captureWarnings(True)
-    for name in ("flwr", "ray", "py.warnings"):
-        logger = logging.getLogger(name)
-        for old in list(logger.handlers):
-            logger.removeHandler(old)
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
+    from server.federated.flower_logs import flower_logs_to
+
+    flower_logs_to(folder / "flower.log")
 
 
 def _start_hosts(scenario: Scenario, settings: ServerSettings, broker: MosquittoBroker,

@@ -17,6 +17,7 @@ from fastapi import APIRouter, FastAPI
 from sqlalchemy.orm import sessionmaker
 
 from server import console
+from server.api.body_limits import BodyLimitMiddleware
 from server.api.routes import ROUTERS
 from server.api.routes.metrics import FleetCollector, IngestCollector, create_registry
 from server.api.routes.metrics import register as register_metrics
@@ -35,10 +36,12 @@ from server.monitoring import (
     RepositoryReferences,
     config_from_settings,
 )
+from server.pipeline.metrics import ReleaseGateCollector
 from server.pipeline.runner import PipelineRunner, pipeline_lifespan
 from server.registry.artifact_store import ArtifactStore
 from server.rollouts.metrics import RolloutCollector
 from server.rollouts.runner import RolloutRunner, rollout_lifespan
+from server.trust.metrics import TufExpiryCollector
 from server.trust.repository import TufRepository
 
 __all__ = ["LifespanHook", "build_app", "tuf_refresher"]
@@ -95,6 +98,8 @@ def build_app(
     runner: RolloutRunner | None = None
     hooks = [tuf_refresher(repository)]
     register_metrics(metrics_registry, FleetCollector(session_factory))
+    register_metrics(metrics_registry, ReleaseGateCollector(session_factory))
+    register_metrics(metrics_registry, TufExpiryCollector(repository))
     if with_fleet:
         publisher = CommandPublisher(settings)
         ingest = Ingest(settings, session_factory)
@@ -116,9 +121,10 @@ def build_app(
     hooks.append(anchor_hook(settings, session_factory))  # sign the audit chain's head
     hooks.extend(lifespan_hooks)
     app = create_app(settings, session_factory, artifact_store, routers, lifespan=_compose(hooks))
+    app.add_middleware(BodyLimitMiddleware)  # outermost: refuses bodies before anything reads them
     # The services the routers take through server.api.deps (None: not run by this process).
     app.state.metrics_registry = metrics_registry
-    app.state.enrollment = Enrollment(settings)
+    app.state.enrollment = Enrollment(settings, session_factory)
     app.state.publisher = publisher
     app.state.ingest = ingest
     return app

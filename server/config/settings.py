@@ -19,6 +19,7 @@ __all__ = [
     "ENV_SCOPE",
     "SETTINGS_FILE",
     "ServerSettings",
+    "check_transport",
     "load_settings",
     "save_settings",
 ]
@@ -44,8 +45,21 @@ class ServerSettings:
     # Device identity and broker security (docs/fleet-identity.md).
     broker_tls: bool = False  # connect to the broker with TLS and a client cert from the CA
     broker_identity: str = "edgeops-server"  # CN prefix of the server's MQTT client certs
+    # Device certificate lifetime (< 825 days); agents renew once a third of it is left.
+    device_cert_validity_days: int = 397
     device_auth: str = "certificate"  # "certificate", or "password" (simulations only)
     allow_password_auth: bool = False  # password mode is refused unless this is true
+    # The fleet CA key is encrypted at rest with the passphrase in this file (relative to the
+    # home; keep it outside, e.g. a systemd credential). Empty: the key is stored in clear.
+    ca_key_passphrase_file: str = ""
+    # Transport security (docs/security.md). `edgeops server init` writes http_tls = true and
+    # broker_tls = true; plain HTTP or MQTT without TLS makes `edgeops server run` exit unless
+    # the matching allow_insecure_* is true (laptop simulations, tests), which it then warns of.
+    http_tls: bool = False  # serve HTTPS
+    http_tls_cert_file: str = ""  # PEM chain; empty: one from the fleet CA for the server's names
+    http_tls_key_file: str = ""
+    allow_insecure_http: bool = False
+    allow_insecure_mqtt: bool = False  # broker_tls = false: anonymous or password in clear text
     # Fleet monitor (server/monitoring): time windows per cohort, retention of raw telemetry.
     monitor_enabled: bool = True
     monitor_window_s: float = 300.0  # seconds in simulations, minutes to hours in production
@@ -70,6 +84,16 @@ class ServerSettings:
     # when it moved, and how long entries are kept (floor 183 days: EU AI Act Art. 19, 26(6)).
     audit_anchor_interval_s: float = 300.0
     audit_retention_days: int = 200
+    # Console and API hardening (docs/security.md). A console login lasts until it has been
+    # idle for console_session_idle_s or is console_session_max_s old, whichever comes first;
+    # its cookie is Secure under HTTPS, or always with console_secure_cookie (behind a proxy
+    # that terminates TLS). /docs and /redoc load Swagger UI and ReDoc from a CDN: off unless
+    # api_docs is true. metrics_token: /metrics needs a viewer token.
+    console_session_idle_s: float = 1800.0
+    console_session_max_s: float = 12 * 3600.0
+    console_secure_cookie: bool = False
+    api_docs: bool = False
+    metrics_token: bool = False
 
     @property
     def resolved_database_url(self) -> str:
@@ -77,7 +101,8 @@ class ServerSettings:
 
     @property
     def resolved_public_url(self) -> str:
-        return (self.public_url or f"http://{self.http_host}:{self.http_port}").rstrip("/")
+        scheme = "https" if self.http_tls else "http"
+        return (self.public_url or f"{scheme}://{self.http_host}:{self.http_port}").rstrip("/")
 
     @property
     def artifacts_dir(self) -> Path:
@@ -118,6 +143,31 @@ def load_settings(home: Path, environ: Mapping[str, str] | None = None) -> Serve
     if settings.device_auth not in ("certificate", "password"):
         raise ConfigError(f"device_auth must be 'certificate' or 'password', not {settings.device_auth!r}")
     return settings
+
+
+def check_transport(settings: ServerSettings) -> list[str]:
+    """Warnings for the insecure transports `settings` explicitly allow; ConfigError, naming
+    the setting, for one that is not allowed. What `edgeops server run` checks at start."""
+    warnings = []
+    if not settings.http_tls:
+        if not settings.allow_insecure_http:
+            raise ConfigError(
+                "http_tls = false: the server would serve its API, console and enrollment over "
+                "plain HTTP (tokens in clear text). Set http_tls = true in server.toml, or "
+                "allow_insecure_http = true for a laptop or test setup"
+            )
+        warnings.append("serving plain HTTP (allow_insecure_http = true): not for production")
+    elif bool(settings.http_tls_cert_file) != bool(settings.http_tls_key_file):
+        raise ConfigError("http_tls_cert_file and http_tls_key_file go together: set both or neither")
+    if not settings.broker_tls:
+        if not settings.allow_insecure_mqtt:
+            raise ConfigError(
+                "broker_tls = false: the server would talk MQTT without TLS, anonymously or with "
+                "a password in clear text. Set broker_tls = true in server.toml (see edgeops "
+                "server broker-config), or allow_insecure_mqtt = true for a laptop or test setup"
+            )
+        warnings.append("MQTT without TLS (allow_insecure_mqtt = true): not for production")
+    return warnings
 
 
 def save_settings(settings: ServerSettings) -> None:

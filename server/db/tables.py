@@ -111,6 +111,9 @@ class Release(Base):
     target_path: Mapped[str] = mapped_column(String(300), unique=True)
     targets_version: Mapped[int] = mapped_column(Integer)  # targets.json version that added it
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Withdrawn (migration 0008): removed from the signed targets, never rolled out again.
+    withdrawn_at: Mapped[datetime | None] = mapped_column()
+    withdrawn_reason: Mapped[str | None] = mapped_column(Text)
 
 
 class Device(Base):
@@ -131,6 +134,22 @@ class Device(Base):
     last_status_at: Mapped[datetime | None] = mapped_column()
     last_seen_at: Mapped[datetime | None] = mapped_column()
     first_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class IssuedCertificate(Base):
+    """A device certificate the fleet CA signed (migration 0006): enrollment and renewal
+    record each one; `edgeops fleet revoke` sets `revoked_at` and the CRL lists it.
+    `serial` is lowercase hex (X.509 serials do not fit a BIGINT)."""
+
+    __tablename__ = "issued_certificates"
+
+    serial: Mapped[str] = mapped_column(String(40), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(64), index=True)
+    key_sha256: Mapped[str] = mapped_column(String(64))  # of the DER SubjectPublicKeyInfo
+    issued_at: Mapped[datetime] = mapped_column()
+    not_after: Mapped[datetime] = mapped_column()
+    revoked_at: Mapped[datetime | None] = mapped_column()
+    renewed_from: Mapped[str | None] = mapped_column(String(40))
 
 
 class TelemetryRecord(Base):
@@ -169,6 +188,20 @@ class ApiToken(Base):
     # services never approve). `owner` is the person's name or the service's description.
     kind: Mapped[str] = mapped_column(String(16), default="person")  # "person" | "service"
     owner: Mapped[str | None] = mapped_column(String(128))
+
+
+class ConsoleSession(Base):
+    """A console login (migration 0007): the cookie carries a random secret, only its SHA-256
+    is stored; `token_sha256` is the API token it was exchanged for, so revoking that token
+    (or rotating the admin token) ends the session."""
+
+    __tablename__ = "console_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class AuditEntry(Base):

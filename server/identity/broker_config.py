@@ -14,21 +14,30 @@ Security model (certificate mode)
   would be spoofable; the ACL uses `%u` only.
 - ACL patterns on `%u`: a device writes only `devices/<its id>/{telemetry,status}` and reads
   only `devices/<its id>/cmd`. The server's own identities (`<identity>-ingest`,
-  `<identity>-commands`) get fleet-wide rights by name; device ids starting with the
-  reserved `edgeops-server` prefix are refused at enrollment.
+  `<identity>-commands`, each `--server-client`) get fleet-wide rights by name; their
+  certificates are minted here, and device ids starting with `edgeops-server`,
+  `broker_identity` or any minted server identity are refused at enrollment.
+- `crlfile`: the fleet CA's revocation list (server.identity.crl); a revoked device's
+  TLS handshake fails once the broker has reread it (SIGHUP).
 - `max_queued_messages` far above Mosquitto's default of 1,000, which silently drops QoS 1
   messages for a subscriber that falls behind (ingest during a burst, a device offline).
+- `max_packet_size` (`MAX_PACKET_BYTES`): a client whose packet declares more is
+  disconnected as soon as its fixed header arrives, before the broker buffers the rest
+  (`message_size_limit` only refuses a publish after reading it whole), so no device can
+  store a huge retained status or will. The cap is a few times the payload limit of
+  edgeops.messages, so ingest still sees, and counts, a payload just over that limit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 from edgeops.atomic_io import write_bytes_atomic
 from edgeops.errors import ConfigError
+from edgeops.messages import MAX_PAYLOAD_BYTES
 from edgeops.topics import Topics
 from server.config.settings import ServerSettings
 from server.identity.ca import SERVER_IDENTITY_PREFIX, FleetCA
@@ -38,6 +47,7 @@ __all__ = [
     "BrokerAuth",
     "BrokerFiles",
     "BrokerSpec",
+    "MAX_PACKET_BYTES",
     "MAX_QUEUED_MESSAGES",
     "TlsFiles",
     "render_acl",
@@ -49,6 +59,7 @@ __all__ = [
 BrokerAuth = Literal["anonymous", "password", "certificate"]
 # Mosquitto's default of 1,000 queued messages drops QoS 1 traffic to a slow subscriber.
 MAX_QUEUED_MESSAGES = 1_000_000
+MAX_PACKET_BYTES = 4 * MAX_PAYLOAD_BYTES
 BROKER_IDENTITY = f"{SERVER_IDENTITY_PREFIX}-broker"
 DEFAULT_TLS_PORT = 8883
 
@@ -58,6 +69,7 @@ class TlsFiles:
     cafile: Path
     certfile: Path
     keyfile: Path
+    crlfile: Path | None = None  # client certificates are checked against it
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,7 @@ class BrokerSpec:
     data_dir: Path | None = None  # persistence; None keeps sessions in memory only
     log_file: Path | None = None  # None logs to stderr
     max_queued_messages: int = MAX_QUEUED_MESSAGES
+    max_packet_bytes: int = MAX_PACKET_BYTES
     extra: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -80,6 +93,10 @@ class BrokerSpec:
             raise ConfigError("certificate authentication needs a TLS listener")
         if self.max_queued_messages <= 1000:
             raise ConfigError("max_queued_messages must be above Mosquitto's default of 1,000")
+        if self.max_packet_bytes <= MAX_PAYLOAD_BYTES:
+            raise ConfigError(
+                f"max_packet_bytes must be above the message payload limit of {MAX_PAYLOAD_BYTES}"
+            )
 
 
 def server_client_names(settings: ServerSettings) -> list[str]:
@@ -123,6 +140,8 @@ def render_mosquitto_conf(spec: BrokerSpec) -> str:
             f"keyfile {spec.tls.keyfile}",
             "tls_version tlsv1.2",
         ]
+        if spec.tls.crlfile is not None:
+            lines.append(f"crlfile {spec.tls.crlfile}")
     if spec.auth == "certificate":
         lines += [
             "require_certificate true",
@@ -148,6 +167,7 @@ def render_mosquitto_conf(spec: BrokerSpec) -> str:
         "log_type notice",
         f"max_queued_messages {spec.max_queued_messages}",
         "max_queued_bytes 0",
+        f"max_packet_size {spec.max_packet_bytes}",
         "max_inflight_messages 0",
         "max_connections -1",
         "set_tcp_nodelay true",
@@ -182,11 +202,12 @@ def write_broker_config(
     passwords (TLS server cert plus the password file of the enrolled devices), which is
     refused unless `settings.allow_password_auth`.
     """
+    from server.identity.crl import CrlFiles
     from server.identity.enrollment import Enrollment, check_password_mode
 
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    ca = FleetCA.ensure(settings.home)
+    ca = FleetCA.for_settings(settings)
     issued = ca.identity(BROKER_IDENTITY, server=True, hosts=tuple(hosts), reissue=True)
     tls = TlsFiles(out / "ca.crt", out / "broker.crt", out / "broker.key")
     for source, target, mode in ((issued.ca_file, tls.cafile, 0o644),
@@ -205,6 +226,10 @@ def write_broker_config(
         source = enrollment.passwords.path
         write_bytes_atomic(password_file, source.read_bytes() if source.exists() else b"",
                            mode=0o600)
+    else:
+        for name in (*server_client_names(settings), *extra_server_clients):
+            ca.identity(name)  # the client cert the ACL's name needs; reserves the name too
+        tls = replace(tls, crlfile=CrlFiles(ca).install(out / "crl.pem"))
     acl_file = out / "acl"
     clients = [*server_client_names(settings), *extra_server_clients]
     topics = Topics.for_fleet(settings.fleet, settings.topic_root)

@@ -2,11 +2,11 @@
 
 Layout under `<home>/tuf/`:
 
-    keys/<role>[.<n>].pem       ed25519 private keys (PKCS#8 PEM, mode 0600): by default
+    keys/<role>[.<n>].pem       the online ed25519 private keys (PKCS#8 PEM, mode 0600): one
+                                each for targets, snapshot and timestamp by default;
+                                `server/trust/keys.py` adds, rotates and revokes them. The
                                 three root keys (threshold 2: root.pem, root.2.pem,
-                                root.3.pem) and one key each for targets, snapshot and
-                                timestamp; `server/trust/keys.py` adds, rotates and revokes
-                                them, and root keys may be moved offline
+                                root.3.pem) are written to an offline folder instead
     keys/revoked/               keys removed from the root, kept for the record
     metadata/1.root.json        every root version, N.root.json, and root.json (the latest)
     metadata/N.targets.json     consistent snapshots: versioned targets and snapshot files
@@ -24,10 +24,13 @@ TUF signs canonical JSON, which has no floating-point numbers, so floats in a ta
 `custom` field are stored as their shortest round-trip strings (`0.1` -> `"0.1"`);
 `ReleaseInfo.from_custom` (pydantic, lax mode) reads them back as the same floats.
 
-Every key is online here by default (the one-laptop setup); production moves the root
-keys offline (`edgeops server keys` exports an unsigned root to sign elsewhere). Online
-signing uses every key of a role found in `keys/`, and refuses if fewer than the role's
-threshold are there.
+Root keys are offline: `init_repository` writes them where `RootKeyCustody` says, one
+file each (encrypted with a passphrase when given), outside `keys/`, so the online server
+holds only the targets, snapshot and timestamp keys and cannot sign a new root; a new root
+is signed where the root keys are (`edgeops server keys sign-root`, `server/trust/keys.py`).
+`RootKeyCustody()` keeps them in `keys/` (development and tests only). Online signing uses
+every key of a role found in `keys/`, and refuses if fewer than the role's threshold are
+there.
 """
 
 from __future__ import annotations
@@ -45,7 +48,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from cryptography.hazmat.primitives.serialization import (
+    BestAvailableEncryption,
+    Encoding,
+    PrivateFormat,
+    load_pem_private_key,
+)
 from securesystemslib.formats import encode_canonical
 from securesystemslib.signer import CryptoSigner, Signer
 from tuf.api.exceptions import RepositoryError
@@ -63,16 +71,20 @@ from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
 
 from edgeops.atomic_io import write_bytes_atomic, write_json_atomic
-from edgeops.errors import ConfigError, RegistryError
+from edgeops.errors import ConfigError, NotFoundError, RegistryError
 
 __all__ = [
+    "OFFLINE_ROOT_STEPS",
     "ROLES",
+    "RootKeyCustody",
     "TargetEntry",
     "TufExpiry",
     "TufRepository",
     "canonical_json_safe",
     "init_repository",
+    "load_private_key",
     "validate_target_path",
+    "write_private_key",
 ]
 
 logger = logging.getLogger(__name__)
@@ -83,6 +95,38 @@ DEFAULT_ROOT_THRESHOLD = 2
 HASH_ALGORITHM = "sha256"
 CONFIG_FILE = "repository.json"
 TARGET_SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+OFFLINE_ROOT_STEPS = (
+    "root keys belong offline: export the new root with --out FILE, sign it where the root "
+    "keys are with 'edgeops server keys sign-root FILE --key KEY' (once per key, up to the "
+    "threshold), then install it with 'edgeops server keys import-root FILE'"
+)
+
+
+@dataclass(frozen=True)
+class RootKeyCustody:
+    """Where `init_repository` writes the root private keys.
+
+    `directory` None keeps them in `keys/` with the online keys, so this machine can sign a
+    new root alone (development and tests only). Otherwise each root key is its own file in
+    `directory` (root.pem, root.2.pem, ...), to be handed to its own holder; `passphrases`
+    encrypts them: one for every key, or one per key.
+    """
+
+    directory: Path | None = None
+    passphrases: tuple[bytes, ...] = ()
+
+    def passphrase_for(self, index: int, root_keys: int) -> bytes | None:
+        """The passphrase of the `index`-th (0-based) of `root_keys` keys, if any."""
+        if len(self.passphrases) not in (0, 1, root_keys):
+            raise ConfigError(
+                f"give one root key passphrase, or one per root key ({root_keys}), "
+                f"not {len(self.passphrases)}"
+            )
+        if any(not p for p in self.passphrases):
+            raise ConfigError("a root key passphrase is empty")
+        if not self.passphrases:
+            return None
+        return self.passphrases[index if len(self.passphrases) > 1 else 0]
 
 
 @dataclass(frozen=True)
@@ -157,14 +201,43 @@ def key_filename(role: str, index: int) -> str:
     return f"{role}.pem" if index == 1 else f"{role}.{index}.pem"
 
 
-def write_private_key(keys_dir: Path, role: str, signer: CryptoSigner) -> Path:
-    """Save `signer`'s private key under the first free `<role>[.<n>].pem` (mode 0600)."""
+def write_private_key(
+    keys_dir: Path, role: str, signer: CryptoSigner, passphrase: bytes | None = None
+) -> Path:
+    """Save `signer`'s private key under the first free `<role>[.<n>].pem` (mode 0600),
+    encrypted (PKCS#8, the best encryption cryptography offers) if `passphrase` is given."""
     index = 1
     while (keys_dir / key_filename(role, index)).exists():
         index += 1
     path = keys_dir / key_filename(role, index)
-    write_bytes_atomic(path, signer.private_bytes, mode=0o600)
+    data = signer.private_bytes
+    if passphrase is not None:
+        key = load_pem_private_key(data, password=None)
+        data = key.private_bytes(
+            Encoding.PEM, PrivateFormat.PKCS8, BestAvailableEncryption(passphrase)
+        )
+    write_bytes_atomic(path, data, mode=0o600)
     return path
+
+
+def load_private_key(path: Path, passphrase: bytes | None = None) -> CryptoSigner:
+    """The signer of the PEM private key in `path`; ConfigError naming what is wrong."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise ConfigError(f"cannot read the key {path}: {err}") from err
+    try:
+        return CryptoSigner(load_pem_private_key(data, password=passphrase))
+    except TypeError as err:
+        if passphrase is None:
+            raise ConfigError(
+                f"the key {path} is encrypted: give its passphrase (--passphrase-file FILE, "
+                "'-' for stdin, or EDGEOPS_ROOT_KEY_PASSPHRASE)"
+            ) from err
+        raise ConfigError(f"the key {path} is not encrypted: give no passphrase") from err
+    except ValueError as err:
+        hint = "wrong passphrase, or " if passphrase is not None else ""
+        raise ConfigError(f"cannot load the key {path}: {hint}not a PEM private key") from err
 
 
 def init_repository(
@@ -174,12 +247,14 @@ def init_repository(
     *,
     root_keys: int = DEFAULT_ROOT_KEYS,
     root_threshold: int = DEFAULT_ROOT_THRESHOLD,
+    root_custody: RootKeyCustody = RootKeyCustody(),
 ) -> None:
     """Create keys and the first signed root, targets, snapshot and timestamp in `tuf_dir`.
 
-    Root gets `root_keys` keys with threshold `root_threshold` (2 of 3 by default); the
-    other roles one key each. Refuses (ConfigError) if `tuf_dir` already holds keys or
-    metadata, or if the threshold is not in 1..root_keys.
+    Root gets `root_keys` keys with threshold `root_threshold` (2 of 3 by default), written
+    where `root_custody` says; the other roles one key each, in `keys/`. Refuses
+    (ConfigError) if `tuf_dir` already holds keys or metadata, if the root key folder is not
+    empty or lies inside `tuf_dir`, or if the threshold is not in 1..root_keys.
     """
     if not 1 <= root_threshold <= root_keys:
         raise ConfigError(f"root threshold {root_threshold} must be in 1..{root_keys}")
@@ -189,19 +264,23 @@ def init_repository(
         raise ConfigError(
             f"a TUF repository already exists in {tuf_dir}; refusing to overwrite its keys"
         )
+    root_dir = _check_root_key_folder(tuf_dir, root_custody)
+    passphrases = [root_custody.passphrase_for(i, root_keys) for i in range(root_keys)]
     now = now or _utcnow()
     keys_dir.mkdir(parents=True, mode=0o700)
     os.chmod(keys_dir, 0o700)
     metadata_dir.mkdir(parents=True)
+    root_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
 
     signers = {role: CryptoSigner.generate_ed25519() for role in ROLES}
     root_signers = [signers["root"]] + [
         CryptoSigner.generate_ed25519() for _ in range(root_keys - 1)
     ]
     for role, signer in signers.items():
-        write_private_key(keys_dir, role, signer)
-    for signer in root_signers[1:]:
-        write_private_key(keys_dir, "root", signer)
+        if role != "root":
+            write_private_key(keys_dir, role, signer)
+    for signer, passphrase in zip(root_signers, passphrases, strict=True):
+        write_private_key(root_dir, "root", signer, passphrase)
 
     root = Root(expires=now + expiry.delta("root"), consistent_snapshot=True)
     for role, signer in signers.items():
@@ -229,6 +308,20 @@ def init_repository(
     timestamp_md.sign(signers["timestamp"])
     write_bytes_atomic(metadata_dir / "timestamp.json", _serialize(timestamp_md))
     logger.info("initialized TUF repository in %s", tuf_dir)
+
+
+def _check_root_key_folder(tuf_dir: Path, custody: RootKeyCustody) -> Path:
+    if custody.directory is None:
+        return tuf_dir / "keys"
+    root_dir = Path(custody.directory).resolve()
+    if root_dir.is_relative_to(tuf_dir.resolve()):
+        raise ConfigError(
+            f"the root key folder {root_dir} is inside the TUF repository {tuf_dir}; "
+            "choose a folder that leaves this machine"
+        )
+    if root_dir.exists() and (not root_dir.is_dir() or any(root_dir.iterdir())):
+        raise ConfigError(f"the root key folder {root_dir} is not empty; refusing to mix keys")
+    return root_dir
 
 
 class TufRepository:
@@ -309,6 +402,11 @@ class TufRepository:
         """The version of the targets metadata clients currently see."""
         return self._current()[1].signed.version
 
+    def expiries(self) -> dict[str, tuple[datetime, timedelta]]:
+        """Each role's current expiry and the validity period it is signed for."""
+        return {md.signed.type: (md.signed.expires, self.expiry.delta(md.signed.type))
+                for md in self._current()}
+
     def root_bytes(self) -> bytes:
         """The latest root metadata, e.g. to bootstrap a client's trust."""
         return (self.metadata_dir / "root.json").read_bytes()
@@ -332,10 +430,7 @@ class TufRepository:
         """Every private key in `keys/` (not `keys/revoked/`), by keyid."""
         found: dict[str, tuple[Path, CryptoSigner]] = {}
         for path in sorted(self.keys_dir.glob("*.pem")):
-            try:
-                signer = CryptoSigner(load_pem_private_key(path.read_bytes(), password=None))
-            except (OSError, ValueError, TypeError) as err:
-                raise ConfigError(f"cannot load the key {path}: {err}") from err
+            signer = load_private_key(path)
             found[signer.public_key.keyid] = (path, signer)
         return found
 
@@ -354,6 +449,7 @@ class TufRepository:
             raise ConfigError(
                 f"only {len(signers)} of the {needed} {role} keys needed are in {self.keys_dir}"
                 + (f" ({'; '.join(strays)})" if strays else "")
+                + (f": {OFFLINE_ROOT_STEPS}" if role == "root" else "")
             )
         return signers
 
@@ -416,6 +512,25 @@ class TufRepository:
             logger.info("signed target %s in targets v%d", target_path, targets.signed.version)
             return targets.signed.version
 
+    def remove_target(self, target_path: str, now: datetime | None = None) -> int:
+        """Withdraw `target_path` from the signed targets (new targets, snapshot and
+        timestamp versions); return the new targets version.
+
+        Clients that refresh no longer find it, so they cannot verify, hence install, it;
+        the artifact stays in the store for the record. NotFoundError if it is not signed.
+        """
+        with self.locked():
+            root, targets, snapshot, timestamp = self._current()
+            if target_path not in targets.signed.targets:
+                raise NotFoundError(
+                    f"TUF target {target_path!r} is not in the signed targets "
+                    f"(targets v{targets.signed.version})"
+                )
+            del targets.signed.targets[target_path]
+            self._commit(root, targets, snapshot, timestamp, now or _utcnow())
+            logger.warning("withdrew target %s in targets v%d", target_path, targets.signed.version)
+            return targets.signed.version
+
     def refresh_timestamp(self, now: datetime | None = None) -> int:
         """Re-sign the timestamp with a new version and expiry; return its version."""
         with self.locked():
@@ -459,7 +574,10 @@ class TufRepository:
             ]
             if root.signed.expires - now < self.expiry.delta("root") / 4:
                 logger.warning(
-                    "TUF root expires at %s: re-sign it with the root key", root.signed.expires
+                    "TUF root expires at %s: renew it with 'edgeops server keys renew-root "
+                    "--out FILE' (%s)",
+                    root.signed.expires,
+                    OFFLINE_ROOT_STEPS,
                 )
             logger.info("refreshed TUF metadata: %s", ", ".join(renewed))
             return renewed
