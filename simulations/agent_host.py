@@ -8,14 +8,15 @@ agents resume from what their homes hold, as on a device after a power cut).
 
 SPEC (JSON): server_url, broker_host, broker_port, trusted_root (path), telemetry_interval_s,
 rate_hz, feedback_share, feedback_delay_s, seed, devices: [{device_id, home, group, partition,
-num_partitions}]. Commands arrive on stdin as JSON lines, one reply per line on stdout:
+num_partitions, broker_port (optional: the device's own way to the broker, e.g. a relay)}]. Commands arrive on stdin as JSON lines, one reply per line on stdout:
 
     {"cmd": "drift", "group": g, "kind": "offset", "amount": 0.5}   drift a group's inputs
     {"cmd": "drift", "group": g, "kind": "none"}                      end it
     {"cmd": "label_fault", "group": g, "on": true}                    corrupt its labels
     {"cmd": "accuracy", "drifted": true}                              held-out [correct, total]
                                                                       per device
-    {"cmd": "stats"}                                                  traffic counts, versions
+    {"cmd": "stats"}                                                  traffic counts, versions,
+                                                                      peak RSS, threads
     {"cmd": "pause"}                                                  stop the traffic
     {"cmd": "stop"}
 
@@ -29,6 +30,7 @@ held-out split. Every telemetry batch an agent has put in its outbox is then app
 from __future__ import annotations
 
 import json
+import resource
 import sys
 import threading
 import time
@@ -106,8 +108,9 @@ class _Host:
             config = AgentConfig(
                 home=Path(entry["home"]), device_id=entry["device_id"],
                 server_url=spec["server_url"], broker_host=spec["broker_host"],
-                broker_port=int(spec["broker_port"]),
-                telemetry_interval_s=float(spec.get("telemetry_interval_s", 1.0)), http_port=0,
+                broker_port=int(entry.get("broker_port", spec["broker_port"])),
+                telemetry_interval_s=float(spec.get("telemetry_interval_s", 1.0)),
+                http_port=None,  # the host calls predict() itself: no local API, no thread
                 health_window_s=2.0, health_min_samples=0,
             )
             if not (config.home / "agent.toml").exists():
@@ -197,6 +200,8 @@ class _Host:
                 return {"ok": True}
             if cmd == "stats":
                 return {"ok": True, "predictions": self.predictions, "labels": self.labels,
+                        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                        "threads": threading.active_count(),
                         "versions": {d.agent.device_id: d.agent.status().version
                                      for d in self.devices}}
         return {"ok": False, "error": f"unknown command {cmd!r}"}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -45,6 +46,7 @@ from simulations.laptop import (
     wait_until,
     watch_rollout,
 )
+from simulations.links import LinkRelay
 from simulations.mosquitto import MosquittoBroker, find_mosquitto, free_port, wait_for_port
 from simulations.processes import stop_process
 from simulations.scenario import Scenario
@@ -117,6 +119,11 @@ class _Host:
         self.restart_at: float | None = None
 
     def start(self) -> None:
+        self.launch()
+        self.wait_ready()
+
+    def launch(self) -> None:
+        """Start the process; `wait_ready` waits for its agents (hosts start side by side)."""
         log_file = open(self._log_path, "ab")  # noqa: SIM115 - the child owns it
         self.process = subprocess.Popen(
             [sys.executable, "-m", "simulations.agent_host", str(self.spec_path)],
@@ -124,6 +131,8 @@ class _Host:
             start_new_session=True,
         )
         log_file.close()
+
+    def wait_ready(self) -> None:
         ready = self._read()
         if not ready.get("ok"):
             raise TransportError(f"agent host {self.index} did not start; see {self._log_path}")
@@ -173,6 +182,7 @@ class _World:
 
     drift: dict[str, tuple[str, float]] = field(default_factory=dict)
     label_faults: set[str] = field(default_factory=set)
+    links: dict[str, LinkRelay] = field(default_factory=dict)  # cohort -> its relay to the broker
 
     def commands(self) -> list[dict[str, Any]]:
         return [
@@ -238,7 +248,10 @@ def run_scenario(scenario: Scenario, out_dir: Path, progress: Progress = lambda 
 
         cohorts = list(scenario.fleet.assignment())
         ids = [f"device-{i:04d}" for i in range(devices)]
-        hosts = _start_hosts(scenario, settings, broker, out, ids, cohorts)
+        world = _World(links=_link_relays(scenario, broker))
+        for relay in world.links.values():
+            stack.callback(relay.close)
+        hosts = _start_hosts(scenario, settings, broker, out, ids, cohorts, world.links)
         for host in hosts:
             stack.callback(host.stop)
         say(f"{devices} agents in {len(hosts)} processes")
@@ -257,10 +270,10 @@ def run_scenario(scenario: Scenario, out_dir: Path, progress: Progress = lambda 
         recorder = _Recorder(scenario, settings, session_factory, api, hosts, cohorts, ids)
         recorder.accuracy("before")
         t0 = recorder.t0 = time.time()
-        world = _World()
         _play(scenario, t0, world, hosts, broker, server, http, recorder, say)
         recorder.accuracy("after")
-        timeline = recorder.finish(t0, hosts, server, champion.version, time.monotonic() - wall0)
+        timeline = recorder.finish(t0, hosts, server, broker, champion.version,
+                                   time.monotonic() - wall0)
         from simulations.timeline_report import write_timeline_report
 
         paths = write_timeline_report(timeline, out)  # type: ignore[arg-type]
@@ -279,8 +292,17 @@ def _logs_to_files(folder: Path) -> None:
     flower_logs_to(folder / "flower.log")
 
 
+def _link_relays(scenario: Scenario, broker: MosquittoBroker) -> dict[str, LinkRelay]:
+    """A relay for each cohort a `lossy_link` event names; other cohorts reach the broker
+    directly."""
+    lossy = sorted({e.cohort for e in scenario.events if e.kind == "lossy_link"})
+    return {cohort: LinkRelay(broker.host, broker.port, seed=scenario.seed + i)
+            for i, cohort in enumerate(lossy)}
+
+
 def _start_hosts(scenario: Scenario, settings: ServerSettings, broker: MosquittoBroker,
-                 out: Path, ids: list[str], cohorts: list[str]) -> list[_Host]:
+                 out: Path, ids: list[str], cohorts: list[str],
+                 links: dict[str, LinkRelay]) -> list[_Host]:
     processes = min(scenario.fleet.agent_processes, len(ids))
     hosts = []
     trusted_root = settings.tuf_dir / "metadata" / "1.root.json"
@@ -289,19 +311,28 @@ def _start_hosts(scenario: Scenario, settings: ServerSettings, broker: Mosquitto
         spec = {
             "server_url": settings.resolved_public_url, "broker_host": broker.host,
             "broker_port": broker.port, "trusted_root": str(trusted_root),
-            "telemetry_interval_s": 1.0, "rate_hz": scenario.traffic.rate_hz,
+            "telemetry_interval_s": scenario.traffic.telemetry_interval_s, "rate_hz": scenario.traffic.rate_hz,
             "feedback_share": scenario.traffic.feedback_share,
             "feedback_delay_s": scenario.traffic.feedback_delay_s, "seed": scenario.seed + index,
             "devices": [{"device_id": ids[i], "home": str(out / "agents" / ids[i]),
-                         "group": cohorts[i], "partition": i, "num_partitions": len(ids)}
+                         "group": cohorts[i], "partition": i, "num_partitions": len(ids),
+                         "broker_port": links[cohorts[i]].port if cohorts[i] in links
+                         else broker.port}
                         for i in mine],
         }
         spec_path = out / "logs" / f"agent-host-{index}.json"
         spec_path.write_text(json.dumps(spec))
         host = _Host(index, spec_path, [ids[i] for i in mine],
                      out / "logs" / f"agent-host-{index}.log")
-        host.start()
+        host.launch()
         hosts.append(host)
+    try:
+        for host in hosts:
+            host.wait_ready()
+    except BaseException:
+        for host in hosts:
+            host.kill()
+        raise
     return hosts
 
 
@@ -429,6 +460,9 @@ def _apply(event: Any, world: _World, hosts: list[_Host], broker: MosquittoBroke
             if host.process is not None:
                 os.killpg(host.process.pid, signal.SIGSTOP)
         label = f"{sum(len(h.devices) for h in victims)} devices offline for {event.duration_s:g} s"
+    elif kind == "lossy_link":
+        world.links[event.cohort].impair(event.loss_pct, event.duration_s)
+        label = f"{event.cohort}'s link loses {event.loss_pct:g} % for {event.duration_s:g} s"
     elif kind == "pipeline_run":
         response = http.post("/api/pipeline/runs", json={})
         label = f"a person starts a pipeline run ({response.status_code})"
@@ -437,7 +471,7 @@ def _apply(event: Any, world: _World, hosts: list[_Host], broker: MosquittoBroke
         code = http.post(f"/api/pipeline/runs/{run['id']}/approve").status_code if run else 404
         label = f"a person approves the pipeline run ({code})"
     else:
-        raise ConfigError(f"the engine cannot play a {kind!r} event yet")
+        raise AssertionError(f"no player for a {kind!r} event")  # the schema admits no other
     recorder.mark(t, "drift" if kind in ("drift", "label_fault") else
                   "event" if kind in ("pipeline_run", "approve") else "fault", label,
                   until=t + getattr(event, "duration_s", 0) if getattr(event, "duration_s", None) else None)
@@ -522,12 +556,18 @@ class _Recorder:
                     f"{entry['status']}: {entry['message']}")
             self._shown_run = (run["id"], len(run["timeline"]))
 
-    def finish(self, t0: float, hosts: list[_Host], server: _Server, champion_version: int,
-               wall_s: float) -> dict[str, Any]:
+    def finish(self, t0: float, hosts: list[_Host], server: _Server, broker: MosquittoBroker,
+               champion_version: int, wall_s: float) -> dict[str, Any]:
         from simulations.assertions import evaluate_assertions
         from simulations.telemetry_accounting import telemetry_counts
 
         versions = {h: host.ask({"cmd": "stats"}) for h, host in enumerate(hosts)}
+        memory = {
+            "engine": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "server": _peak_rss_mb(server.process), "broker": _peak_rss_mb(broker.process),
+            "agent_hosts": round(sum(v.get("peak_rss_mb", 0.0) for v in versions.values()), 1),
+            "agent_threads": sum(v.get("threads", 0) for v in versions.values()),
+        }
         devices = self.api.devices()  # while every agent still runs (stopped ones go offline)
         for host in hosts:
             host.ask({"cmd": "pause"})
@@ -560,6 +600,7 @@ class _Recorder:
             "onsets": self.onsets,
             "server_restarts": server.restarts,
             "host_stats": versions,
+            "memory": memory,
         }
         summary = _summary(self.scenario, timeline, sent, stored, champion_version, wall_s,
                            self.settings, self.session_factory)
@@ -625,7 +666,22 @@ def _summary(scenario: Scenario, timeline: dict[str, Any], sent: int, stored: in
         "devices": len(timeline["devices"]),
         "server_restarts": timeline["server_restarts"],
         "wall_s": round(wall_s, 1),
+        # Peak RSS of each part (MB; agent_hosts is the sum over the agent processes).
+        "peak_rss_mb": {k: v for k, v in timeline["memory"].items() if k != "agent_threads"},
+        "agent_threads": timeline["memory"]["agent_threads"],
     }
+
+
+def _peak_rss_mb(process: subprocess.Popen | None) -> float | None:
+    """A running child's peak resident memory (VmHWM), in MB."""
+    if process is None or process.poll() is not None:
+        return None
+    try:
+        status = Path(f"/proc/{process.pid}/status").read_text()
+    except OSError:
+        return None
+    kib = next((line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")), None)
+    return round(int(kib) / 1024, 1) if kib else None
 
 
 def _mean_except(values: dict[str, float], cohort: str | None) -> float | None:

@@ -200,6 +200,7 @@ class TrafficSettings(_Table):
     rate_hz: PositiveSeconds = 25.0  # predictions per second, per device
     feedback_share: Fraction = 1.0  # of predictions that get their true label back
     feedback_delay_s: Seconds = 0.0  # how late a label comes back
+    telemetry_interval_s: PositiveSeconds = 1.0  # how often each device sends its window
 
 
 class ChampionSettings(_Table):

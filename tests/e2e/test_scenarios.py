@@ -18,9 +18,14 @@ the server decides).
 from __future__ import annotations
 
 import json
+import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from simulations.engine import ScenarioRun, run_scenario
@@ -137,6 +142,7 @@ def test_the_loop_survives_a_broker_outage_agent_kills_and_a_server_kill(tmp_pat
     assert run.timeline["summary"]["server_restarts"] >= 1
     kinds = [m["label"] for m in run.timeline["marks"] if m["kind"] == "fault"]
     assert any("broker down" in k for k in kinds) and any("SIGKILL" in k for k in kinds)
+    assert any("link loses" in k for k in kinds)
 
 
 MANUAL = """
@@ -208,10 +214,38 @@ def test_a_run_under_manual_approval_waits_then_proceeds_through_server_kills(
     assert run.timeline["summary"]["server_restarts"] == 2
 
 
-def test_baseline_rolls_the_champion_out_and_loses_no_telemetry(tmp_path: Path) -> None:
-    run = _play(load_scenario("baseline"), tmp_path)
-    assert not _failed(run), _failed(run)
-    assert run.timeline["run"] is None  # nothing drifted: no pipeline run
+def test_baseline_with_console_keeps_the_server_up_for_a_viewer_until_ctrl_c(tmp_path: Path) -> None:
+    out = tmp_path / "baseline"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgeops.cli", "simulate", "--scenario", "baseline", "--console",
+         "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert process.stderr is not None
+        seen = []
+        for line in process.stderr:  # progress lines, until the console is offered
+            seen.append(line)
+            if line.startswith("console: "):
+                break
+        console = re.search(r"console: (\S+)/console\s+viewer token: (\S+)", seen[-1])
+        assert console, "".join(seen[-20:])
+        url, token = console.groups()
+        devices = httpx.get(f"{url}/api/devices", headers={"Authorization": f"Bearer {token}"})
+        assert devices.status_code == 200 and len(devices.json()) == 10
+        refused = httpx.post(f"{url}/api/pipeline/runs", json={},
+                             headers={"Authorization": f"Bearer {token}"})
+        assert refused.status_code == 403  # a viewer looks; it does not act
+        assert httpx.get(f"{url}/console/login").status_code == 200
+        process.send_signal(signal.SIGINT)
+        rest, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["assertions"] and all(a["passed"] for a in report["assertions"])
+    assert report["run"] is None  # nothing drifted: no pipeline run
 
 
 def test_scale_scenario_small_variant(tmp_path: Path) -> None:
