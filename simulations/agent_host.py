@@ -30,7 +30,6 @@ held-out split. Every telemetry batch an agent has put in its outbox is then app
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import threading
 import time
@@ -48,6 +47,7 @@ from edgeops.errors import EdgeOpsError
 from edgeops.messages import TelemetryBatch
 from edgeops.tasks import load_task, partition_devices
 from simulations.drifts import drift_inputs
+from simulations.processes import peak_rss_mb
 
 __all__ = ["SENT_LOG", "main"]
 
@@ -200,7 +200,7 @@ class _Host:
                 return {"ok": True}
             if cmd == "stats":
                 return {"ok": True, "predictions": self.predictions, "labels": self.labels,
-                        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                        "peak_rss_mb": peak_rss_mb(),
                         "threads": threading.active_count(),
                         "versions": {d.agent.device_id: d.agent.status().version
                                      for d in self.devices}}

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -48,7 +47,7 @@ from simulations.laptop import (
 )
 from simulations.links import LinkRelay
 from simulations.mosquitto import MosquittoBroker, find_mosquitto, free_port, wait_for_port
-from simulations.processes import stop_process
+from simulations.processes import peak_rss_mb, stop_process
 from simulations.scenario import Scenario
 
 __all__ = ["ScenarioRun", "run_scenario"]
@@ -563,9 +562,9 @@ class _Recorder:
 
         versions = {h: host.ask({"cmd": "stats"}) for h, host in enumerate(hosts)}
         memory = {
-            "engine": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "engine": peak_rss_mb(),
             "server": _peak_rss_mb(server.process), "broker": _peak_rss_mb(broker.process),
-            "agent_hosts": round(sum(v.get("peak_rss_mb", 0.0) for v in versions.values()), 1),
+            "agent_hosts": round(sum(v.get("peak_rss_mb") or 0.0 for v in versions.values()), 1),
             "agent_threads": sum(v.get("threads", 0) for v in versions.values()),
         }
         devices = self.api.devices()  # while every agent still runs (stopped ones go offline)
@@ -673,15 +672,7 @@ def _summary(scenario: Scenario, timeline: dict[str, Any], sent: int, stored: in
 
 
 def _peak_rss_mb(process: subprocess.Popen | None) -> float | None:
-    """A running child's peak resident memory (VmHWM), in MB."""
-    if process is None or process.poll() is not None:
-        return None
-    try:
-        status = Path(f"/proc/{process.pid}/status").read_text()
-    except OSError:
-        return None
-    kib = next((line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")), None)
-    return round(int(kib) / 1024, 1) if kib else None
+    return peak_rss_mb(process.pid) if process is not None and process.poll() is None else None
 
 
 def _mean_except(values: dict[str, float], cohort: str | None) -> float | None:

@@ -1,9 +1,11 @@
-"""Stopping child processes the way an operator would: ask first, then insist."""
+"""Stopping child processes the way an operator would: ask first, then insist; and what
+they cost."""
 
 from __future__ import annotations
 
 import signal
 import subprocess
+from pathlib import Path
 
 
 def stop_process(process: subprocess.Popen, timeout_s: float) -> None:
@@ -16,3 +18,14 @@ def stop_process(process: subprocess.Popen, timeout_s: float) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def peak_rss_mb(pid: int | str = "self") -> float | None:
+    """A live process's peak resident memory (VmHWM), in MB. Not getrusage's ru_maxrss: a
+    child started by fork and exec inherits its parent's high-water mark there."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    kib = next((line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")), None)
+    return round(int(kib) / 1024, 1) if kib else None
