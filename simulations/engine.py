@@ -259,11 +259,14 @@ def run_scenario(scenario: Scenario, out_dir: Path, progress: Progress = lambda 
         for device_id, cohort in zip(ids, cohorts, strict=True):
             http.put(f"/api/devices/{device_id}/labels",
                      json={"group": cohort, "tags": []}).raise_for_status()
+        # Hundreds of devices updating at once share this laptop's two cores with the
+        # server: a device's (and a quiet wave's) time allowance grows with the fleet.
+        allowance_s = max(120.0, 0.3 * devices)
         rollout = start_rollout(session_factory, RolloutSpec(
             target=champion.target_path,
             policy=RolloutPolicy(waves_pct=tuple(scenario.champion.waves), soak_s=0.5,
-                                 device_timeout_s=120)), "scenario")
-        watch_rollout(api, rollout.id, 120, lambda line: say(line.strip()))
+                                 device_timeout_s=allowance_s)), "scenario")
+        watch_rollout(api, rollout.id, allowance_s, lambda line: say(line.strip()))
         say(f"every device runs v{champion.version}; the scenario's clock starts")
 
         recorder = _Recorder(scenario, settings, session_factory, api, hosts, cohorts, ids)
