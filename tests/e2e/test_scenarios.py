@@ -226,7 +226,7 @@ def test_baseline_with_console_keeps_the_server_up_for_a_viewer_until_ctrl_c(tmp
         seen = []
         for line in process.stderr:  # progress lines, until the console is offered
             seen.append(line)
-            if line.startswith("console: "):
+            if "console: " in line:  # after the run's progress prefix
                 break
         console = re.search(r"console: (\S+)/console\s+viewer token: (\S+)", seen[-1])
         assert console, "".join(seen[-20:])
