@@ -26,6 +26,9 @@ def flower_logs_to(path: Path, level: int = logging.INFO) -> Path:
         pass
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # Off, then on: a second captureWarnings(True) is a no-op, and would keep whatever
+    # showwarning was put back since the first (pytest puts its own back for every test).
+    logging.captureWarnings(False)
     logging.captureWarnings(True)
     for name in FLOWER_LOGGERS:
         logger = logging.getLogger(name)
