@@ -55,6 +55,7 @@ class Fleet:
     sniffer: CommandSniffer
     targets: dict[str, str]  # "v1", "v2", "v3" healthy; "bad" regresses on bad-region inputs
     log_path: Path
+    pools: AgentPools
 
     def releases(self) -> dict[str, str | None]:
         return {d: info.get("release") for d, info in self.api.devices().items()}
@@ -72,6 +73,15 @@ class Fleet:
 
     def all_on(self, target: str) -> bool:
         return not self.off_target(target)
+
+    def wait_all_on(self, target: str, timeout_s: float) -> None:
+        """Wait for every device on `target`; else fail naming the devices and their logs."""
+        try:
+            wait_for(lambda: self.all_on(target), timeout_s, f"every device on {target}")
+        except AssertionError as err:
+            off = self.off_target(target)
+            logs = {d: self.pools.log_lines(d, 4) for d, _, _ in off[:3]}
+            raise AssertionError(f"{err}; off target: {off[:20]}; their logs: {logs}") from None
 
 
 @pytest.fixture(scope="module")
@@ -105,12 +115,12 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             bad_every=BAD_EVERY, rate_hz=10.0,
         )
         api = Api(settings.resolved_public_url, settings.admin_token_file.read_text().strip())
-        fleet = Fleet(api, server, sniffer, targets, tmp / "server.log")
+        fleet = Fleet(api, server, sniffer, targets, tmp / "server.log", pools)
         wait_for(lambda: sum(d["online"] for d in api.devices().values()) >= DEVICES, 90,
                  "every agent online at the server")
         deployed = api.http.post("/api/deployments", json={"target": targets["v1"]})
         assert deployed.status_code == 202, deployed.text
-        wait_for(lambda: fleet.all_on(targets["v1"]), 120, "every device on v1")
+        fleet.wait_all_on(targets["v1"], 120)
         yield fleet
     finally:
         if pools is not None:
@@ -147,7 +157,7 @@ def test_healthy_release_rolls_out_wave_by_wave_to_every_device(fleet: Fleet) ->
         previous_done = max(r["resolved_at"] for r in by_wave[wave - 1])
         first_sent = min(r["sent_at"] for r in by_wave[wave] if r["sent_at"])
         assert first_sent >= previous_done + 1.0 - 0.01, f"wave {wave} started before soak"
-    assert wait_for(lambda: fleet.all_on(target), 30, "every device on v2")
+    fleet.wait_all_on(target, 30)
     sent = fleet.sniffer.updates(target)
     assert len(sent) == DEVICES and set(sent.values()) == {1}  # nobody updated twice
 
@@ -173,10 +183,7 @@ def test_server_killed_mid_rollout_resumes_without_updating_any_device_twice(
 
     assert in_wave_2["status"] == "running" and in_wave_2["done"] < DEVICES
     assert done["status"] == "completed", done
-    try:
-        wait_for(lambda: fleet.all_on(target), 90, "every device on v3")
-    except AssertionError as err:
-        raise AssertionError(f"{err}; off target: {fleet.off_target(target)[:20]}") from None
+    fleet.wait_all_on(target, 90)
     sent = fleet.sniffer.updates(target)
     assert len(sent) == DEVICES
     twice = {d: n for d, n in sent.items() if n != 1}
