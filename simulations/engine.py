@@ -265,7 +265,8 @@ def run_scenario(scenario: Scenario, out_dir: Path, progress: Progress = lambda 
         rollout = start_rollout(session_factory, RolloutSpec(
             target=champion.target_path,
             policy=RolloutPolicy(waves_pct=tuple(scenario.champion.waves), soak_s=0.5,
-                                 device_timeout_s=allowance_s)), "scenario")
+                                 device_timeout_s=allowance_s,
+                                 max_in_flight=scenario.champion.max_in_flight)), "scenario")
         watch_rollout(api, rollout.id, allowance_s, lambda line: say(line.strip()))
         say(f"every device runs v{champion.version}; the scenario's clock starts")
 

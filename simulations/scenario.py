@@ -212,6 +212,7 @@ class ChampionSettings(_Table):
     # its champion on a sample: SecAgg+ over 1,000 simulated clients is not what it shows.
     clients: PositiveCount | None = None
     waves: tuple[Percent, ...] = (50.0, 100.0)  # cumulative percent of the fleet per wave
+    max_in_flight: PositiveCount | None = None  # devices updating at once (None: a whole wave)
 
     @field_validator("waves")
     @classmethod

@@ -101,6 +101,7 @@ def start(
     failure_threshold: Annotated[float, typer.Option(help="Abort when this % of updated devices failed...")] = DEFAULTS.failure_threshold_pct,
     failure_min: Annotated[int, typer.Option(help="...and at least this many.")] = DEFAULTS.failure_min_count,
     device_timeout_s: Annotated[float, typer.Option("--device-timeout", help="Seconds a device has to commit.")] = DEFAULTS.device_timeout_s,
+    max_in_flight: Annotated[int | None, typer.Option("--max-in-flight", min=1, help="Devices updating at once; the rest of a wave waits for them (default: a whole wave at once).")] = DEFAULTS.max_in_flight,
     watch: Annotated[bool, typer.Option("--watch", help="Follow progress until it finishes (exit code 7 if it ends aborted).")] = False,
     home: HomeOption = None,
     server: ServerOption = None,
@@ -113,6 +114,7 @@ def start(
         "target": release, "group": group, "tags": tag or [], "waves_pct": _waves(waves),
         "soak_s": soak_s, "success_pct": success_pct, "failure_threshold_pct": failure_threshold,
         "failure_min_count": failure_min, "device_timeout_s": device_timeout_s,
+        "max_in_flight": max_in_flight,
     }
     r = client.post("/api/rollouts", json=body)
     if watch:

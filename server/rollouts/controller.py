@@ -19,7 +19,8 @@ Rollout statuses (the transition table, `TRANSITIONS`):
 
 Device phases within a rollout:
 
-    queued ─(its wave starts)─► sent | waiting (offline) | already (runs the target)
+    queued ─(its wave starts, and fewer than `max_in_flight` devices are sent)─►
+           sent | waiting (offline) | already (runs the target)
     waiting ─(comes online while running)─► sent ; ─(never, by the end)─► missed
     sent ─► succeeded (reports the target committed) | failed (update_failed/rolled_back for
            the target) | timed_out (no verdict within `device_timeout_s`)
@@ -106,6 +107,10 @@ class RolloutPolicy:
     failure_threshold_pct: float = 10.0  # abort when failures reach this share of updated...
     failure_min_count: int = 1  # ...and at least this many devices failed
     device_timeout_s: float = 600.0  # a sent device with no verdict by then has timed out
+    # Devices updating at once (None: a whole wave at once). A wave's other devices stay
+    # queued until one settles: a big wave on a small server (or shared link) does not
+    # download, smoke-test and switch all at once and time out on its own load.
+    max_in_flight: int | None = None
 
     def __post_init__(self) -> None:
         waves = tuple(float(p) for p in self.waves_pct)
@@ -120,6 +125,8 @@ class RolloutPolicy:
             raise ValueError("success_pct and failure_threshold_pct must be in (0, 100]")
         if self.failure_min_count < 1:
             raise ValueError("failure_min_count must be at least 1")
+        if self.max_in_flight is not None and self.max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1 (or None: a whole wave at once)")
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -129,6 +136,7 @@ class RolloutPolicy:
             "failure_threshold_pct": self.failure_threshold_pct,
             "failure_min_count": self.failure_min_count,
             "device_timeout_s": self.device_timeout_s,
+            "max_in_flight": self.max_in_flight,
         }
 
     @classmethod
@@ -380,9 +388,14 @@ def _failure_threshold_crossed(tick: _Tick) -> str | None:
     return None
 
 
+def _runs_target(tick: _Tick, device_id: str) -> bool:
+    obs = tick.observations.get(device_id)
+    return obs is not None and obs.release == tick.rollout.target and obs.state in COMMITTED_STATES
+
+
 def _start_device(tick: _Tick, assignment: DeviceAssignment) -> None:
     obs = tick.observations.get(assignment.device_id)
-    if obs is not None and obs.release == tick.rollout.target and obs.state in COMMITTED_STATES:
+    if _runs_target(tick, assignment.device_id):
         tick.set(assignment, phase="already", resolved_at=tick.now)
     elif obs is not None and obs.online:
         tick.send_update(assignment)
@@ -390,17 +403,31 @@ def _start_device(tick: _Tick, assignment: DeviceAssignment) -> None:
         tick.set(assignment, phase="waiting")
 
 
+def _start_devices(tick: _Tick, wave: int, phases: tuple[Phase, ...]) -> None:
+    """Start the devices of waves up to `wave` in `phases`, in position order, while fewer
+    than `max_in_flight` devices are sent (devices already on the target take no room)."""
+    limit = tick.rollout.policy.max_in_flight
+    in_flight = sum(1 for a in tick.devices.values() if a.phase == "sent")
+    for assignment in list(tick.devices.values()):
+        if assignment.wave > wave or assignment.phase not in phases:
+            continue
+        if limit is not None and in_flight >= limit and not _runs_target(tick, assignment.device_id):
+            continue
+        _start_device(tick, assignment)
+        in_flight += tick.devices[assignment.device_id].phase == "sent"
+
+
 def _run(tick: _Tick, rollout: RolloutState) -> RolloutState:
     policy = rollout.policy
-    # Catch up: devices of started waves that were offline and are back.
-    for assignment in list(tick.devices.values()):
-        if assignment.phase == "waiting":
-            _start_device(tick, assignment)
     if rollout.wave_started_at is None:  # a fresh rollout: start the first wave
         return _start_wave(tick, rollout, 0)
     wave = rollout.current_wave
+    # Catch up: devices of started waves that were offline and are back, then those queued
+    # behind `max_in_flight`.
+    _start_devices(tick, wave, ("waiting",))
+    _start_devices(tick, wave, ("queued",))
     members = [a for a in tick.devices.values() if a.wave == wave]
-    if any(a.phase == "sent" for a in members):
+    if any(a.phase in ("sent", "queued") for a in members):
         return rollout
     waiting = sum(1 for a in members if a.phase == "waiting")
     succeeded = sum(1 for a in members if a.phase in ("succeeded", "already"))
@@ -430,9 +457,7 @@ def _run(tick: _Tick, rollout: RolloutState) -> RolloutState:
 
 
 def _start_wave(tick: _Tick, rollout: RolloutState, wave: int) -> RolloutState:
-    for assignment in list(tick.devices.values()):
-        if assignment.wave == wave and assignment.phase == "queued":
-            _start_device(tick, assignment)
+    _start_devices(tick, wave, ("queued",))
     tick.events.append(f"wave {wave + 1} of {rollout.wave_count} started")
     return replace(rollout, current_wave=wave, wave_started_at=tick.now, soak_started_at=None)
 

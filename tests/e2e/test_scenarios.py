@@ -7,12 +7,16 @@ the server decides).
   retrained on the devices' fresh labels, gated, signed, canaried against a control cohort and
   promoted, and the cohort recovers, without a person;
 - bad-candidate: a candidate trained on corrupted labels is refused at a gate, never published;
-- a candidate the (lax) gates let through but that regresses on its canary is rolled back;
 - faults: a broker outage, agents SIGKILLed and the server SIGKILLed mid-training, with no
   telemetry lost and no device half-updated;
-- a run under manual approval waits, then proceeds when a person approves it, while the
-  server is SIGKILLed at two more pipeline points: trained once, published once;
-- the full table, one server SIGKILL per pipeline state, and scale at 1,000 devices: `slow`.
+- `slow` (about 4 minutes more of CI, which stays under 30 minutes without them): a candidate
+  the (lax) gates let through but that regresses on its canary is rolled back (in CI the
+  canary's judgement is tests/server/pipeline/test_canary.py and a regressing release rolled
+  back on 200 real agents is tests/server/rollouts/test_fleet_rollouts.py); a run under manual
+  approval waits, then proceeds when a person approves it, while the server is SIGKILLed at
+  two more pipeline points (in CI: approval through the API in test_pipeline_cli.py, a kill
+  at a pipeline state in faults); the full table, one server SIGKILL per pipeline state; and
+  scale at 1,000 devices.
 """
 
 from __future__ import annotations
@@ -125,6 +129,7 @@ count = 2
 """
 
 
+@pytest.mark.slow
 def test_a_candidate_that_regresses_on_its_canary_is_rolled_back(tmp_path: Path) -> None:
     run = _play(parse_scenario(LAX, "lax-gates"), tmp_path)
     assert not _failed(run), _failed(run)
@@ -203,6 +208,7 @@ kind = "no_half_updated"
 """
 
 
+@pytest.mark.slow
 def test_a_run_under_manual_approval_waits_then_proceeds_through_server_kills(
     tmp_path: Path,
 ) -> None:

@@ -52,6 +52,8 @@ class RolloutCreate(BaseModel):
     failure_threshold_pct: float = Field(default=DEFAULTS.failure_threshold_pct, gt=0, le=100)
     failure_min_count: int = Field(default=DEFAULTS.failure_min_count, ge=1, le=1_000_000)
     device_timeout_s: float = Field(default=DEFAULTS.device_timeout_s, ge=1, le=7 * DAY_S)
+    max_in_flight: int | None = Field(default=DEFAULTS.max_in_flight, ge=1, le=1_000_000,
+                                      description="devices updating at once; null: a whole wave")
 
     @field_validator("tags")
     @classmethod
@@ -73,6 +75,7 @@ class RolloutCreate(BaseModel):
             failure_threshold_pct=self.failure_threshold_pct,
             failure_min_count=self.failure_min_count,
             device_timeout_s=self.device_timeout_s,
+            max_in_flight=self.max_in_flight,
         )
 
 

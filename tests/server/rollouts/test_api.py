@@ -19,11 +19,12 @@ def test_rollout_lifecycle_conflict_and_audit(api_world: ApiWorld) -> None:
     assert labels.status_code == 200, labels.text
     assert http.get("/api/devices", params={"group": "lab"}, headers=op).json()[0]["tags"] == ["eu"]
 
-    created = http.post("/api/rollouts", json={"target": target, "group": "lab", "soak_s": 0},
-                        headers=op)
+    created = http.post("/api/rollouts", json={"target": target, "group": "lab", "soak_s": 0,
+                                               "max_in_flight": 50}, headers=op)
     assert created.status_code == 201, created.text
     rollout = created.json()
     assert rollout["devices"] == 1 and rollout["status"] == "running"
+    assert rollout["policy"]["max_in_flight"] == 50
 
     second = http.post("/api/rollouts", json={"target": target, "group": "lab"}, headers=op)
     assert second.status_code == 409
@@ -67,6 +68,8 @@ def test_bad_requests_are_4xx(api_world: ApiWorld) -> None:
         ("post", "/api/rollouts", {"target": api_world.targets[1], "waves_pct": [50, 10]}),
         ("post", "/api/rollouts", {"target": api_world.targets[1], "group": "empty-group"}),
         ("post", "/api/rollouts", {"target": api_world.targets[1], "extra": 1}),
+        ("post", "/api/rollouts", {"target": api_world.targets[1], "max_in_flight": 0}),
+        ("post", "/api/rollouts", {"target": api_world.targets[1], "max_in_flight": "many"}),
     ]
     for method, path, body in cases:
         response = getattr(http, method)(path, json=body, headers=op)

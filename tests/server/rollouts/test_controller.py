@@ -182,3 +182,50 @@ def test_device_already_on_the_target_is_not_updated() -> None:
     rollout = fleet(1)
     rollout, decision = step(rollout, {"d000": online(release=T, at=0.1)}, 1.0)
     assert not decision.commands and rollout.devices["d000"].phase == "already"
+
+
+def test_max_in_flight_holds_a_wave_back_until_devices_settle() -> None:
+    rollout = fleet(20, waves_pct=(25, 100), max_in_flight=4)
+    obs = {d: online() for d in rollout.devices}
+    obs["d010"] = online(release=T, state="committed")  # already there: takes no room
+    now, sent_order, in_flight_max = 1.0, [], 0
+    for _ in range(60):
+        rollout, decision = step(rollout, obs, now)
+        in_flight = sum(a.phase == "sent" for a in rollout.devices.values())
+        in_flight_max = max(in_flight_max, in_flight)
+        for command in decision.commands:
+            sent_order.extend(command.device_ids)
+            first = command.device_ids[0]  # one device of each batch settles a tick later
+            obs[first] = online(release=T, state="committed", at=now + 0.5, target=T)
+        # ...and the rest two ticks later
+        for d, a in rollout.devices.items():
+            if a.phase == "sent" and a.sent_at is not None and now - a.sent_at >= 1.0:
+                obs[d] = online(release=T, state="committed", at=now + 0.5, target=T)
+        now += 1.0
+        if rollout.status == "completed":
+            break
+    assert rollout.status == "completed"
+    assert in_flight_max == 4
+    assert len(sent_order) == len(set(sent_order)) == 19  # d010 was already on the target
+    assert sent_order == sorted(sent_order)  # in position order, wave 1 before wave 2
+    assert rollout.devices["d010"].phase == "already"
+
+
+def test_max_in_flight_leaves_queued_devices_skipped_on_abort() -> None:
+    rollout = fleet(10, waves_pct=(100,), max_in_flight=2, failure_min_count=2,
+                    failure_threshold_pct=50)
+    obs = {d: online() for d in rollout.devices}
+    rollout, decision = step(rollout, obs, 1.0)
+    assert [c.device_ids for c in decision.commands] == [("d000", "d001")]
+    for d in ("d000", "d001"):
+        obs[d] = online(release=OLD, state="rolled_back", at=1.5, target=T)
+    rollout, decision = step(rollout, obs, 2.0)
+    assert rollout.status in ("aborting", "aborted")
+    assert not any(c.kind == "update" for c in decision.commands)
+    assert {rollout.devices[f"d{i:03d}"].phase for i in range(2, 10)} == {"skipped"}
+
+
+@pytest.mark.parametrize("bad", [0, -3])
+def test_max_in_flight_below_one_is_refused(bad: int) -> None:
+    with pytest.raises(ValueError, match="max_in_flight"):
+        RolloutPolicy(max_in_flight=bad)
