@@ -19,10 +19,10 @@ so every cap is for JSON or a form; the table names the unauthenticated ones tig
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Mapping
 
 from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
@@ -43,7 +43,7 @@ BODY_LIMITS: Mapping[str, int] = {
 }
 DEFAULT_MAX_BODY_BYTES = 1024 * KIB
 BODY_IDLE_TIMEOUT_S = 30.0
-_CLOSE = [(b"connection", b"close")]
+_CLOSE = {"connection": "close"}
 
 
 class BodyTooLarge(HTTPException):
@@ -53,7 +53,7 @@ class BodyTooLarge(HTTPException):
         super().__init__(
             413,
             detail=f"request body for {path} exceeds {limit} bytes",
-            headers={"connection": "close"},
+            headers=_CLOSE,
         )
 
 
@@ -100,7 +100,8 @@ class BodyLimitMiddleware:
         limit = max_body_bytes(path, self.limits, self.default_max_bytes)
         declared = _declared_length(scope)
         if declared is not None and declared > limit:
-            await _refuse(send, 413, f"request body of {declared} bytes for {path} exceeds {limit}")
+            detail = f"request body of {declared} bytes for {path} exceeds {limit}"
+            await JSONResponse({"detail": detail}, 413, headers=_CLOSE)(scope, receive, send)
             return
         received = 0
         body_done = False
@@ -115,7 +116,7 @@ class BodyLimitMiddleware:
                 raise HTTPException(
                     408,
                     detail=f"no request body data for {self.idle_timeout_s:g} s",
-                    headers={"connection": "close"},
+                    headers=_CLOSE,
                 ) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
@@ -125,19 +126,3 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
-
-
-async def _refuse(send: Send, status: int, detail: str) -> None:
-    body = json.dumps({"detail": detail}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *_CLOSE,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})

@@ -9,7 +9,6 @@ its headers, which pass through unchanged and are checked by the SuperLink itsel
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from starlette.responses import JSONResponse
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "FleetGateway", "is_fleet_call"]
 
@@ -95,11 +95,13 @@ class FleetGateway:
         method, path = scope["method"], scope["path"]
         if not is_fleet_call(method, path) or scope.get("query_string"):
             logger.warning("fleet gateway refused %s %s from %s", method, path, scope.get("client"))
-            await _reply(send, 404, {"detail": "only the Fleet API is served here"})
+            refused = JSONResponse({"detail": "only the Fleet API is served here"}, 404)
+            await refused(scope, receive, send)
             return
         body = await _read_body(receive, self._max_body_bytes)
         if body is None:
-            await _reply(send, 413, {"detail": f"body over {self._max_body_bytes} bytes"})
+            too_large = JSONResponse({"detail": f"body over {self._max_body_bytes} bytes"}, 413)
+            await too_large(scope, receive, send)
             return
         headers = [
             (name.decode("latin-1"), value.decode("latin-1"))
@@ -115,7 +117,8 @@ class FleetGateway:
             )
         except httpx.HTTPError as err:
             logger.warning("fleet gateway: SuperLink unreachable: %s", err)
-            await _reply(send, 502, {"detail": "the SuperLink is unreachable"})
+            unreachable = JSONResponse({"detail": "the SuperLink is unreachable"}, 502)
+            await unreachable(scope, receive, send)
             return
         try:
             await send(
@@ -151,18 +154,3 @@ async def _read_body(receive: Receive, max_bytes: int) -> bytes | None:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
-
-
-async def _reply(send: Send, status: int, payload: dict[str, str]) -> None:
-    body = json.dumps(payload).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})

@@ -21,6 +21,7 @@ import pytest
 from agent import Agent, AgentConfig
 from agent.http_deadline import HEADER_TIMEOUT_S, DeadlineReader
 from tests.agent.support import build_model, install_model, make_release, model_weights
+from tests.security.sockets import closed_after
 
 pytestmark = [pytest.mark.security, pytest.mark.integration]
 
@@ -86,19 +87,6 @@ def test_deeply_nested_json_is_a_400(agent: Agent, body: bytes) -> None:
     assert _post(agent, json.dumps({"inputs": [[1.0] * 64]}).encode())[0] == 200
 
 
-def _closed_after(sock: socket.socket, limit_s: float) -> float | None:
-    started = time.monotonic()
-    sock.settimeout(limit_s)
-    try:
-        while sock.recv(4096):
-            pass
-    except TimeoutError:
-        return None
-    except OSError:
-        pass
-    return time.monotonic() - started
-
-
 def test_a_slowloris_connection_is_closed_after_the_header_timeout(agent: Agent) -> None:
     waits = socket.create_connection(_address(agent), timeout=10)
     drips = socket.create_connection(_address(agent), timeout=10)
@@ -117,8 +105,8 @@ def test_a_slowloris_connection_is_closed_after_the_header_timeout(agent: Agent)
     dripper.start()
     try:
         limit_s = HEADER_TIMEOUT_S + 5
-        waited = _closed_after(waits, limit_s)
-        dripped = _closed_after(drips, limit_s)
+        waited = closed_after(waits, limit_s)
+        dripped = closed_after(drips, limit_s)
     finally:
         stop.set()
         dripper.join(5)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from server.config.settings import ServerSettings
 from server.db.engine import close_database, open_database
 from server.pipeline.publishing import publish_package
 from simulations.mosquitto import MosquittoBroker, free_port
+from tests.security.sockets import closed_after
 from tests.server.helpers import make_package
 from tests.server.rollouts.fleet_support import ServerProcess
 
@@ -180,20 +180,6 @@ def test_small_bodies_still_reach_their_route(served: Served) -> None:
     assert answer.status_code not in (408, 413, 500), answer.text  # the route judged it
 
 
-def _closed_after(sock: socket.socket, limit_s: float) -> float | None:
-    """Seconds until the server closes `sock` (None if still open after `limit_s`)."""
-    started = time.monotonic()
-    sock.settimeout(limit_s)
-    try:
-        while sock.recv(4096):
-            pass
-    except TimeoutError:
-        return None
-    except OSError:
-        pass
-    return time.monotonic() - started
-
-
 def test_a_slowloris_connection_is_closed_after_the_header_timeout(served: Served) -> None:
     waits = _connect(served)  # half a request line, then nothing
     drips = _connect(served)  # a header byte every second: never idle, never done
@@ -212,8 +198,8 @@ def test_a_slowloris_connection_is_closed_after_the_header_timeout(served: Serve
     dripper.start()
     try:
         limit_s = HEADER_TIMEOUT_S + 5
-        waited = _closed_after(waits, limit_s)
-        dripped = _closed_after(drips, limit_s)
+        waited = closed_after(waits, limit_s)
+        dripped = closed_after(drips, limit_s)
     finally:
         stop.set()
         dripper.join(5)
