@@ -99,8 +99,8 @@ def _connect(served: Served) -> socket.socket:
 
 
 def _send_flood(sock: socket.socket, head: bytes, chunks: Iterator[bytes]) -> tuple[bytes, int]:
-    """Send `head` then `chunks` while a thread reads the reply; stop once it has one (or
-    the server hangs up). The reply and how many body bytes went out."""
+    """Send `head` then `chunks` while a thread reads the reply; stop sending once its head
+    arrived (or the server hangs up). The whole reply and how many body bytes went out."""
     reply = bytearray()
     answered = threading.Event()
 
@@ -127,8 +127,10 @@ def _send_flood(sock: socket.socket, head: bytes, chunks: Iterator[bytes]) -> tu
     except OSError:  # the server closed the connection under the flood: what we want
         pass
     answered.wait(10)
+    # The reply's head and body can arrive in two reads: keep reading until the server hangs
+    # up (it answers `connection: close`), then close. Closing at the head lost the body.
+    reader.join(10)
     sock.close()
-    reader.join(5)
     return bytes(reply), sent
 
 
