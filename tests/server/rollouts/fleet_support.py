@@ -39,6 +39,10 @@ from tests.server.helpers import INPUT_SCHEMA, NUM_CLASSES, NUM_FEATURES, golden
 BAD_FEATURE_VALUE = 16.0  # first feature of the inputs a regressing release fails on
 
 
+def _base_weights() -> np.ndarray:
+    return np.random.default_rng(0).normal(0, 2.0, (NUM_FEATURES, NUM_CLASSES)).astype(np.float32)
+
+
 def write_gated_model(path: Path, seed: int, k: float) -> None:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -48,9 +52,9 @@ def write_gated_model(path: Path, seed: int, k: float) -> None:
     # changes a device's health. A 0.02 perturbation moved near-tied rows by up to 0.48: a
     # health window of a few samples that caught such a row rolled a healthy release back
     # on a loaded machine, where the window closes on few samples.
-    shape = (NUM_FEATURES, NUM_CLASSES)
-    weights = (np.random.default_rng(0).normal(0, 2.0, shape)
-               + np.random.default_rng(seed).normal(0, 1e-4, shape)).astype(np.float32)
+    weights = (_base_weights()
+               + np.random.default_rng(seed).normal(0, 1e-4, _base_weights().shape)
+               ).astype(np.float32)
     graph = helper.make_graph(
         [
             helper.make_node("MatMul", ["input", "weights"], ["logits"]),
@@ -108,10 +112,26 @@ def make_gated_package(directory: Path, seed: int, k: float = 0.0, model: str = 
     return directory
 
 
+CLEAR_CONFIDENCE = 0.999
+
+
 def inputs_for(bad_region: bool, seed: int, count: int = 16) -> np.ndarray:
-    x = np.random.default_rng(seed).uniform(0, 16, (count, NUM_FEATURES)).astype(np.float32)
-    x[:, 0] = BAD_FEATURE_VALUE if bad_region else 0.0
-    return x
+    """`count` rows a device cycles through, each with a clear top class under every healthy
+    release (confidence >= CLEAR_CONFIDENCE). The health window judges a few consecutive
+    rows against a baseline over hundreds: with rows of mixed confidence, a window that
+    caught the weak ones (0.5 among 1.0s) read as a drop of over 0.10 and rolled a healthy
+    release back on a loaded machine, where the window closes on few samples."""
+    rng = np.random.default_rng(seed)
+    weights = _base_weights()
+    kept: list[np.ndarray] = []
+    while len(kept) < count:
+        x = rng.uniform(0, 16, (count, NUM_FEATURES)).astype(np.float32)
+        x[:, 0] = BAD_FEATURE_VALUE if bad_region else 0.0
+        logits = x @ weights
+        logits -= logits.max(axis=1, keepdims=True)
+        probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        kept.extend(x[probabilities.max(axis=1) >= CLEAR_CONFIDENCE])
+    return np.stack(kept[:count])
 
 
 def agent_supports_health_window() -> bool:
