@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import numpy as np
 import paho.mqtt.client as mqtt
+from scipy.special import softmax
 
 from agent import Agent, AgentConfig, init_agent_home
 from edgeops.messages import Command, decode
@@ -52,9 +53,8 @@ def write_gated_model(path: Path, seed: int, k: float) -> None:
     # changes a device's health. A 0.02 perturbation moved near-tied rows by up to 0.48: a
     # health window of a few samples that caught such a row rolled a healthy release back
     # on a loaded machine, where the window closes on few samples.
-    weights = (_base_weights()
-               + np.random.default_rng(seed).normal(0, 1e-4, _base_weights().shape)
-               ).astype(np.float32)
+    base = _base_weights()
+    weights = (base + np.random.default_rng(seed).normal(0, 1e-4, base.shape)).astype(np.float32)
     graph = helper.make_graph(
         [
             helper.make_node("MatMul", ["input", "weights"], ["logits"]),
@@ -127,10 +127,8 @@ def inputs_for(bad_region: bool, seed: int, count: int = 16) -> np.ndarray:
     while len(kept) < count:
         x = rng.uniform(0, 16, (count, NUM_FEATURES)).astype(np.float32)
         x[:, 0] = BAD_FEATURE_VALUE if bad_region else 0.0
-        logits = x @ weights
-        logits -= logits.max(axis=1, keepdims=True)
-        probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-        kept.extend(x[probabilities.max(axis=1) >= CLEAR_CONFIDENCE])
+        confidence = softmax(x @ weights, axis=1).max(axis=1)
+        kept.extend(x[confidence >= CLEAR_CONFIDENCE])
     return np.stack(kept[:count])
 
 
