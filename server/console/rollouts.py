@@ -159,8 +159,7 @@ def rollout_progress(rollout_id: int, _user: ConsoleJsonUserDep,
 def _act(request: Request, rollout_id: int, what: store.Request, user: ConsoleUser,
          session_factory: sessionmaker) -> Response:
     try:
-        with session_factory.begin() as session:
-            store.request(session, rollout_id, what, user.name)
+        store.operator_request(session_factory, rollout_id, what, user.name)
     except EdgeOpsError as err:
         return html(page("Refused", f'<p class="error">{e(err)}</p>', user), status_for(err))
     note(request, f"{what} rollout {rollout_id}")

@@ -3,6 +3,7 @@
     RegistryError (409)
     └── RolloutError                 the rollout cannot do what was asked
         ├── RolloutConflictError     another rollout is active for the same devices
+        │   └── RolloutChangedError  the rollout changed between reading and writing it
         └── RolloutStateError        the rollout's status forbids the request (resume a
                                      completed rollout, pause an aborted one)
     NotFoundError (404)              no such rollout, release or device
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from edgeops.errors import RegistryError
 
-__all__ = ["RolloutConflictError", "RolloutError", "RolloutStateError"]
+__all__ = ["RolloutChangedError", "RolloutConflictError", "RolloutError", "RolloutStateError"]
 
 
 class RolloutError(RegistryError):
@@ -22,6 +23,10 @@ class RolloutError(RegistryError):
 
 class RolloutConflictError(RolloutError):
     """Another rollout is already active for the same target group."""
+
+
+class RolloutChangedError(RolloutConflictError):
+    """The rollout's revision moved (a runner tick, another operator) after it was read."""
 
 
 class RolloutStateError(RolloutError):

@@ -3,7 +3,8 @@
 Functions over a SQLAlchemy session; the caller owns the transaction. A rollout row carries
 a `revision`: `save_decision` and `request` update it only if nobody changed it since it was
 loaded (optimistic concurrency between the runner and the API), so an operator's pause is
-never overwritten by a tick computed from the state before it.
+never overwritten by a tick computed from the state before it; `operator_request` reads
+again and retries the operator's side when a tick came between.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from edgeops.errors import ConfigError, NotFoundError
 from server.db.tables import Device, DeviceLabel, Rollout, RolloutDevice
@@ -31,7 +32,7 @@ from server.rollouts.controller import (
     apply_request,
     assign_waves,
 )
-from server.rollouts.errors import RolloutConflictError
+from server.rollouts.errors import RolloutChangedError, RolloutConflictError
 
 __all__ = [
     "FLEET_SCOPE",
@@ -41,6 +42,7 @@ __all__ = [
     "list_rollouts",
     "load_state",
     "observe_devices",
+    "operator_request",
     "release_waves",
     "request",
     "save_decision",
@@ -333,7 +335,7 @@ def release_waves(session: Session, rollout_id: int, count: int, now: float) -> 
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
-        raise RolloutConflictError(f"rollout {rollout_id} changed meanwhile; try again")
+        raise RolloutChangedError(f"rollout {rollout_id} changed meanwhile; try again")
     session.expire(rollout)
 
 
@@ -345,6 +347,21 @@ def request(session: Session, rollout_id: int, what: Request, actor: str,
     state = load_state(session, rollout, with_devices=False)
     new_state = apply_request(state, what, actor, now)
     if not _write_rollout(session, new_state, rollout.revision, now):
-        raise RolloutConflictError(f"rollout {rollout_id} changed meanwhile; try again")
+        raise RolloutChangedError(f"rollout {rollout_id} changed meanwhile; try again")
     session.expire(rollout)
     return get_rollout(session, rollout_id)
+
+
+def operator_request(session_factory: sessionmaker, rollout_id: int, what: Request,
+                     actor: str, attempts: int = 5) -> None:
+    """`request` in its own transaction, read again and retried when the rollout changed
+    between reading and writing it: the runner ticks a rollout while an operator acts, and
+    the operator's abort still holds for the state the tick left (or is refused by it)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            with session_factory.begin() as session:
+                request(session, rollout_id, what, actor)
+            return
+        except RolloutChangedError:
+            if attempt == attempts:
+                raise

@@ -192,8 +192,7 @@ def list_rollout_devices(
 
 def _act(what: store.Request, rollout_id: int, user: Any, session_factory: Any,
          request: Request) -> RolloutPublic:
-    with session_factory.begin() as session:
-        store.request(session, rollout_id, what, user.name)
+    store.operator_request(session_factory, rollout_id, what, user.name)
     note(request, f"{what} rollout {rollout_id}")
     with session_factory() as session:
         return rollout_public(session, rollout_id)

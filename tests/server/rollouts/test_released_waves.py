@@ -3,7 +3,8 @@
 
 The controller part is pure (`decide` over a scenario); the store part runs on a migrated
 SQLite database: the count never goes down, each release bumps the revision, and
-`RolloutSpec.order` decides which devices the first waves take.
+`RolloutSpec.order` decides which devices the first waves take. An operator's request that a
+runner tick overtakes (both bump the revision) is read again and applied to the new state.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
+import server.rollouts.store as store
 from edgeops.errors import ConfigError
 from edgeops.messages import DeviceStatus
 from server.db.tables import Artifact, DeviceLabel, Model, ModelVersion, Release
@@ -26,13 +28,14 @@ from server.rollouts.controller import (
     assign_waves,
     decide,
 )
-from server.rollouts.errors import RolloutConflictError
+from server.rollouts.errors import RolloutChangedError, RolloutConflictError, RolloutStateError
 from server.rollouts.store import (
     RolloutSpec,
     assignments,
     create_rollout,
     get_rollout,
     load_state,
+    operator_request,
     release_waves,
     request,
 )
@@ -245,6 +248,57 @@ def test_release_waves_on_a_rollout_changed_meanwhile_is_a_conflict(
             release_waves(stale, rollout_id, 2, 110.0)
         assert loaded.revision == 0
     assert gate(fleet_db, rollout_id) == (1, 1)
+
+
+def overtaken_by(factory: sessionmaker, monkeypatch: pytest.MonkeyPatch, what: str,
+                 times: int) -> None:
+    """The next `times` operator requests each read the rollout, then another writer (a
+    tick) lands `what` before they write."""
+    real_apply = store.apply_request
+    left = [times]
+
+    def apply_then_overtaken(state: RolloutState, *args: object) -> RolloutState:
+        if left[0] > 0:
+            left[0] -= 1
+            with factory.begin() as other:
+                if what == "bump":  # any write bumps the revision; one more wave is one
+                    released = get_rollout(other, state.id).released_waves or 0
+                    release_waves(other, state.id, released + 1, 105.0)
+                else:
+                    request(other, state.id, what, "someone", 105.0)  # type: ignore[arg-type]
+        return real_apply(state, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "apply_request", apply_then_overtaken)
+
+
+def test_an_operator_request_overtaken_by_a_tick_is_applied_to_the_new_state(
+    fleet_db: sessionmaker, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rollout_id = new_rollout(fleet_db, released_waves=1)
+    overtaken_by(fleet_db, monkeypatch, "bump", times=2)
+    operator_request(fleet_db, rollout_id, "abort", "operator")
+    with fleet_db() as session:
+        row = get_rollout(session, rollout_id)
+        assert (row.status, row.released_waves, row.revision) == ("aborting", 3, 3)
+
+
+def test_an_operator_request_the_new_state_forbids_is_refused_by_state(
+    fleet_db: sessionmaker, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rollout_id = new_rollout(fleet_db)
+    overtaken_by(fleet_db, monkeypatch, "abort", times=1)
+    with pytest.raises(RolloutStateError, match="cannot pause .* it is aborting"):
+        operator_request(fleet_db, rollout_id, "pause", "operator")
+
+
+def test_an_operator_request_overtaken_every_time_gives_up_with_a_conflict(
+    fleet_db: sessionmaker, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rollout_id = new_rollout(fleet_db, released_waves=1)
+    overtaken_by(fleet_db, monkeypatch, "bump", times=3)
+    with pytest.raises(RolloutChangedError, match=f"rollout {rollout_id} changed meanwhile"):
+        operator_request(fleet_db, rollout_id, "abort", "operator", attempts=3)
+    assert gate(fleet_db, rollout_id) == (4, 3)  # only the other writer's changes
 
 
 def test_order_puts_the_named_devices_first(fleet_db: sessionmaker) -> None:
