@@ -3,7 +3,10 @@
     GET /tuf/metadata/{N.}root.json | N.targets.json | N.snapshot.json | timestamp.json
     GET /tuf/targets/<dir>/<sha256>.<name>    (e.g. digits/3/<hash>.model.int8.onnx)
 
-Both honour single-range `Range` requests (206, 416; an over-long header is a 416 too).
+Both honour single-range `Range` requests (206, 416; an over-long header is a 416 too) and
+answer a header they ignore (malformed, several ranges, or an end before its start such as
+`bytes=100-99`) with the whole file, as `http_range.parse_range` decides for both: Starlette's
+own parsing would send a 206 for `bytes=100-99` with an invalid `Content-Range`.
 Anything else is a 404; file names are matched against a strict pattern, and artifacts are
 found by their hash alone, so no request can reach a path outside the repository.
 
@@ -21,9 +24,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from starlette.responses import FileResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from server.api.deps import ArtifactStoreDep, SettingsDep
-from server.api.http_range import bytes_response, range_too_long, unsatisfiable
+from server.api.http_range import RangeNotSatisfiable, bytes_response, parse_range, unsatisfiable
 from server.config.settings import ServerSettings
 from server.trust.repository import TufRepository
 
@@ -71,6 +75,14 @@ def _signed_targets(request: Request) -> SignedTargets:
 SignedTargetsDep = Annotated[SignedTargets, Depends(_signed_targets)]
 
 
+class _WholeFile(FileResponse):
+    """A FileResponse that sends the whole file whatever `Range` the request carried."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(name, value) for name, value in scope["headers"] if name != b"range"]
+        await super().__call__({**scope, "headers": headers}, receive, send)
+
+
 def _not_found(what: str) -> HTTPException:
     return HTTPException(status_code=404, detail=f"{what} not found")
 
@@ -103,10 +115,18 @@ def get_target(
     signed_path = "/".join([*dirs, match["name"]])
     if signed.sha256_of(signed_path) != sha256 or not store.exists(sha256):
         raise _not_found("target")
-    if range_too_long(request.headers.get("range")):  # before FileResponse parses it
-        return unsatisfiable(store.path_for(sha256).stat().st_size)
-    return FileResponse(
-        store.path_for(sha256),
+    path = store.path_for(sha256)
+    range_header = request.headers.get("range")
+    response_class = FileResponse
+    if range_header is not None:  # decided here, before FileResponse parses it
+        size = path.stat().st_size
+        try:
+            if parse_range(range_header, size) is None:
+                response_class = _WholeFile
+        except RangeNotSatisfiable:
+            return unsatisfiable(size)
+    return response_class(
+        path,
         media_type="application/octet-stream",
         headers={"cache-control": "public, max-age=31536000, immutable"},
     )
