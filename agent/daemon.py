@@ -4,7 +4,8 @@ Threads of one Agent (no state is shared between agents; many can live in one pr
 
     caller / HTTP threads   predict(): reads the current model reference, records telemetry
     paho network thread     decodes commands and queues them (never does the work)
-    worker thread           runs commands one at a time: update, rollback
+    worker thread           runs commands one at a time: update, rollback, switch; ticks the
+                            health window and a staged update waiting for its switch window
     telemetry thread        flushes the telemetry window every `telemetry_interval_s`
 """
 
@@ -502,8 +503,8 @@ class Agent:
         """Carry out `command` now (on the caller's thread); never raises for its failures."""
         with self._command_lock:
             self._handle_command(command)
-        if self._runner.in_health_window:
-            self._commands.put(_TICK)  # wake the worker: it ticks the window
+        if self._runner.in_health_window or self._runner.holding:
+            self._commands.put(_TICK)  # wake the worker: it ticks the window (or the hold)
         return self.status()
 
     def _handle_command(self, command: Command) -> None:
@@ -517,9 +518,11 @@ class Agent:
         )
         try:
             if command.kind == "update":
-                self._update(command.target or "", allow_downgrade=bool(command.allow_downgrade))
+                self._update(command)
             elif command.kind == "rollback":
                 self._rollback()
+            elif command.kind == "switch":
+                self._switch(command.target or "")
             else:
                 logger.warning("device %s: command kind %r not supported yet", self.device_id, command.kind)
         except EdgeOpsError as err:
@@ -529,17 +532,21 @@ class Agent:
             logger.exception("device %s: %s crashed", self.device_id, command.kind)
             self._set_state("update_failed", f"internal error: {type(err).__name__}: {err}")
 
-    def _update(self, target: str, *, allow_downgrade: bool = False) -> None:
+    def _update(self, command: Command) -> None:
+        target = command.target or ""
+        allow_downgrade = bool(command.allow_downgrade)
         record = self._runner.record
+        if self._runner.holding and record is not None and record.target != target:
+            # Nothing switched yet: a newer update replaces the one waiting to switch.
+            self._runner.cancel(f"superseded by {target} before the switch")
+            record = self._runner.record
         if self._runner.busy and record is not None:
             if record.target != target:
                 logger.info(
                     "device %s: %s waits for the update of %s (%s)",
                     self.device_id, target, record.target, record.state,
                 )
-                self._deferred.append(
-                    Command(kind="update", target=target, allow_downgrade=allow_downgrade or None)
-                )
+                self._deferred.append(command)
             return
         current = self._model
         if current is not None and current.target == target:
@@ -548,7 +555,18 @@ class Agent:
                 self._target = target
             self._set_state("committed", "already active")
             return
-        self._runner.start(target, allow_downgrade=allow_downgrade)
+        self._runner.start(
+            target,
+            allow_downgrade=allow_downgrade,
+            switch=command.switch or "now",
+            switch_window=command.switch_window,
+        )
+
+    def _switch(self, target: str) -> None:
+        """A `switch` command: the update to `target` held in `staged` switches now."""
+        if not self._runner.switch_now(target):
+            logger.warning("device %s: switch to %s asked, but no update of it waits",
+                           self.device_id, target)
 
     def _rollback(self) -> None:
         if not self._runner.rollback_active("rollback requested by the server"):

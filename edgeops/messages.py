@@ -17,12 +17,22 @@ import time
 import uuid
 from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from edgeops.errors import PayloadError
 from edgeops.sketches import CONFIDENCE_BINS
+from edgeops.switch_window import SwitchWindow
 from edgeops.topics import DEVICE_ID_PATTERN
-from edgeops.update_states import AgentState  # re-exported: the state a status reports
+
+# Re-exported: the state a status reports, and when a staged update switches.
+from edgeops.update_states import AgentState, SwitchMode
 
 __all__ = [
     "CONFIDENCE_BINS",
@@ -35,6 +45,7 @@ __all__ = [
     "DeviceStatus",
     "LatencySummary",
     "PrivacyInfo",
+    "SwitchMode",
     "TelemetryBatch",
     "WireMessage",
     "decode",
@@ -207,15 +218,39 @@ def _check_matrix(
 
 
 class Command(WireMessage):
-    """Sent by the server on `devices/<id>/cmd`."""
+    """Sent by the server on `devices/<id>/cmd`.
+
+    `update` downloads, verifies and stages `target`, then switches to it at once, or, with
+    `switch`, holds in `staged`: "window" until the device's clock (UTC) is inside
+    `switch_window`, "command" until a `switch` command for the same target arrives (which
+    also ends a window hold early). `rollback` of an update held in `staged` cancels it.
+    """
 
     command_id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=8, max_length=64)
-    kind: Literal["update", "rollback", "config"]
-    target: str | None = None  # TUF target path, for `update`
+    kind: Literal["update", "rollback", "config", "switch"]
+    target: str | None = None  # TUF target path, for `update` and `switch`
     issued_at: float = Field(default_factory=time.time)
     # `update` only: an explicit rollback to a release older than the one the device runs.
     # Without it the agent refuses a downgrade (None keeps the payload as it always was).
     allow_downgrade: bool | None = None
+    # `update` only: when the staged update switches (None: now, the payload as it was).
+    switch: SwitchMode | None = None
+    switch_window: str | None = Field(default=None, max_length=16)  # "HH:MM-HH:MM", UTC
+
+    @field_validator("switch_window")
+    @classmethod
+    def _window(cls, value: str | None) -> str | None:
+        return None if value is None else str(SwitchWindow.parse(value))
+
+    @model_validator(mode="after")
+    def _check_switch(self) -> Command:
+        if self.kind != "update" and (self.switch is not None or self.switch_window is not None):
+            raise ValueError(f"a {self.kind} command cannot carry switch or switch_window")
+        if (self.switch == "window") != (self.switch_window is not None):
+            raise ValueError('switch_window goes with switch "window", and only with it')
+        if self.kind == "switch" and not self.target:
+            raise ValueError("a switch command names the target it switches to")
+        return self
 
 
 MessageT = TypeVar("MessageT", bound=WireMessage)

@@ -20,6 +20,8 @@ __all__ = [
     "COMMITTED_STATES",
     "FAILED_UPDATE_STATES",
     "LifecycleState",
+    "SWITCH_MODES",
+    "SwitchMode",
     "TERMINAL_UPDATE_STATES",
     "UPDATE_STATES",
     "UpdateState",
@@ -47,6 +49,11 @@ AgentState = Literal[LifecycleState, UpdateState]
 
 UPDATE_STATES: tuple[UpdateState, ...] = get_args(UpdateState)
 AGENT_STATES: tuple[AgentState, ...] = get_args(AgentState)
+
+# When a staged update switches: at once, inside its maintenance window, or on command. A
+# device holding for either reports `staged` (its `reason` says what it waits for).
+SwitchMode = Literal["now", "window", "command"]
+SWITCH_MODES: tuple[SwitchMode, ...] = get_args(SwitchMode)
 
 # An update that reached one of these is over; nothing resumes it after a restart.
 TERMINAL_UPDATE_STATES: frozenset[UpdateState] = frozenset(

@@ -16,6 +16,12 @@ the step's outcome back as an event. Mender's daemon works the same way.
 `update_failed` means the switch never happened: the previous model kept serving.
 `rolled_back` means the new model served for a while and the previous one is back.
 
+Download now, switch later: an update whose `switch` is "window" or "command" holds in
+`staged` once its step passed (`holds(record, now)`, pure): until `now` is inside its
+`switch_window` (UTC), or until `release_hold` (a `switch` command). The hold is saved in
+the record, so it survives a restart; `begin_hold` resets the interrupted-attempt count
+(the loop guard counts restarts that interrupt work, not restarts while waiting).
+
 On restart (`recover`) a saved state maps to the step to run again; every step is
 idempotent. Pre-switch states resume (the download resumes with HTTP Range) until
 `max_attempts` interrupted attempts, then fail; `switching`, `health_window` count boots
@@ -30,10 +36,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from edgeops.errors import UpdateError
+from edgeops.switch_window import SwitchWindow
 from edgeops.update_states import (
     ACTIVE_UPDATE_STATES,
+    SWITCH_MODES,
     TERMINAL_UPDATE_STATES,
     UPDATE_STATES,
+    SwitchMode,
     UpdateState,
 )
 
@@ -45,8 +54,12 @@ __all__ = [
     "InvalidTransition",
     "UpdateRecord",
     "UpdateState",
+    "begin_hold",
+    "hold_reason",
+    "holds",
     "new_update",
     "recover",
+    "release_hold",
     "transition",
 ]
 
@@ -93,6 +106,7 @@ class UpdateRecord:
     health statistics recorded just before the switch. `history` is the chain of
     (state, timestamp) the update went through, for status and tests. `allow_downgrade`:
     the server's command was an explicit rollback, so an older release may install.
+    `switch` / `switch_window`: when the staged update may switch (see `holds`).
     """
 
     target: str
@@ -109,6 +123,8 @@ class UpdateRecord:
     health_started_at: float | None = None
     history: tuple[tuple[str, float], ...] = field(default_factory=tuple)
     allow_downgrade: bool = False
+    switch: SwitchMode = "now"
+    switch_window: str | None = None  # "HH:MM-HH:MM" UTC, with switch "window"
 
     @property
     def terminal(self) -> bool:
@@ -133,7 +149,20 @@ class UpdateRecord:
             raise UpdateError(f"update state record is corrupt: {err}") from err
         if record.state not in UPDATE_STATES:
             raise UpdateError(f"update state record has unknown state {record.state!r}")
+        _check_switch(record.switch, record.switch_window)
         return record
+
+
+def _check_switch(switch: str, switch_window: str | None) -> None:
+    if switch not in SWITCH_MODES:
+        raise UpdateError(f"unknown switch mode {switch!r} (expected one of {SWITCH_MODES})")
+    if (switch == "window") != (switch_window is not None):
+        raise UpdateError('a switch window goes with switch "window", and only with it')
+    if switch_window is not None:
+        try:
+            SwitchWindow.parse(switch_window)
+        except ValueError as err:
+            raise UpdateError(str(err)) from err
 
 
 def new_update(
@@ -144,8 +173,11 @@ def new_update(
     now: float,
     *,
     allow_downgrade: bool = False,
+    switch: SwitchMode = "now",
+    switch_window: str | None = None,
 ) -> UpdateRecord:
-    """The record of an update about to start downloading."""
+    """The record of an update about to start downloading; UpdateError for a bad switch."""
+    _check_switch(switch, switch_window)
     return UpdateRecord(
         target=target,
         state="downloading",
@@ -156,6 +188,45 @@ def new_update(
         updated_at=now,
         history=(("downloading", now),),
         allow_downgrade=allow_downgrade,
+        switch=switch,
+        switch_window=switch_window,
+    )
+
+
+def holds(record: UpdateRecord, now: float) -> bool:
+    """True while the staged update must wait before it smoke-tests and switches."""
+    if record.state != "staged" or record.switch == "now":
+        return False
+    if record.switch == "command":
+        return True
+    assert record.switch_window is not None  # checked when the record was made
+    return not SwitchWindow.parse(record.switch_window).contains(now)
+
+
+def hold_reason(record: UpdateRecord) -> str:
+    """What a held update waits for, as its status `reason` says it."""
+    if record.switch == "window":
+        return f"staged: switches in its window {record.switch_window} UTC"
+    return "staged: switches on a switch command"
+
+
+def begin_hold(record: UpdateRecord, now: float) -> UpdateRecord:
+    """The staged record once its step passed and it starts waiting (saved before waiting).
+
+    Its interrupted attempts start again from 0: a restart while waiting interrupts nothing."""
+    history = record.history
+    if not history or history[-1][0] != "hold":
+        history = (*history, ("hold", now))[-HISTORY_LIMIT:]
+    return dataclasses.replace(
+        record, reason=hold_reason(record), attempts=0, updated_at=now, history=history
+    )
+
+
+def release_hold(record: UpdateRecord, now: float) -> UpdateRecord:
+    """The record after a `switch` command: it switches as soon as it is staged."""
+    history = (*record.history, ("release", now))[-HISTORY_LIMIT:]
+    return dataclasses.replace(
+        record, switch="now", switch_window=None, reason=None, updated_at=now, history=history
     )
 
 

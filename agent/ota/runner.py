@@ -11,8 +11,17 @@ The health window is not a blocking step: the daemon's worker calls `tick()` on 
 and the pure `health.judge` decides from the statistics whether to wait, commit or roll
 back. On start, `resume()` maps a saved record to the step to redo (`update_machine.recover`).
 
+Neither is a hold in `staged` (download now, switch later): once the staged step passed
+— the slot verified and, since it will wait, the release smoke-tested once so a release
+that cannot run fails now rather than in its window — the runner saves the record with
+the hold (`machine.begin_hold`) and returns. `tick()` asks the clock and the pure
+`machine.holds` whether the window is open; `switch_now()` (a `switch` command) releases
+the hold; `cancel()` (a rollback before the switch) fails it. The smoke test runs again
+right before the switch: its runtime is not kept in memory while waiting, and the previous
+model's health baseline must be recorded just before the switch.
+
 Fault points (`<state>:enter`, `<state>:exit`, `mid_download`, `mid_stage`, `mid_switch`,
-`mid_rollback`, `health_window:tick`) call the `fault` hook; the CLI passes one that
+`mid_rollback`, `health_window:tick`, `staged:hold`) call the `fault` hook; the CLI passes one that
 SIGKILLs the process at the point named in `fault_point`, so tests can kill the agent at
 every step of an update.
 """
@@ -30,12 +39,23 @@ from pathlib import Path
 from agent.config import AgentConfig
 from agent.ota.health import HealthSampler, HealthStats, judge, resolve_policy
 from agent.ota.journal import UpdateJournal
-from agent.ota.machine import Event, UpdateRecord, new_update, recover, transition
+from agent.ota.machine import (
+    Event,
+    UpdateRecord,
+    begin_hold,
+    holds,
+    new_update,
+    recover,
+    release_hold,
+    transition,
+)
 from agent.ota.model_store import ModelStore, SlotName, SlotRecord, other_slot
 from agent.ota.updater import InstalledModel, Lookup, ReleaseUpdater
 from agent.runtime import ModelRuntime
 from edgeops.errors import EdgeOpsError, UpdateError
 from edgeops.schemas import HealthPolicy
+from edgeops.switch_window import SwitchWindow
+from edgeops.update_states import SwitchMode
 
 __all__ = ["FaultHook", "UpdateRunner", "kill_at"]
 
@@ -45,6 +65,7 @@ FaultHook = Callable[[str], None]
 ReportHook = Callable[[UpdateRecord, float | None], None]
 ServeHook = Callable[[InstalledModel], None]
 PROGRESS_STEP = 0.1  # report download progress every 10 %
+HOLD_TICK_S = 1.0  # how often a window hold looks at the clock (clocks may jump)
 
 
 def kill_at(point: str | None) -> FaultHook:
@@ -93,6 +114,7 @@ class UpdateRunner:
         self._recovering = False
         self._last_progress = -1.0
         self._policy: tuple[object, HealthPolicy] | None = None
+        self._holding = False  # this process stopped in `staged`, waiting to switch
 
     # Public ------------------------------------------------------------------------
 
@@ -104,6 +126,11 @@ class UpdateRunner:
     @property
     def in_health_window(self) -> bool:
         return self.record is not None and self.record.state == "health_window"
+
+    @property
+    def holding(self) -> bool:
+        """The update is staged and waits for its window or a switch command."""
+        return self._holding and self.record is not None and self.record.state == "staged"
 
     def policy(self) -> HealthPolicy:
         """The health policy of the update in progress (release's, with local overrides)."""
@@ -125,8 +152,11 @@ class UpdateRunner:
     def rollback_active(self, reason: str) -> bool:
         """Roll back the update in progress, or the committed model to the previous slot.
 
+        An update staged and waiting to switch is cancelled instead (nothing switched yet).
         False if there is nothing to roll back to."""
         if self.busy:
+            if self.record is not None and self.record.state == "staged":
+                return self.cancel(f"cancelled before the switch: {reason}")
             return self.request_rollback(reason)
         try:
             pointer = self._store.active_pointer()
@@ -152,7 +182,11 @@ class UpdateRunner:
         return True
 
     def seconds_until_tick(self) -> float | None:
-        """How long the worker may sleep before `tick()` is due (None: no window open)."""
+        """How long the worker may sleep before `tick()` is due (None: nothing to tick)."""
+        record = self.record
+        if self.holding and record is not None and record.switch_window is not None:
+            until = SwitchWindow.parse(record.switch_window).seconds_until_open(self._clock())
+            return max(0.02, min(HOLD_TICK_S, until))
         if not self.in_health_window:
             return None
         return max(0.02, min(1.0, self.policy().window_s / 10))
@@ -179,8 +213,16 @@ class UpdateRunner:
         self._recovering = True
         self._enter(recovered)
 
-    def start(self, target: str, *, allow_downgrade: bool = False) -> None:
-        """Begin the update to `target` and run it up to the health window (or its end).
+    def start(
+        self,
+        target: str,
+        *,
+        allow_downgrade: bool = False,
+        switch: SwitchMode = "now",
+        switch_window: str | None = None,
+    ) -> None:
+        """Begin the update to `target` and run it up to the health window (or its end), or
+        with `switch` "window" / "command" up to its hold in `staged`.
 
         A release older than the active one fails the update unless `allow_downgrade`."""
         if self.busy:
@@ -200,14 +242,25 @@ class UpdateRunner:
             pointer.target if pointer else None,
             self._clock(),
             allow_downgrade=allow_downgrade,
+            switch=switch,
+            switch_window=switch_window,
         )
         self._found = self._downloaded = self._runtime = None
         self._recovering = False
         self._enter(record)
 
     def tick(self) -> None:
-        """Judge the health window; commit or roll back once it has decided."""
+        """Switch a held update once its window opened; judge the health window, commit or
+        roll back once it has decided."""
         record = self.record
+        if record is not None and self.holding:
+            if holds(record, self._clock()):
+                return
+            logger.info("device %s: switch window %s UTC is open: switching to %s",
+                        self._config.device_id, record.switch_window, record.target)
+            self._holding = False
+            self._advance("ok", None)
+            return
         if record is None or record.state != "health_window":
             return
         window = self._sampler.stats()
@@ -232,6 +285,33 @@ class UpdateRunner:
         )
         self._advance(verdict.decision, verdict.reason)
 
+    def switch_now(self, target: str) -> bool:
+        """A `switch` command: release the hold of the update to `target` (switch now if it
+        is staged and waiting, else as soon as it is staged). False if no such update."""
+        record = self.record
+        if record is None or record.terminal or record.target != target:
+            return False
+        if record.state not in ("downloading", "verifying", "staged"):
+            return record.switch == "now"  # already switching or switched
+        released = release_hold(record, self._clock())
+        if not self.holding:
+            self._journal.save(released)  # a restart (or the step under way) goes on
+            self.record = released
+            return True
+        self._holding = False
+        logger.info("device %s: switch command: switching to %s", self._config.device_id, target)
+        self._enter(transition(released, "ok", self._clock()))
+        return True
+
+    def cancel(self, reason: str) -> bool:
+        """Give up the update staged and waiting to switch (update_failed with `reason`);
+        False if none waits. Nothing switched: the active model keeps serving."""
+        if self.record is None or self.record.state != "staged":
+            return False
+        self._holding = False
+        self._advance("fail", reason)
+        return True
+
     def request_rollback(self, reason: str) -> bool:
         """Roll back the update in its health window; False if there is none to roll back."""
         if self.record is None or self.record.state not in ("health_window", "switching"):
@@ -242,7 +322,8 @@ class UpdateRunner:
     # The machine -------------------------------------------------------------------
 
     def _enter(self, record: UpdateRecord) -> None:
-        """Save, report, then run steps until a terminal state or the health window."""
+        """Save, report, then run steps until a terminal state, the health window or a hold."""
+        self._holding = False
         while True:
             self._journal.save(record)  # before any side effect of this state
             self.record = record
@@ -253,8 +334,23 @@ class UpdateRunner:
                     self._cleanup(record)
                 return
             event, reason, changes = self._run_step(record)
+            if event == "ok" and holds(record, self._clock()):
+                self._hold(record)
+                return
             self._fault(f"{record.state}:exit")
             record = transition(record, event, self._clock(), reason, **changes)
+
+    def _hold(self, record: UpdateRecord) -> None:
+        """Save and report the staged update as waiting; `tick` or `switch_now` goes on."""
+        record = begin_hold(record, self._clock())
+        self._journal.save(record)
+        self.record = record
+        self._holding = True
+        self._runtime = None
+        self._report(record, None)
+        logger.info("device %s: %s is staged and waits (%s)",
+                    self._config.device_id, record.target, record.reason)
+        self._fault("staged:hold")
 
     def _advance(self, event: Event, reason: str | None) -> None:
         assert self.record is not None
@@ -296,7 +392,11 @@ class UpdateRunner:
         return staged
 
     def _step_staged(self, record: UpdateRecord) -> tuple[Event, str | None, dict]:
-        self._staged_record(record, verify=self._recovering)
+        staged = self._staged_record(record, verify=self._recovering)
+        if holds(record, self._clock()):
+            # It will wait: refuse a release that cannot run now, not in its window. The
+            # runtime is dropped; the smoke test before the switch loads it again.
+            self._updater.smoke_test(staged)
         return "ok", None, {}
 
     def _step_smoke_testing(self, record: UpdateRecord) -> tuple[Event, str | None, dict]:

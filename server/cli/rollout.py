@@ -1,4 +1,4 @@
-"""`edgeops rollout`: start, watch, pause, resume, abort and list staged rollouts."""
+"""`edgeops rollout`: start, watch, pause, resume, abort, switch and list staged rollouts."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import typer
 
 from edgeops.cli import emit
 from edgeops.exit_codes import ExitCode
+from edgeops.switch_window import SwitchWindow
 from server.cli.api_client import HomeOption, JsonOption, ServerOption, TokenOption, connect
 from server.rollouts.controller import RolloutPolicy
 
@@ -47,7 +48,7 @@ def render_rollout(r: dict[str, Any]) -> str:
         + (f"  {r['reason']}" if r.get("reason") else ""),
         f"  {_bar(r['done'], r['failed'], r['devices'])} {r['done']}/{r['devices']} committed "
         f"({r['progress_pct']}%), {r['failed']} failed, wave {r['current_wave']} of "
-        f"{r['wave_count']}",
+        f"{r['wave_count']}" + (f", {r['staged']} staged" if r.get("staged") else ""),
     ]
     for w in r.get("waves", []):
         lines.append(
@@ -65,6 +66,23 @@ def _waves(text: str) -> list[float]:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError as err:
         raise typer.BadParameter(f"--waves must be comma-separated percentages: {err}") from err
+
+
+def _switch_windows(values: list[str] | None) -> dict[str, str]:
+    """`GROUP=HH:MM-HH:MM` options as the policy's {group: window}; BadParameter if not."""
+    windows: dict[str, str] = {}
+    for value in values or []:
+        group, sep, window = value.partition("=")
+        if not sep or not group.strip():
+            raise typer.BadParameter(
+                f"--switch-window takes GROUP=HH:MM-HH:MM (UTC; GROUP * for every other "
+                f"group), got {value!r}"
+            )
+        try:
+            windows[group.strip()] = str(SwitchWindow.parse(window))
+        except ValueError as err:
+            raise typer.BadParameter(str(err), param_hint="--switch-window") from err
+    return windows
 
 
 def _watch(client: Any, rollout_id: int, interval_s: float, as_json: bool) -> dict[str, Any]:
@@ -102,6 +120,8 @@ def start(
     failure_min: Annotated[int, typer.Option(help="...and at least this many.")] = DEFAULTS.failure_min_count,
     device_timeout_s: Annotated[float, typer.Option("--device-timeout", help="Seconds a device has to commit.")] = DEFAULTS.device_timeout_s,
     max_in_flight: Annotated[int | None, typer.Option("--max-in-flight", min=1, help="Devices updating at once; the rest of a wave waits for them (default: a whole wave at once).")] = DEFAULTS.max_in_flight,
+    switch: Annotated[str | None, typer.Option("--switch", click_type=click.Choice(["now", "window", "command"]), help="When devices switch once staged: now, window (their group's --switch-window) or command (edgeops rollout switch ID). Default: window if --switch-window is given, else now.")] = None,
+    switch_window: Annotated[list[str] | None, typer.Option("--switch-window", help="GROUP=HH:MM-HH:MM: devices of GROUP download now and switch inside this daily window (UTC, may cross midnight); GROUP * for every other group. Repeat per group.")] = None,
     watch: Annotated[bool, typer.Option("--watch", help="Follow progress until it finishes (exit code 7 if it ends aborted).")] = False,
     home: HomeOption = None,
     server: ServerOption = None,
@@ -114,7 +134,8 @@ def start(
         "target": release, "group": group, "tags": tag or [], "waves_pct": _waves(waves),
         "soak_s": soak_s, "success_pct": success_pct, "failure_threshold_pct": failure_threshold,
         "failure_min_count": failure_min, "device_timeout_s": device_timeout_s,
-        "max_in_flight": max_in_flight,
+        "max_in_flight": max_in_flight, "switch": switch,
+        "switch_windows": _switch_windows(switch_window),
     }
     r = client.post("/api/rollouts", json=body)
     if watch:
@@ -168,6 +189,26 @@ def abort(rollout_id: Annotated[int, typer.Argument()], home: HomeOption = None,
           server: ServerOption = None, token: TokenOption = None, as_json: JsonOption = False) -> None:
     """Stop, and roll back every device this rollout updated."""
     _action("abort", rollout_id, home, server, token, as_json)
+
+
+@app.command("switch")
+def switch_staged(
+    rollout_id: Annotated[int, typer.Argument(help="The rollout id.")],
+    device: Annotated[list[str] | None, typer.Option("--device", help="Only this staged device (repeat; default: every staged device of the rollout).")] = None,
+    home: HomeOption = None,
+    server: ServerOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Switch devices that hold the release staged (rollouts started with --switch command,
+    or ahead of their --switch-window): they smoke-test, switch and start their health
+    window now."""
+    body = {"devices": device} if device else None
+    r = connect(home, server, token).post(f"/api/rollouts/{rollout_id}/switch", json=body)
+    switched = r["switched"]
+    text = (f"switch sent to {len(switched)} staged devices" if switched
+            else f"no device of rollout {rollout_id} is staged: nothing to switch")
+    emit(r, as_json, text + "\n" + render_rollout(r["rollout"]))
 
 
 @app.command("list")

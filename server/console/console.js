@@ -29,7 +29,10 @@
     });
     const active = ["running", "paused", "aborting"].indexOf(r.status) >= 0;
     const buttons = {pause: r.status === "running", resume: r.status === "paused",
-                     abort: r.status === "running" || r.status === "paused"};
+                     abort: r.status === "running" || r.status === "paused",
+                     "switch": r.staged > 0 && (r.status === "running" || r.status === "paused")};
+    const switcher = document.getElementById("btn-switch");
+    if (switcher) { switcher.textContent = "Switch " + r.staged + " staged now"; }
     Object.keys(buttons).forEach(function (k) {
       const b = document.getElementById("btn-" + k);
       if (b && root.getAttribute("data-operator") === "1") { b.disabled = !buttons[k]; }

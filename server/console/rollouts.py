@@ -1,4 +1,5 @@
-"""`/console/rollouts`: the list, one rollout's live page, and start / pause / resume / abort.
+"""`/console/rollouts`: the list, one rollout's live page, and start / pause / resume / abort,
+and switch (the devices holding the release staged, waiting for their window or a command).
 
 Changes go through the same rollout store as `/api/rollouts` and are audited the same way;
 a refusal (a domain error) is a page with the status `server.api.errors.status_for` gives.
@@ -14,7 +15,7 @@ from sqlalchemy.orm import sessionmaker
 
 from edgeops.errors import EdgeOpsError
 from server.api.audit import note
-from server.api.deps import SessionFactoryDep
+from server.api.deps import PublisherDep, SessionFactoryDep
 from server.api.errors import status_for
 from server.api.routes.rollouts import RolloutCreate
 from server.auth.tokens import has_role
@@ -41,6 +42,7 @@ from server.console.render import (
 from server.db.tables import DeviceLabel, Release
 from server.pipeline import steps
 from server.rollouts import store
+from server.rollouts.runner import switch_now
 from server.rollouts.summary import summarize
 
 __all__ = ["router"]
@@ -118,7 +120,11 @@ def rollout_page(rollout_id: int, user: ConsoleUserDep,
                     ident=f"btn-{action}")
         for action, allowed in (("pause", ("running",)), ("resume", ("paused",)),
                                 ("abort", ("running", "paused")))
-    )
+    ) + button_form(f"/console/rollouts/{rollout_id}/switch",
+                    f"Switch {summary.staged} staged now", csrf=user.csrf,
+                    enabled=operator and summary.staged > 0
+                    and summary.status in ("running", "paused"),
+                    ident="btn-switch")
     device_rows = [
         (f'<a href="/console/devices/{e(r.device_id)}">{e(r.device_id)}</a>',
          str(r.wave + 1), e(r.phase), e(r.reason))
@@ -182,3 +188,15 @@ def resume(request: Request, rollout_id: int, user: ConsoleOperatorDep,
 def abort(request: Request, rollout_id: int, user: ConsoleOperatorDep,
           session_factory: SessionFactoryDep) -> Response:
     return _act(request, rollout_id, "abort", user, session_factory)
+
+
+@router.post("/{rollout_id}/switch")
+def switch(request: Request, rollout_id: int, user: ConsoleOperatorDep,
+           session_factory: SessionFactoryDep, publisher: PublisherDep) -> Response:
+    """Switch every staged device of the rollout now (as `edgeops rollout switch ID`)."""
+    try:
+        switched = switch_now(session_factory, publisher, rollout_id, None, user.name)
+    except EdgeOpsError as err:
+        return html(page("Refused", f'<p class="error">{e(err)}</p>', user), status_for(err))
+    note(request, f"switch {len(switched)} staged devices of rollout {rollout_id}")
+    return RedirectResponse(f"/console/rollouts/{rollout_id}", status_code=303)

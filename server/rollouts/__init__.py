@@ -1,8 +1,10 @@
 """Staged fleet rollouts: waves, soak, automatic abort and rollback, resumable.
 
-    controller   the pure state machine: plan_waves, decide, apply_request
+    policy       RolloutPolicy: waves, soak, thresholds, timeouts, when devices switch
+    controller   the pure state machine: plan_waves, decide, apply_request, switch_staged
     store        rollouts and assignments in the database
-    runner       the I/O shell: tick (decide, persist, publish) and its lifespan hook
+    runner       the I/O shell: tick (decide, persist, publish), its lifespan hook, and
+                 switch_now (an operator's switch of staged devices)
     metrics      rollout and fleet gauges for /metrics
 """
 
@@ -15,9 +17,10 @@ from server.rollouts.controller import (
     apply_request,
     decide,
     plan_waves,
+    switch_staged,
 )
 from server.rollouts.errors import RolloutConflictError, RolloutError, RolloutStateError
-from server.rollouts.runner import RolloutRunner, rollout_lifespan
+from server.rollouts.runner import RolloutRunner, rollout_lifespan, switch_now
 from server.rollouts.store import RolloutSpec
 
 __all__ = [
@@ -35,4 +38,6 @@ __all__ = [
     "decide",
     "plan_waves",
     "rollout_lifespan",
+    "switch_now",
+    "switch_staged",
 ]

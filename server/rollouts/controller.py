@@ -24,9 +24,14 @@ Device phases within a rollout:
     waiting ─(comes online while running)─► sent ; ─(never, by the end)─► missed
     sent ─► succeeded (reports the target committed) | failed (update_failed/rolled_back for
            the target) | timed_out (no verdict within `device_timeout_s`)
+    sent ─(policy `switch` "window"/"command", reports the target staged)─► staged: it
+           waits for its window or the operator's `switch_staged`; no device timeout while
+           it reports staged (only after `device_timeout_s` offline), takes no room in
+           `max_in_flight`, holds its wave ─(reports switching on)─► sent, timed again
     succeeded ─(later reports a rollback of the target)─► failed
-    aborting: queued/waiting ─► skipped ; succeeded ─► rollback_sent ─► rolled_back
-              (or rollback_failed when it still runs the target after `device_timeout_s`)
+    aborting: queued/waiting ─► skipped ; succeeded | staged ─► rollback_sent ─► rolled_back
+              (or rollback_failed when it still runs the target after `device_timeout_s`);
+              a rollback cancels an update staged and waiting on the device
 """
 
 from __future__ import annotations
@@ -36,8 +41,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from edgeops.update_states import BUSY_STATES, COMMITTED_STATES, FAILED_UPDATE_STATES
+from edgeops.errors import ConfigError
+from edgeops.update_states import BUSY_STATES, COMMITTED_STATES, FAILED_UPDATE_STATES, SwitchMode
 from server.rollouts.errors import RolloutStateError
+from server.rollouts.policy import ANY_GROUP, RolloutPolicy
 
 __all__ = [
     "ACTIVE_STATUSES",
@@ -53,9 +60,11 @@ __all__ = [
     "RolloutStatus",
     "REQUESTED_STATUS",
     "TRANSITIONS",
+    "ANY_GROUP",
     "apply_request",
     "decide",
     "plan_waves",
+    "switch_staged",
 ]
 
 RolloutStatus = Literal["running", "paused", "aborting", "completed", "aborted"]
@@ -64,6 +73,7 @@ Phase = Literal[
     "waiting",
     "already",
     "sent",
+    "staged",
     "succeeded",
     "failed",
     "timed_out",
@@ -93,55 +103,7 @@ TRANSITIONS: Mapping[str, frozenset[str]] = {
 }
 # Device states (edgeops.update_states): committed = runs the target, health window over.
 FAILED_STATES: frozenset[str] = FAILED_UPDATE_STATES
-UPDATED_PHASES: frozenset[str] = frozenset({"sent", "succeeded", "failed", "timed_out"})
-DEFAULT_WAVES_PCT: tuple[float, ...] = (1.0, 10.0, 50.0, 100.0)
-
-
-@dataclass(frozen=True, slots=True)
-class RolloutPolicy:
-    """How a rollout proceeds and when it gives up. Percentages are 0-100."""
-
-    waves_pct: tuple[float, ...] = DEFAULT_WAVES_PCT  # cumulative share of the target devices
-    soak_s: float = 60.0  # wait after a wave passed before the next one starts
-    success_pct: float = 90.0  # of a wave's reachable devices that must commit for it to pass
-    failure_threshold_pct: float = 10.0  # abort when failures reach this share of updated...
-    failure_min_count: int = 1  # ...and at least this many devices failed
-    device_timeout_s: float = 600.0  # a sent device with no verdict by then has timed out
-    # Devices updating at once (None: a whole wave at once). A wave's other devices stay
-    # queued until one settles: a big wave on a small server (or shared link) does not
-    # download, smoke-test and switch all at once and time out on its own load.
-    max_in_flight: int | None = None
-
-    def __post_init__(self) -> None:
-        waves = tuple(float(p) for p in self.waves_pct)
-        if not waves or any(not 0 < p <= 100 for p in waves) or list(waves) != sorted(set(waves)):
-            raise ValueError("waves_pct must be increasing percentages in (0, 100]")
-        if waves[-1] != 100.0:
-            waves = (*waves, 100.0)
-        object.__setattr__(self, "waves_pct", waves)
-        if self.soak_s < 0 or self.device_timeout_s <= 0:
-            raise ValueError("soak_s must be >= 0 and device_timeout_s > 0")
-        if not 0 < self.success_pct <= 100 or not 0 < self.failure_threshold_pct <= 100:
-            raise ValueError("success_pct and failure_threshold_pct must be in (0, 100]")
-        if self.failure_min_count < 1:
-            raise ValueError("failure_min_count must be at least 1")
-        if self.max_in_flight is not None and self.max_in_flight < 1:
-            raise ValueError("max_in_flight must be at least 1 (or None: a whole wave at once)")
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "waves_pct": list(self.waves_pct),
-            "soak_s": self.soak_s,
-            "success_pct": self.success_pct,
-            "failure_threshold_pct": self.failure_threshold_pct,
-            "failure_min_count": self.failure_min_count,
-            "device_timeout_s": self.device_timeout_s,
-            "max_in_flight": self.max_in_flight,
-        }
-
-    @classmethod
-    def from_json(cls, raw: Mapping[str, object]) -> RolloutPolicy:
-        return cls(**{k: (tuple(v) if k == "waves_pct" else v) for k, v in raw.items()})  # type: ignore[arg-type]
+UPDATED_PHASES: frozenset[str] = frozenset({"sent", "staged", "succeeded", "failed", "timed_out"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +116,7 @@ class DeviceObservation:
     target: str | None = None
     reason: str | None = None
     status_at: float | None = None
+    group: str | None = None  # its label's group (None: "default")
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,10 +159,13 @@ class RolloutState:
 
 @dataclass(frozen=True, slots=True)
 class CommandAction:
-    kind: Literal["update", "rollback"]
+    kind: Literal["update", "rollback", "switch"]
     target: str
     device_ids: tuple[str, ...]
     command_id: str
+    # `update` of a rollout that holds: when its devices switch (see RolloutPolicy.switch).
+    switch: SwitchMode | None = None
+    switch_window: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +230,44 @@ def apply_request(rollout: RolloutState, request: Request, actor: str, now: floa
     return _move(rollout, new_status, reason=reason if request != "resume" else None)
 
 
+def switch_staged(
+    rollout: RolloutState, device_ids: Sequence[str] | None, actor: str, now: float
+) -> Decision:
+    """An operator's "switch now" for devices staged and waiting (all of them, or those
+    named): they go back to `sent` (the device timeout counts from now) with a `switch`
+    command. RolloutStateError unless the rollout is running or paused; ConfigError naming
+    the devices that are not staged in it."""
+    if rollout.status not in ("running", "paused"):
+        raise RolloutStateError(
+            f"cannot switch devices of rollout {rollout.id}: it is {rollout.status} "
+            f"(allowed while running or paused)"
+        )
+    staged = [a for a in rollout.devices.values() if a.phase == "staged"]
+    if device_ids is not None:
+        wanted = list(dict.fromkeys(device_ids))
+        not_staged = [
+            f"{d} ({rollout.devices[d].phase})" if d in rollout.devices else f"{d} (not in it)"
+            for d in wanted
+            if d not in rollout.devices or rollout.devices[d].phase != "staged"
+        ]
+        if not_staged:
+            raise ConfigError(
+                f"not staged in rollout {rollout.id}, nothing to switch: "
+                f"{', '.join(not_staged[:20])}"
+            )
+        staged = [rollout.devices[d] for d in wanted]
+    tick = _Tick(rollout, {}, now)
+    command_id = tick.command_id("switch")
+    for assignment in staged:
+        tick.set(assignment, phase="sent", sent_at=now, command_id=command_id,
+                 reason=f"switch sent by {actor}")
+    commands = (
+        (CommandAction("switch", rollout.target, tuple(a.device_id for a in staged), command_id),)
+        if staged else ()
+    )
+    return Decision(replace(rollout, devices=tick.devices), tick.changed, commands)
+
+
 def _move(rollout: RolloutState, to: RolloutStatus, **changes: object) -> RolloutState:
     """`rollout` with status `to` (and `changes`), if `TRANSITIONS` allows the move; a move
     the table does not list raises RolloutStateError (in `decide` that is a bug)."""
@@ -316,12 +320,33 @@ class _Tick:
     def command_id(self, kind: str) -> str:
         return f"rollout-{self.rollout.id}-{kind}-{int(self.now * 1000)}"
 
+    def switch_of(self, device_id: str) -> tuple[SwitchMode | None, str | None]:
+        """(switch, switch_window) of the update command `device_id` gets: None for a
+        rollout that switches at once; a device whose group has no window (and no "*")
+        waits for a switch command rather than switch outside any window."""
+        policy = self.rollout.policy
+        if not policy.holds:
+            return None, None
+        if policy.switch == "command":
+            return "command", None
+        obs = self.observations.get(device_id)
+        window = policy.window_for(obs.group if obs is not None else None)
+        return ("window", window) if window is not None else ("command", None)
+
     def decision(self, rollout: RolloutState) -> Decision:
-        rollout = replace(rollout, devices=self.devices)
         commands = []
-        if self.updates:
-            commands.append(CommandAction("update", rollout.target, tuple(self.updates),
-                                          self.command_id("update")))
+        by_switch: dict[tuple[SwitchMode | None, str | None], list[str]] = {}
+        for device_id in self.updates:
+            by_switch.setdefault(self.switch_of(device_id), []).append(device_id)
+        for number, ((switch, window), device_ids) in enumerate(sorted(
+            by_switch.items(), key=lambda item: (item[0][0] or "", item[0][1] or "")
+        )):
+            command_id = self.command_id("update") + (f"-{number}" if number else "")
+            for device_id in device_ids if number else ():  # one command id per payload
+                self.set(self.devices[device_id], command_id=command_id)
+            commands.append(CommandAction("update", rollout.target, tuple(device_ids),
+                                          command_id, switch, window))
+        rollout = replace(rollout, devices=self.devices)
         if self.rollbacks:
             commands.append(CommandAction("rollback", rollout.target, tuple(self.rollbacks),
                                           self.command_id("rollback")))
@@ -349,12 +374,12 @@ def decide(
 
 
 def _judge_sent(tick: _Tick) -> None:
-    """Turn fresh reports of sent (and succeeded) devices into verdicts."""
+    """Turn fresh reports of sent, staged (and succeeded) devices into verdicts."""
     target = tick.rollout.target
     timeout_s = tick.rollout.policy.device_timeout_s
     for assignment in list(tick.devices.values()):
         obs = tick.observations.get(assignment.device_id)
-        if assignment.phase == "sent":
+        if assignment.phase in ("sent", "staged"):
             if tick.fresh(obs, assignment.sent_at):
                 assert obs is not None
                 if obs.release == target and obs.state in COMMITTED_STATES:
@@ -364,6 +389,13 @@ def _judge_sent(tick: _Tick) -> None:
                     tick.set(assignment, phase="failed", resolved_at=tick.now,
                              reason=f"{obs.state}: {obs.reason or 'no reason given'}")
                     continue
+            if assignment.phase == "staged":
+                _judge_staged(tick, assignment, obs)
+                continue
+            if _holds_staged(tick, assignment, obs):
+                assert obs is not None
+                tick.set(assignment, phase="staged", reason=obs.reason or "staged")
+                continue
             if assignment.sent_at is not None and tick.now - assignment.sent_at > timeout_s:
                 state = obs.state if obs is not None else "unknown"
                 tick.set(assignment, phase="timed_out", resolved_at=tick.now,
@@ -372,6 +404,41 @@ def _judge_sent(tick: _Tick) -> None:
             if obs.target == target and obs.state in FAILED_STATES and obs.release != target:
                 tick.set(assignment, phase="failed", resolved_at=tick.now,
                          reason=f"{obs.state} after commit: {obs.reason or 'no reason given'}")
+
+
+def _holds_staged(tick: _Tick, assignment: DeviceAssignment,
+                  obs: DeviceObservation | None) -> bool:
+    """A fresh report of the target staged, in a rollout whose devices hold there."""
+    return (
+        tick.rollout.policy.holds
+        and tick.fresh(obs, assignment.sent_at)
+        and obs is not None
+        and obs.online
+        and obs.target == tick.rollout.target
+        and obs.state == "staged"
+    )
+
+
+def _judge_staged(tick: _Tick, assignment: DeviceAssignment,
+                  obs: DeviceObservation | None) -> None:
+    """A device staged and waiting has no device timeout (its window may be hours away)
+    unless it stays offline that long; once it reports switching on, it is `sent` again
+    and `device_timeout_s` counts from now."""
+    timeout_s = tick.rollout.policy.device_timeout_s
+    if obs is None or not obs.online:
+        offline_since = obs.status_at if obs is not None else None
+        if offline_since is not None and tick.now - offline_since > timeout_s:
+            tick.set(assignment, phase="timed_out", resolved_at=tick.now,
+                     reason=f"offline for {timeout_s:.0f} s while staged")
+        return
+    if (
+        tick.fresh(obs, assignment.sent_at)
+        and obs.target == tick.rollout.target
+        and obs.state in BUSY_STATES
+        and obs.state != "staged"
+    ):
+        tick.set(assignment, phase="sent", sent_at=tick.now,
+                 reason=f"switching ({obs.state}) after waiting staged")
 
 
 def _failure_threshold_crossed(tick: _Tick) -> str | None:
@@ -427,8 +494,8 @@ def _run(tick: _Tick, rollout: RolloutState) -> RolloutState:
     _start_devices(tick, wave, ("waiting",))
     _start_devices(tick, wave, ("queued",))
     members = [a for a in tick.devices.values() if a.wave == wave]
-    if any(a.phase in ("sent", "queued") for a in members):
-        return rollout
+    if any(a.phase in ("sent", "staged", "queued") for a in members):
+        return rollout  # staged: the wave waits for its devices' windows (or the operator)
     waiting = sum(1 for a in members if a.phase == "waiting")
     succeeded = sum(1 for a in members if a.phase in ("succeeded", "already"))
     reachable = len(members) - waiting
@@ -471,7 +538,7 @@ def _finish_when_caught_up(tick: _Tick, rollout: RolloutState) -> RolloutState:
         if assignment.phase == "waiting" and tick.now - rollout.wave_started_at >= timeout_s:
             tick.set(assignment, phase="missed", resolved_at=tick.now,
                      reason=f"offline for {timeout_s:.0f} s after the last wave started")
-    if any(a.phase in ("waiting", "sent", "queued") for a in tick.devices.values()):
+    if any(a.phase in ("waiting", "sent", "staged", "queued") for a in tick.devices.values()):
         return rollout
     missed = sum(1 for a in tick.devices.values() if a.phase == "missed")
     tick.events.append("completed" + (f" ({missed} devices missed)" if missed else ""))
@@ -486,6 +553,11 @@ def _abort(tick: _Tick, rollout: RolloutState) -> RolloutState:
         obs = tick.observations.get(assignment.device_id)
         if assignment.phase in ("queued", "waiting"):
             tick.set(assignment, phase="skipped", reason="rollout aborted before its update")
+        elif assignment.phase == "staged" or (
+            assignment.phase == "sent" and _holds_staged(tick, assignment, obs)
+        ):
+            # Waiting to switch: the rollback cancels the staged update on the device.
+            tick.send_rollback(assignment)
         elif assignment.phase in ("sent", "failed", "timed_out", "succeeded"):
             # Roll back only a device that settled on the target: one still busy finishes
             # first (its own health window may roll it back), one elsewhere needs nothing.

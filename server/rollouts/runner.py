@@ -42,7 +42,7 @@ from server.rollouts.controller import (
     decide,
 )
 
-__all__ = ["RolloutRunner", "RunnerStats", "rollout_lifespan"]
+__all__ = ["RolloutRunner", "RunnerStats", "rollout_lifespan", "switch_now"]
 
 logger = logging.getLogger(__name__)
 
@@ -154,8 +154,7 @@ class RolloutRunner:
 
     def _publish(self, item: tuple[int, CommandAction], now: float) -> int:
         rollout_id, action = item
-        command = Command(command_id=action.command_id, kind=action.kind, target=action.target,
-                          issued_at=now)
+        command = _command(action, now)
         try:
             self._publisher.send_many(action.device_ids, command)
         except CommandDeliveryError as err:
@@ -189,6 +188,40 @@ class RolloutRunner:
                 if d in state.devices
             }
             store.write_assignments(session, rollout_id, changed)
+
+
+def _command(action: CommandAction, now: float) -> Command:
+    return Command(command_id=action.command_id, kind=action.kind, target=action.target,
+                   issued_at=now, switch=action.switch, switch_window=action.switch_window)
+
+
+def switch_now(
+    session_factory: sessionmaker,
+    publisher: CommandPublisher,
+    rollout_id: int,
+    device_ids: list[str] | None,
+    actor: str,
+    *,
+    clock: Callable[[], float] = time.time,
+) -> list[str]:
+    """The operator's "switch now" for a rollout's staged devices (all, or `device_ids`):
+    commit them as `sent`, then publish `switch`; returns the devices switched. Devices the
+    broker did not confirm go back to `staged` and CommandDeliveryError is raised."""
+    now = clock()
+    decision = store.switch_devices(session_factory, rollout_id, device_ids, actor, now)
+    switched: list[str] = []
+    for action in decision.commands:
+        try:
+            publisher.send_many(action.device_ids, _command(action, now))
+        except CommandDeliveryError as err:
+            with session_factory.begin() as session:
+                store.unswitch_devices(session, rollout_id, err.failed,
+                                       "switch not confirmed by the broker; switch again")
+            raise
+        switched.extend(action.device_ids)
+    logger.info("rollout %d: switch sent to %d staged devices by %s", rollout_id,
+                len(switched), actor, extra={"rollout_id": rollout_id})
+    return switched
 
 
 def rollout_lifespan(runner: RolloutRunner, interval_s: float = DEFAULT_TICK_S) -> LifespanHook:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from sqlalchemy import bindparam, func, select, update
@@ -31,6 +31,7 @@ from server.rollouts.controller import (
     RolloutState,
     apply_request,
     assign_waves,
+    switch_staged,
 )
 from server.rollouts.errors import RolloutChangedError, RolloutConflictError
 
@@ -47,6 +48,8 @@ __all__ = [
     "request",
     "save_decision",
     "select_devices",
+    "switch_devices",
+    "unswitch_devices",
 ]
 
 FLEET_SCOPE = "*"  # the scope of a rollout to the whole fleet
@@ -76,20 +79,38 @@ def _epoch(moment: datetime | None) -> float | None:
 def select_devices(session: Session, group: str | None, tags: Sequence[str]) -> list[str]:
     """Device ids matching `group` (devices without labels are in "default") and carrying
     every tag, in id order (the order waves take them in)."""
+    return list(_select_groups(session, group, tags))
+
+
+def _select_groups(session: Session, group: str | None, tags: Sequence[str]) -> dict[str, str]:
+    """{device id: its group} of the devices `select_devices` selects, in id order."""
     rows = session.execute(
         select(Device.device_id, DeviceLabel.group_name, DeviceLabel.tags)
         .outerjoin(DeviceLabel, DeviceLabel.device_id == Device.device_id)
         .order_by(Device.device_id)
     )
     wanted = set(tags)
-    chosen = []
+    chosen: dict[str, str] = {}
     for device_id, group_name, device_tags in rows:
         if group is not None and (group_name or "default") != group:
             continue
         if wanted and not wanted <= set(device_tags or ()):
             continue
-        chosen.append(device_id)
+        chosen[device_id] = group_name or "default"
     return chosen
+
+
+def _check_windows(policy: RolloutPolicy, groups: Mapping[str, str]) -> None:
+    """ConfigError if a selected device's group has no switch window (and there is no "*"):
+    it would never switch by itself."""
+    if policy.switch != "window":
+        return
+    missing = sorted({g for g in groups.values() if policy.window_for(g) is None})
+    if missing:
+        raise ConfigError(
+            f"switch_windows has no window for group(s) {', '.join(missing)} of the selected "
+            f'devices: add them, or a "*" window for every other group'
+        )
 
 
 def _active_conflict(session: Session, scope: str) -> Rollout | None:
@@ -111,7 +132,9 @@ def create_rollout(session: Session, spec: RolloutSpec, actor: str, now: float) 
     conflict = _active_conflict(session, scope)
     if conflict is not None:
         raise RolloutConflictError(_conflict_message(conflict))
-    device_ids = select_devices(session, spec.group, spec.tags)
+    groups = _select_groups(session, spec.group, spec.tags)
+    _check_windows(spec.policy, groups)
+    device_ids = list(groups)
     if spec.released_waves is not None and spec.released_waves < 1:
         raise ConfigError(f"released_waves must be at least 1, got {spec.released_waves}")
     if spec.order is not None:
@@ -241,14 +264,15 @@ def observe_devices(session: Session) -> dict[str, DeviceObservation]:
     """Every device's last reported status, as the controller sees it."""
     rows = session.execute(
         select(Device.device_id, Device.online, Device.state, Device.release, Device.target,
-               Device.reason, Device.last_status_at)
+               Device.reason, Device.last_status_at, DeviceLabel.group_name)
+        .outerjoin(DeviceLabel, DeviceLabel.device_id == Device.device_id)
     )
     return {
         device_id: DeviceObservation(
             online=bool(online), state=state, release=release, target=target, reason=reason,
-            status_at=_epoch(status_at),
+            status_at=_epoch(status_at), group=group_name,
         )
-        for device_id, online, state, release, target, reason, status_at in rows
+        for device_id, online, state, release, target, reason, status_at, group_name in rows
     }
 
 
@@ -337,6 +361,43 @@ def release_waves(session: Session, rollout_id: int, count: int, now: float) -> 
     if result.rowcount != 1:  # type: ignore[attr-defined]
         raise RolloutChangedError(f"rollout {rollout_id} changed meanwhile; try again")
     session.expire(rollout)
+
+
+def switch_devices(
+    session_factory: sessionmaker,
+    rollout_id: int,
+    device_ids: Sequence[str] | None,
+    actor: str,
+    now: float | None = None,
+) -> Decision:
+    """`controller.switch_staged`, committed before the caller publishes its command (read
+    again and retried when a tick came between). The decision's command lists the devices."""
+    for attempt in range(1, 6):
+        moment = time.time() if now is None else now
+        try:
+            with session_factory.begin() as session:
+                rollout = get_rollout(session, rollout_id)
+                decision = switch_staged(load_state(session, rollout), device_ids, actor,
+                                         moment)
+                if decision.changed and not save_decision(session, decision, rollout.revision,
+                                                          moment):
+                    raise RolloutChangedError(f"rollout {rollout_id} changed meanwhile; try again")
+            return decision
+        except RolloutChangedError:
+            if attempt == 5:
+                raise
+    raise AssertionError("unreachable")
+
+
+def unswitch_devices(session: Session, rollout_id: int, device_ids: Sequence[str],
+                     reason: str) -> None:
+    """Put devices whose switch command the broker did not confirm back to `staged`."""
+    state = load_state(session, get_rollout(session, rollout_id))
+    write_assignments(session, rollout_id, {
+        d: replace(state.devices[d], phase="staged", reason=reason)
+        for d in device_ids
+        if d in state.devices and state.devices[d].phase == "sent"
+    })
 
 
 def request(session: Session, rollout_id: int, what: Request, actor: str,

@@ -26,6 +26,7 @@ class WaveSummary:
     phases: dict[str, int]
     done: int  # succeeded or already on the target
     failed: int
+    staged: int  # downloaded and staged, waiting for their switch window or command
     # "queued" | "in_progress" | "soaking" | "passed"; once the rollout stops, the wave it was
     # on reads "aborting" then "aborted", and the waves after it "skipped"
     status: str
@@ -45,6 +46,7 @@ class RolloutSummary:
     devices: int
     done: int
     failed: int
+    staged: int  # waiting to switch (policy `switch` "window" or "command")
     progress_pct: float  # share of devices on the target and healthy
     phases: dict[str, int]
     waves: list[WaveSummary] = field(default_factory=list)
@@ -96,6 +98,7 @@ def summarize(
                     phases=counts,
                     done=sum(n for p, n in counts.items() if p in DONE_PHASES),
                     failed=sum(n for p, n in counts.items() if p in FAILED_PHASES),
+                    staged=counts.get("staged", 0),
                     status=_wave_status(rollout, index0),
                 )
             )
@@ -116,6 +119,7 @@ def summarize(
         devices=total,
         done=done,
         failed=failed,
+        staged=phases.get("staged", 0),
         progress_pct=round(100.0 * done / total, 1) if total else 0.0,
         phases=phases,
         waves=waves,

@@ -1,27 +1,35 @@
-"""`/api/rollouts`: start, watch, pause, resume and abort staged rollouts.
+"""`/api/rollouts`: start, watch, pause, resume, abort staged rollouts, and switch the
+devices that hold their update staged (`switch` "command", or ahead of their window).
 
 Reads need a viewer token, changes an operator token. Refusals are domain errors mapped
 to HTTP in one place (server.api.errors): a second active rollout for the same group is
 409 (RolloutConflictError), pausing a finished rollout 409 (RolloutStateError), an
-unknown release or rollout 404, a rollout that selects no device 400.
+unknown release or rollout 404, a rollout that selects no device 400, a bad switch window
+422 (or 400 when a selected device's group has none), switching a device that is not
+staged 400.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from edgeops.switch_window import SwitchWindow
+from edgeops.topics import DEVICE_ID_PATTERN
+from edgeops.update_states import SwitchMode
 from server.api.audit import note
-from server.api.deps import OperatorDep, SessionFactoryDep, ViewerDep
+from server.api.deps import OperatorDep, PublisherDep, SessionFactoryDep, ViewerDep
 from server.api.labels import LABEL, clean_tags
 from server.pipeline.steps import start_rollout
 from server.rollouts import store
-from server.rollouts.controller import RolloutPolicy
+from server.rollouts.controller import ANY_GROUP, RolloutPolicy
+from server.rollouts.runner import switch_now
 from server.rollouts.summary import summarize
 
-__all__ = ["RolloutCreate", "RolloutDevicePublic", "RolloutPublic", "router"]
+__all__ = ["RolloutCreate", "RolloutDevicePublic", "RolloutPublic", "RolloutSwitch", "router"]
 
 router = APIRouter(prefix="/api/rollouts", tags=["rollouts"])
 
@@ -54,17 +62,35 @@ class RolloutCreate(BaseModel):
     device_timeout_s: float = Field(default=DEFAULTS.device_timeout_s, ge=1, le=7 * DAY_S)
     max_in_flight: int | None = Field(default=DEFAULTS.max_in_flight, ge=1, le=1_000_000,
                                       description="devices updating at once; null: a whole wave")
+    switch: SwitchMode | None = Field(
+        default=None,
+        description='when staged devices switch: "now", "window" (their group\'s switch '
+                    'window) or "command" (POST .../switch); null: "window" if '
+                    'switch_windows are given, else "now"')
+    switch_windows: dict[str, str] = Field(
+        default_factory=dict, max_length=100,
+        description='device group -> daily window in UTC, "HH:MM-HH:MM" (may cross midnight); '
+                    '"*": every other group')
 
     @field_validator("tags")
     @classmethod
     def _tags(cls, value: list[str]) -> list[str]:
         return clean_tags(value)
 
+    @field_validator("switch_windows")
+    @classmethod
+    def _switch_windows(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [g for g in value if g != ANY_GROUP and re.fullmatch(LABEL, g) is None]
+        if bad:
+            raise ValueError(f"switch_windows keys are device groups (or \"*\"), not {bad[:5]}")
+        return {group: str(SwitchWindow.parse(text)) for group, text in value.items()}
+
     @model_validator(mode="after")
     def _waves(self) -> RolloutCreate:
         waves = self.waves_pct
         if any(not 0 < p <= 100 for p in waves) or waves != sorted(set(waves)):
             raise ValueError("waves_pct must be strictly increasing percentages in (0, 100]")
+        self.policy()  # the policy's own checks (switch and switch_windows go together)
         return self
 
     def policy(self) -> RolloutPolicy:
@@ -76,7 +102,24 @@ class RolloutCreate(BaseModel):
             failure_min_count=self.failure_min_count,
             device_timeout_s=self.device_timeout_s,
             max_in_flight=self.max_in_flight,
+            switch=self.switch,
+            switch_windows=dict(self.switch_windows),
         )
+
+
+class RolloutSwitch(BaseModel):
+    """Switch a rollout's staged devices now (all of them, or the ones named)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    devices: list[Annotated[str, Field(pattern=DEVICE_ID_PATTERN.pattern)]] | None = Field(
+        default=None, min_length=1, max_length=10_000,
+        description="device ids; null: every staged device of the rollout")
+
+
+class RolloutSwitchPublic(BaseModel):
+    rollout: RolloutPublic
+    switched: list[str]
 
 
 class WavePublic(BaseModel):
@@ -86,6 +129,7 @@ class WavePublic(BaseModel):
     phases: dict[str, int]
     done: int
     failed: int
+    staged: int
     status: str
 
 
@@ -102,6 +146,7 @@ class RolloutPublic(BaseModel):
     devices: int
     done: int
     failed: int
+    staged: int
     progress_pct: float
     phases: dict[str, int]
     waves: list[WavePublic]
@@ -216,3 +261,17 @@ def abort_rollout(rollout_id: RolloutId, user: OperatorDep,
                   session_factory: SessionFactoryDep, request: Request) -> RolloutPublic:
     """Stop, and roll back every device this rollout put on the release."""
     return _act("abort", rollout_id, user, session_factory, request)
+
+
+@router.post("/{rollout_id}/switch", response_model=RolloutSwitchPublic)
+def switch_rollout(rollout_id: RolloutId, user: OperatorDep, session_factory: SessionFactoryDep,
+                   publisher: PublisherDep, request: Request,
+                   body: RolloutSwitch | None = None) -> RolloutSwitchPublic:
+    """Switch devices that hold the release staged (waiting for their window or for this):
+    they smoke-test, switch and start their health window now. 503 if the broker did not
+    confirm (those devices stay staged: switch again)."""
+    devices = body.devices if body is not None else None
+    switched = switch_now(session_factory, publisher, rollout_id, devices, user.name)
+    note(request, f"switch {len(switched)} staged devices of rollout {rollout_id}")
+    with session_factory() as session:
+        return RolloutSwitchPublic(rollout=rollout_public(session, rollout_id), switched=switched)

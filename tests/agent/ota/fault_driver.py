@@ -1,12 +1,15 @@
 """A small agent entry point for fault-injection tests (run as a subprocess).
 
     python -m tests.agent.ota.fault_driver --home HOME [--target TARGET]
+        [--switch-window HH:MM-HH:MM] [--clock-offset SECONDS]
 
 Like `edgeops agent run`, it loads the settings with `load_config` (so
 `EDGEOPS_AGENT_FAULT_POINT` reaches the agent as `fault_point`), starts the agent and
 keeps inference traffic flowing; with `--target` it asks for that update unless the
 home's saved update already concerns it. It exits 0 once the update of TARGET is
 committed, failed or rolled back, printing the final status as one JSON line.
+`--switch-window` asks for an update that holds staged until that window (UTC);
+`--clock-offset` shifts the agent's clock, so a test decides whether the window is open.
 """
 
 from __future__ import annotations
@@ -31,8 +34,11 @@ def main() -> int:
     parser.add_argument("--home", type=Path, required=True)
     parser.add_argument("--target", required=True)
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--switch-window", default=None)
+    parser.add_argument("--clock-offset", type=float, default=0.0)
     args = parser.parse_args()
-    agent = Agent(load_config(args.home)).start()
+    offset = args.clock_offset
+    agent = Agent(load_config(args.home), clock=lambda: time.time() + offset).start()
     stop = threading.Event()
     rng = np.random.default_rng(0)
 
@@ -49,7 +55,9 @@ def main() -> int:
     record = agent.update_record
     if record is None or record.target != args.target:
         time.sleep(0.4)  # a baseline for the health window
-        agent.submit_command(Command(kind="update", target=args.target))
+        window = args.switch_window
+        agent.submit_command(Command(kind="update", target=args.target,
+                                     switch="window" if window else None, switch_window=window))
     deadline = time.monotonic() + args.timeout
     try:
         while time.monotonic() < deadline:
