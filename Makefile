@@ -11,12 +11,12 @@ OUT ?= runs/$(shell date +%Y%m%d-%H%M%S)
 PYTEST_ARGS ?=
 
 .PHONY: simulate test check bench install constraints system-deps browser-deps service-deps \
-	monitoring-deps clean
+	monitoring-deps mirror-deps clean
 
 simulate: $(STAMP) system-deps
 	$(BIN)/edgeops simulate --scenario $(SCENARIO) --out $(OUT)
 
-test: $(STAMP) system-deps browser-deps service-deps monitoring-deps
+test: $(STAMP) system-deps browser-deps service-deps monitoring-deps mirror-deps
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 # The dev extra (in '.[all]') brings ruff, mypy and import-linter; the stamp installs it.
@@ -84,6 +84,18 @@ monitoring-deps:
 	      apt-get update -qq && apt-get install -y -qq prometheus; \
 	    else echo "note: prometheus is not installed; the Prometheus test will fail" \
 	      "(sudo apt-get install -y prometheus)"; fi; }
+
+# Debian's nginx, for the OTA mirror tests (tests/agent/ota/test_mirrors.py): each test
+# starts its own nginx on a free port serving an `edgeops release mirror` folder; without it
+# they skip saying why. The package's own service (port 80), which the install may start,
+# is stopped and disabled again: installed here for the tests only, it serves nothing.
+mirror-deps:
+	@[ -x /usr/sbin/nginx ] || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	      apt-get update -qq && apt-get install -y -qq nginx && \
+	      { systemctl disable --now nginx 2>/dev/null || service nginx stop 2>/dev/null || true; }; \
+	    else echo "note: nginx is not installed; the mirror tests will skip" \
+	      "(sudo apt-get install -y nginx)"; fi; }
 
 # The emulated arm64 device (docs/devices.md): Debian's debootstrap builds an arm64 root once
 # (cached under ~/.cache/edgeops), qemu-user-static runs it through binfmt_misc; then the agent

@@ -45,6 +45,7 @@ __all__ = [
     "TUF_DIR",
     "AgentConfig",
     "DeviceIdentityFiles",
+    "RepositorySource",
     "dump_toml",
     "init_agent_home",
     "load_config",
@@ -67,6 +68,16 @@ class DeviceIdentityFiles:
     ca_file: Path
 
 
+@dataclass(frozen=True)
+class RepositorySource:
+    """One place that serves the TUF repository: a mirror, or the server's own `/tuf/`.
+    Untrusted either way: everything it serves is verified against the trusted root."""
+
+    label: str  # "mirror https://cdn.example/edgeops/" or "server http://host:8000/tuf/"
+    metadata_base_url: str  # ends with '/'
+    targets_base_url: str  # ends with '/'
+
+
 # Fields that describe where the config lives rather than what it says.
 _NOT_IN_FILE = {"home"}
 
@@ -78,6 +89,11 @@ class AgentConfig:
     `http_port`: None disables the local HTTP API (the library default, so a simulation
     of many agents opens no ports); 0 binds a free port (tests); any other value binds
     that port on `http_host`. `edgeops agent init` writes 8765 unless told otherwise.
+
+    `mirrors`: base URLs of static copies of the TUF repository (`edgeops release mirror`),
+    each serving `metadata/` and `targets/` under it. Updates try them in order and the
+    server's own `/tuf/` last; a mirror serving stale, tampered or missing files is
+    refused and the next one is used (see `repository_sources`).
     """
 
     home: Path
@@ -114,6 +130,7 @@ class AgentConfig:
     # count default to the release's health policy; these override it on this device.
     health_window_s: float | None = None
     health_min_samples: int | None = None
+    mirrors: tuple[str, ...] = ()  # static TUF mirrors tried before the server (see above)
     update_max_attempts: int = 3  # interrupted pre-switch attempts before giving up
     update_max_boots: int = 3  # restarts while switching / in the health window: rollback
     download_retries: int = 4
@@ -132,6 +149,7 @@ class AgentConfig:
         url = urlparse(self.server_url)
         if url.scheme not in ("http", "https") or not url.netloc:
             raise ConfigError(f"server url {self.server_url!r} must be http(s)://host[:port]")
+        object.__setattr__(self, "mirrors", _check_mirrors(self.mirrors))
         _check_port("broker_port", self.broker_port, allow_zero=False)
         if self.http_port is not None:
             _check_port("http_port", self.http_port, allow_zero=True)
@@ -209,6 +227,19 @@ class AgentConfig:
         return self.home / "downloads"
 
     @property
+    def repository_sources(self) -> tuple[RepositorySource, ...]:
+        """Where updates fetch TUF metadata and artifacts: each mirror in order, then the
+        server's own `/tuf/`."""
+        sources = [
+            RepositorySource(f"mirror {base}", f"{base}metadata/", f"{base}targets/")
+            for base in self.mirrors
+        ]
+        server = f"{self.server_url.rstrip('/')}/tuf/"
+        sources.append(RepositorySource(f"server {server}", self.metadata_base_url,
+                                        self.targets_base_url))
+        return tuple(sources)
+
+    @property
     def metadata_base_url(self) -> str:
         return f"{self.server_url.rstrip('/')}/tuf/metadata/"
 
@@ -231,11 +262,29 @@ def _check_port(name: str, value: int, *, allow_zero: bool) -> None:
         raise ConfigError(f"{name} must be an integer in {low}..65535, got {value!r}")
 
 
+def _check_mirrors(mirrors: Any) -> tuple[str, ...]:
+    """The mirror base URLs, each ending with '/'; ConfigError naming a bad one."""
+    if isinstance(mirrors, str) or not isinstance(mirrors, tuple | list):
+        raise ConfigError(f"mirrors must be a list of http(s) URLs, got {mirrors!r}")
+    checked = []
+    for mirror in mirrors:
+        url = urlparse(mirror) if isinstance(mirror, str) else None
+        if url is None or url.scheme not in ("http", "https") or not url.netloc:
+            raise ConfigError(
+                f"mirror {mirror!r} must be an http(s):// base URL serving metadata/ and "
+                "targets/, e.g. https://cdn.example.com/edgeops/"
+            )
+        if url.query or url.fragment:
+            raise ConfigError(f"mirror {mirror!r} must not have a query or fragment")
+        checked.append(mirror.rstrip("/") + "/")
+    return tuple(checked)
+
+
 def _to_plain(config: AgentConfig) -> dict[str, Any]:
     return {
         f.name: getattr(config, f.name)
         for f in dataclasses.fields(config)
-        if f.name not in _NOT_IN_FILE and getattr(config, f.name) is not None
+        if f.name not in _NOT_IN_FILE and getattr(config, f.name) not in (None, ())
     }
 
 
@@ -246,11 +295,13 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, str):
         return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
     raise ConfigError(f"cannot write {type(value).__name__} to agent.toml")
 
 
 def dump_toml(config: AgentConfig) -> str:
-    """agent.toml text for `config` (flat keys; None fields are left out)."""
+    """agent.toml text for `config` (flat keys; None and empty fields are left out)."""
     lines = ["# EdgeOps agent settings; EDGEOPS_AGENT_<KEY> environment variables override."]
     lines += [f"{key} = {_toml_value(value)}" for key, value in _to_plain(config).items()]
     return "\n".join(lines) + "\n"

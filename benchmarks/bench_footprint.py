@@ -1,13 +1,13 @@
 """The agent's footprint: what `pip install 'edgeops[agent]'` puts on a device, as a ratio to
 its direct runtime dependencies (onnxruntime, numpy, paho-mqtt, tuf, cryptography,
-pydantic) installed alone, and the resident memory of a running agent serving a model.
+pydantic, zstandard) installed alone, and the resident memory of a running agent serving a model.
 
     python benchmarks/bench_footprint.py --quick   # pip may use its cache; about a minute
     python benchmarks/bench_footprint.py           # the same, RSS sampled for longer
 
 Two fresh venvs in a temporary folder, filled by pip from the package index (its cache
 allowed): one with this checkout's `[agent]` (copied first, built as a wheel, installed
-like a user installs it, .pyc compiled as pip does), one with the six dependencies alone
+like a user installs it, .pyc compiled as pip does), one with the seven dependencies alone
 at the versions the first one resolved. Each install's size is the bytes of the files it
 added to site-packages (what an empty venv already holds is subtracted).
 
@@ -15,8 +15,9 @@ added to site-packages (what an empty venv already holds is subtracted).
 with the tests' 64x10 ONNX classifier installed in slot A (tests.agent.support), no broker
 reachable and the local HTTP API on: startup, the model loaded into onnxruntime, and
 `--predictions` local API predictions answered. The baseline `deps_rss_mb` is an
-interpreter in the dependencies' venv that imports the six and runs the same model in an
-onnxruntime session, so `rss_ratio` is what the agent's own code adds.
+interpreter in the dependencies' venv that imports the six an agent loads at rest
+(zstandard is loaded only to update) and runs the same model in an onnxruntime session,
+so `rss_ratio` is what the agent's own code adds.
 
 The last line printed is one JSON object: agent_install_mb, deps_install_mb,
 install_ratio, agent_rss_mb, deps_rss_mb, rss_ratio, the packages the agent install added
@@ -58,10 +59,11 @@ from tests.agent_install import (  # noqa: E402
     tree_bytes,
 )
 
-DIRECT_DEPENDENCIES = ("onnxruntime", "numpy", "paho-mqtt", "tuf", "cryptography", "pydantic")
+DIRECT_DEPENDENCIES = ("onnxruntime", "numpy", "paho-mqtt", "tuf", "cryptography", "pydantic",
+                       "zstandard")
 MB = 1e6
 
-# The baseline process: the six dependencies imported and the same model served.
+# The baseline process: the six dependencies an agent loads at rest imported and the same model served.
 DEPS_PROCESS = """
 import sys, time
 import numpy, onnxruntime, paho.mqtt.client, tuf.ngclient, cryptography.x509, pydantic

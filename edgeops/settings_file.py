@@ -6,9 +6,10 @@ environment overrides, converted into a frozen dataclass by its field types.
 
 The agent (`agent.config.load_config`) and the server (`server.config.settings.load_settings`)
 both load through here, so a file key, a variable name and an error read the same on both
-sides. Supported field types: bool, int, float, str, Path and `X | None` of those. An
-environment value is text; a file value is TOML-typed and converted only where that is
-lossless (an int for a float field, a number for a str field). Every bad input raises
+sides. Supported field types: bool, int, float, str, Path, `X | None` of those, and
+`tuple[str, ...]` (a TOML array of strings; in a variable, items separated by commas or
+spaces). An environment value is text; a file value is TOML-typed and converted only where
+that is lossless (an int for a float field, a number for a str field). Every bad input raises
 ConfigError naming the file or the variable, and the field.
 """
 
@@ -97,6 +98,10 @@ def load_settings_file(
         raise ConfigError(f"{path}: {err}") from err
 
 
+def _is_str_tuple(kind: Any) -> bool:
+    return typing.get_origin(kind) is tuple and typing.get_args(kind) == (str, ...)
+
+
 def _optional(kind: Any) -> tuple[Any, bool]:
     """(the type inside `X | None`, whether None is allowed)."""
     if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
@@ -118,6 +123,8 @@ def _expected(kind: Any, nullable: bool) -> str:
 
 def _from_text(text: str, declared: Any, where: str) -> Any:
     """An environment variable's text as a value of the `declared` type."""
+    if _is_str_tuple(declared):
+        return tuple(item for item in text.replace(",", " ").split() if item)
     kind, nullable = _optional(declared)
     expected = _expected(kind, nullable)
     value = text.strip().lower()
@@ -137,6 +144,10 @@ def _from_text(text: str, declared: Any, where: str) -> Any:
 
 def _from_file(value: Any, declared: Any, where: str) -> Any:
     """A TOML value as a value of the `declared` type (text goes through `_from_text`)."""
+    if _is_str_tuple(declared):
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            return tuple(value)
+        raise ConfigError(f"{where} must be an array of strings, got {value!r}")
     kind, nullable = _optional(declared)
     expected = _expected(kind, nullable)
     if isinstance(value, str) and kind is not str:

@@ -11,6 +11,12 @@
     stage          re-hash the verified file and move it into the slot, then its record
     smoke_test     load the staged model and run its golden vectors
 
+Metadata and artifacts come from `AgentConfig.repository_sources`: each mirror in order,
+then the server's own `/tuf/`. A source whose metadata or artifact is refused, missing or
+unreachable is logged and passed over for the next; the artifact comes from the source
+that served the verified metadata, or a later one. Every source starts from the metadata
+already verified in `<home>/tuf/`, so a stale mirror cannot roll it back.
+
 None of these touches the active pointer, so the serving model is untouched. TUF
 exceptions are mapped to `edgeops.errors` where they enter: a repository error
 (signature, expiry, rollback, hash or length) becomes TrustError, a download problem
@@ -19,13 +25,14 @@ TransportError, a broken release UpdateError or SmokeTestError.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.config import AgentConfig
+from agent.config import AgentConfig, RepositorySource
 from agent.ota.compatibility import downgrade, incompatibility, supported_opset
 from agent.ota.model_store import ModelStore, SlotName, SlotRecord
 from agent.runtime import ModelRuntime
@@ -38,6 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from tuf.ngclient import Updater
     from tuf.ngclient.fetcher import FetcherInterface
 
+    from agent.ota.delta import Transfer
     from agent.ota.fetcher import ProgressCallback
 
 # tuf (with securesystemslib and urllib3) and our fetcher are imported where an update
@@ -111,6 +119,28 @@ def _close(fetcher: FetcherInterface | None) -> None:
         fetcher.close()
 
 
+def _source_failure(err: Exception) -> bool:
+    """Whether `err` is the fault of the source that served it (refused metadata or bytes,
+    a download error, an HTTP error such as a 404), so another source may do better."""
+    from tuf.api import exceptions as tuf_errors
+
+    return isinstance(err, tuf_errors.RepositoryError | tuf_errors.DownloadError)
+
+
+def _every_source_failed(
+    passed_over: tuple[str, ...], label: str, last: EdgeOpsError
+) -> EdgeOpsError:
+    """The error to raise when the last source, `label`, failed with `last`: `last` itself
+    when it was the only one tried, else an error of its kind naming every source passed
+    over (`passed_over`: "<label>: <reason>") and why."""
+    if not passed_over:
+        return last
+    reasons = "; ".join((*passed_over, f"{label}: {last}"))
+    combined = type(last)(f"every repository source failed: {reasons}")
+    combined.__cause__ = last.__cause__
+    return combined
+
+
 class IncompatibleReleaseError(UpdateError):
     """The release needs a newer agent or onnxruntime than this device has."""
 
@@ -121,12 +151,18 @@ class DowngradeRefusedError(UpdateError):
 
 @dataclass(frozen=True)
 class Lookup:
-    """A target found in freshly verified metadata, with its signed release info."""
+    """A target found in freshly verified metadata, with its signed release info.
+
+    `sources`: where to fetch the artifact, in order: the source that served the verified
+    metadata, then the ones configured after it (a mirror whose artifact is tampered or
+    missing is passed over for the next). Empty: the server's own `/tuf/targets/`."""
 
     updater: Updater
     info: TargetFile
     release: ReleaseInfo
     fetcher: FetcherInterface | None = None
+    sources: tuple[RepositorySource, ...] = ()
+    passed_over: tuple[str, ...] = ()  # "<source>: <why>" of each source that failed so far
 
     @property
     def sha256(self) -> str:
@@ -148,6 +184,7 @@ class ReleaseUpdater:
         self._store = store
         self._fetcher = fetcher
         self._fault = fault
+        self.last_transfer: Transfer | None = None  # how the last download arrived
 
     def _make_fetcher(self, on_progress: ProgressCallback | None) -> FetcherInterface:
         if self._fetcher is not None:
@@ -171,8 +208,10 @@ class ReleaseUpdater:
             fault=self._fault,
         )
 
-    def _new_tuf_updater(self, fetcher: FetcherInterface) -> Updater:
-        """A fresh ngclient Updater (it refreshes metadata once per lifetime)."""
+    def _new_tuf_updater(self, fetcher: FetcherInterface, source: RepositorySource) -> Updater:
+        """A fresh ngclient Updater reading `source` (it refreshes metadata once per
+        lifetime). Each starts from the metadata verified so far in `tuf_dir`, so what one
+        source served and ngclient refused (stale, rolled back) never replaces it."""
         from tuf.api import exceptions as tuf_errors
         from tuf.ngclient import Updater, UpdaterConfig
 
@@ -188,9 +227,9 @@ class ReleaseUpdater:
         try:
             return Updater(
                 metadata_dir=str(config.tuf_dir),
-                metadata_base_url=config.metadata_base_url,
+                metadata_base_url=source.metadata_base_url,
                 target_dir=str(config.downloads_dir),
-                target_base_url=config.targets_base_url,
+                target_base_url=source.targets_base_url,
                 fetcher=fetcher,
                 config=UpdaterConfig(
                     app_user_agent=f"edgeops-agent/{__version__}",
@@ -246,14 +285,8 @@ class ReleaseUpdater:
             return None
 
     def _lookup(self, target: str, fetcher: FetcherInterface) -> Lookup:
-        updater = self._new_tuf_updater(fetcher)
-        try:
-            updater.refresh()
-            info = updater.get_targetinfo(target)
-        except Exception as err:
-            raise map_tuf_error(err, "repository metadata") from err
-        if info is None:
-            raise UpdateError(f"unknown target {target!r}: not in the signed targets metadata")
+        sources = self._config.repository_sources
+        updater, info, index, passed_over = self._refresh(target, fetcher, sources)
         try:
             release = ReleaseInfo.from_custom(info.custom)
         except ValueError as err:  # pydantic's ValidationError is a ValueError
@@ -276,7 +309,42 @@ class ReleaseUpdater:
         )
         if reason is not None:
             raise IncompatibleReleaseError(reason)
-        return Lookup(updater, info, release, fetcher)
+        return Lookup(updater, info, release, fetcher, sources[index:], passed_over)
+
+    def _refresh(
+        self, target: str, fetcher: FetcherInterface, sources: tuple[RepositorySource, ...]
+    ) -> tuple[Updater, TargetFile, int, tuple[str, ...]]:
+        """Refresh from each source in order until one serves verified metadata that lists
+        `target`: (its updater, the target, the source's index, the sources passed over).
+        A source that fails (refused metadata, a download error or a 404, or no such
+        target: it may be stale) is logged and the next is tried; when all fail, the last
+        error names every one."""
+        passed_over: list[str] = []
+        for index, source in enumerate(sources):
+            updater = self._new_tuf_updater(fetcher, source)
+            error: EdgeOpsError
+            try:
+                updater.refresh()
+                info = updater.get_targetinfo(target)
+            except Exception as err:
+                error = map_tuf_error(err, "repository metadata")
+                if not _source_failure(err):
+                    raise error from err
+                error.__cause__ = err
+            else:
+                if info is not None:
+                    return updater, info, index, tuple(passed_over)
+                error = UpdateError(
+                    f"unknown target {target!r}: not in the signed targets metadata"
+                )
+            if index + 1 == len(sources):
+                raise _every_source_failed(tuple(passed_over), source.label, error)
+            passed_over.append(f"{source.label}: {error}")
+            logger.warning(
+                "device %s: %s refused for %s: %s; trying the next source",
+                self._config.device_id, source.label, target, error,
+            )
+        raise UpdateError("no repository source is configured")  # sources always has the server
 
     @property
     def max_opset(self) -> int:
@@ -287,30 +355,99 @@ class ReleaseUpdater:
         return supported_opset(onnxruntime.__version__)
 
     def download(self, found: Lookup, slot: SlotName) -> Path:
-        """Fetch the artifact into the slot's incoming file; it matches the signed hashes.
+        """Fetch the release into the slot's incoming file; it matches the signed hashes.
 
-        With our fetcher this is ngclient's `download_target` without its second pass and
-        its copy: the same URL (consistent snapshot: `<dir>/<sha256>.<name>`), the same
-        length and hash check, made as the bytes arrive; the verified file is renamed."""
-        from agent.ota.fetcher import ResumableFetcher
+        Fewest bytes first: a delta from the active model, the compressed artifact, then
+        the artifact itself (`agent.ota.delta`; each checked against the release's signed
+        length and sha256 before it lands). `last_transfer` says which, and how many bytes."""
+        from agent.ota.delta import Transfer
 
         destination = self._store.incoming_path(slot)
         destination.parent.mkdir(parents=True, exist_ok=True)
         fetcher = found.fetcher
         try:
             if found.updater.find_cached_target(found.info, str(destination)) is not None:
+                self.last_transfer = Transfer("cached", found.info.path, 0)
                 return destination
-            if not isinstance(fetcher, ResumableFetcher) or not self._consistent_snapshot():
-                return Path(found.updater.download_target(found.info, str(destination)))
-            directory, sep, name = found.info.path.rpartition("/")
-            url = f"{self._config.targets_base_url}{directory}{sep}{found.sha256}.{name}"
-            return fetcher.download_verified(
-                url, found.info.length, found.info.hashes, destination
-            )
+            smaller = self._download_smaller(found, destination)
+            if smaller is not None:
+                self.last_transfer = smaller
+                return destination
+            downloaded = self._fetch_target(found, found.info, destination)
+            self.last_transfer = Transfer("full", found.info.path, found.info.length)
+            return downloaded
         except Exception as err:
-            raise map_tuf_error(err, "artifact") from err
+            if (following := self._next_artifact_source(found, err)) is not None:
+                return self.download(following, slot)
+            raise self._artifact_error(found, err) from err
         finally:
             _close(fetcher)
+
+    def _download_smaller(self, found: Lookup, destination: Path) -> Transfer | None:
+        """Rebuild the release into `destination` from the delta signed for the active
+        model, else from its compressed copy; None (logged) to fetch the artifact itself."""
+        from agent.ota import delta
+
+        places = (destination, self._config.downloads_dir / "transfers")
+        fault = self._fault or delta.no_fault
+
+        def fetch(info: TargetFile, path: Path) -> Path:
+            return self._fetch_target(found, info, path)
+
+        return delta.fetch_delta(
+            found.updater, found.info, self._active_model(), places, fetch, fault
+        ) or delta.fetch_compressed(found.updater, found.info, places, fetch, fault)
+
+    def _active_model(self) -> Path | None:
+        """The active slot's model file, the base of a delta (None without one)."""
+        try:
+            pointer = self._store.active_pointer()
+            if pointer is None:
+                return None
+            return self._store.read_slot(pointer.slot, verify=False).model_path  # hashed there
+        except UpdateError:
+            return None
+
+    def _fetch_target(self, found: Lookup, info: TargetFile, destination: Path) -> Path:
+        """Download the signed target `info` from `found`'s source into `destination`.
+
+        With our fetcher this is ngclient's `download_target` without its second pass and
+        its copy: the same URL (consistent snapshot: `<dir>/<sha256>.<name>`), the same
+        length and hash check, made as the bytes arrive; the verified file is renamed."""
+        from agent.ota.fetcher import ResumableFetcher
+
+        fetcher, base = found.fetcher, self._artifact_base(found)
+        if not isinstance(fetcher, ResumableFetcher) or not self._consistent_snapshot():
+            return Path(found.updater.download_target(info, str(destination), base))
+        directory, sep, name = info.path.rpartition("/")
+        url = f"{base}{directory}{sep}{info.hashes['sha256']}.{name}"
+        return fetcher.download_verified(url, info.length, info.hashes, destination)
+
+    def _artifact_base(self, found: Lookup) -> str:
+        """The targets URL to fetch `found`'s artifact from."""
+        return found.sources[0].targets_base_url if found.sources else self._config.targets_base_url
+
+    def _next_artifact_source(self, found: Lookup, err: Exception) -> Lookup | None:
+        """`found` for the next source if the current one failed to serve the artifact
+        (tampered bytes, a 404, a broken download) and another is left; else None."""
+        if len(found.sources) < 2 or not _source_failure(err):
+            return None
+        error = map_tuf_error(err, "artifact")
+        label = found.sources[0].label
+        logger.warning(
+            "device %s: artifact %s from %s refused: %s; trying the next source",
+            self._config.device_id, found.info.path, label, error,
+        )
+        return dataclasses.replace(
+            found, sources=found.sources[1:], passed_over=(*found.passed_over, f"{label}: {error}")
+        )
+
+    def _artifact_error(self, found: Lookup, err: Exception) -> EdgeOpsError:
+        """The error for an artifact download that failed with `err` at the last source."""
+        error = map_tuf_error(err, "artifact")
+        if not found.sources or not _source_failure(err):
+            return error
+        return _every_source_failed(found.passed_over, found.sources[0].label, error)
 
     def _consistent_snapshot(self) -> bool:
         """Whether the root ngclient just verified (and cached) uses consistent snapshots."""

@@ -1,5 +1,5 @@
 """`edgeops release`: publish a model package as a signed TUF release, list and withdraw
-releases."""
+releases, write a static mirror of the repository."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ __all__ = ["app"]
 
 app = typer.Typer(
     name="release",
-    help="Publish packaged models as signed releases (TUF targets), list and withdraw them.",
+    help="Publish packaged models as signed releases (TUF targets), list and withdraw them, "
+    "mirror them to static hosting.",
     no_args_is_help=True,
 )
 
@@ -97,6 +98,46 @@ def list_releases(home: HomeOption, as_json: JsonOption = False) -> None:
         for r in rows
     ]
     emit({"releases": rows}, as_json, "\n".join(lines) if lines else "no releases yet")
+
+
+@app.command("mirror")
+def mirror(
+    home: HomeOption,
+    to: Annotated[
+        Path,
+        typer.Option(
+            "--to",
+            help="The mirror folder: serve it with any static web server, object store or "
+            "CDN, and list its URL in the agents' `mirrors` setting.",
+        ),
+    ],
+    as_json: JsonOption = False,
+) -> None:
+    """Write the signed TUF repository and its release artifacts to the folder TO in the
+    static layout agents fetch (TO/metadata/..., TO/targets/<dir>/<sha256>.<name>).
+
+    Mirrors need no trust: agents verify every file against the keys they hold, so a
+    stale, tampered or incomplete mirror is refused and the next one is tried. Rerun it
+    after every publish or withdrawal (or on a schedule: timestamp.json expires); it copies
+    only what changed, and writes timestamp.json last, so a mirror being synced keeps
+    serving the previous release state until the new one is complete."""
+    from server.config.settings import load_settings
+    from server.registry.artifact_store import ArtifactStore
+    from server.trust.mirror import write_mirror
+
+    settings = load_settings(home)
+    report = write_mirror(settings.tuf_dir, ArtifactStore(settings.artifacts_dir), to)
+    copied = len(report.copied_targets)
+    emit(
+        report.to_json(),
+        as_json,
+        f"Mirror {report.directory} is at targets v{report.targets_version} "
+        f"(timestamp v{report.timestamp_version}): copied {copied} artifact"
+        f"{'' if copied == 1 else 's'} ({report.copied_bytes} bytes), "
+        f"{len(report.present_targets)} already there, "
+        f"{len(report.copied_metadata)} metadata file"
+        f"{'' if len(report.copied_metadata) == 1 else 's'} written",
+    )
 
 
 @app.command("withdraw")

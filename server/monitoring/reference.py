@@ -8,6 +8,7 @@ import threading
 import numpy as np
 from pydantic import ValidationError
 
+from edgeops.ota_delta import is_auxiliary_target
 from edgeops.schemas import ReleaseInfo
 from server.monitoring.detector import Reference
 from server.monitoring.statistics import pad_v1
@@ -59,6 +60,8 @@ class RepositoryReferences:
             return
         by_key: dict[str, Reference] = {}
         for entry in self._repository.targets():
+            if is_auxiliary_target(entry.custom):
+                continue  # a delta or compressed copy of a release, not a release
             try:
                 info = ReleaseInfo.from_custom(entry.custom)
             except (ValueError, ValidationError) as err:

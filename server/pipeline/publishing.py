@@ -17,9 +17,11 @@ run, and validated against its schema before anything is recorded or signed.
 Order of effects, so agents never see half a release: validate everything (including
 each model against its own golden vectors), store the artifacts (content-addressed,
 invisible to agents), record both versions and the release in one database transaction,
-and only then sign the TUF target; timestamp.json, written last, is what makes it
-visible. If signing fails the database rows are removed again; if the process dies before
-signing, the next publish removes them (`drop_unsigned_releases`).
+and only then sign the TUF target, with the deltas from the releases devices run and
+the compressed artifact (`server.pipeline.deltas`) in the same targets version;
+timestamp.json, written last, is what makes them visible. If signing fails the database
+rows are removed again; if the process dies before signing, the next publish removes them
+(`drop_unsigned_releases`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from edgeops.schemas import ModelFormat, ReleaseInfo, target_path
 from server.config.settings import ServerSettings
 from server.governance import audit_chain
 from server.governance.model_card import CardSource, signed_card
+from server.pipeline.deltas import auxiliary_targets
 from server.registry.artifact_store import ArtifactStore
 from server.registry.registry import FORMATS, Lineage, NewVersion, Registry
 from server.trust.repository import TufRepository
@@ -293,8 +296,10 @@ def publish_package(
             release=(fmt, path, expected_targets_version),
         )
         try:
+            extra = _auxiliary_targets(settings, session_factory, repository, path,
+                                       package.model_files[fmt])  # fmt: skip
             targets_version = repository.add_target(
-                path, package.model_files[fmt], infos[fmt].to_custom()
+                path, package.model_files[fmt], infos[fmt].to_custom(), also=extra
             )
         except BaseException:
             logger.error(
@@ -326,6 +331,29 @@ def publish_package(
         release_info=infos[fmt],
         version_ids={r.format: r.id for r in records},
     )
+
+
+def _auxiliary_targets(
+    settings: ServerSettings,
+    session_factory: sessionmaker,
+    repository: TufRepository,
+    release_target: str,
+    artifact: Path,
+) -> list[tuple[str, Path, dict[str, Any]]]:
+    """The deltas and compressed copy to sign with the release, stored in the artifact
+    store; none if computing them fails (the release does not depend on them)."""
+    store = ArtifactStore(settings.artifacts_dir)
+    try:
+        made = auxiliary_targets(
+            session_factory, store, repository.targets(), release_target, artifact
+        )
+        return [
+            (target.path, store.path_for(store.put_bytes(target.data)[0]), target.custom)
+            for target in made
+        ]
+    except Exception:
+        logger.exception("no deltas for %s: computing them failed", release_target)
+        return []
 
 
 def _with_model_card(

@@ -41,7 +41,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
@@ -490,26 +490,37 @@ class TufRepository:
         artifact_path: Path,
         custom: dict[str, Any],
         now: datetime | None = None,
+        *,
+        also: Sequence[tuple[str, Path, dict[str, Any]]] = (),
     ) -> int:
-        """Sign `artifact_path` as `target_path` with `custom`; return the new targets version.
+        """Sign `artifact_path` as `target_path` with `custom`, and each (target path,
+        artifact path, custom) of `also` (a release's deltas), all in one new targets
+        version, so that clients see all of them or none; return that version.
 
-        RegistryError if the target path is already signed (targets are immutable).
+        RegistryError if a target path is already signed (targets are immutable).
         """
-        validate_target_path(target_path)
-        try:
-            target = TargetFile.from_file(target_path, str(artifact_path), [HASH_ALGORITHM])
-        except OSError as err:
-            raise ConfigError(f"cannot read artifact {artifact_path}: {err}") from err
-        target.unrecognized_fields["custom"] = canonical_json_safe(custom)
+        signed: dict[str, TargetFile] = {}
+        for path, artifact, extra in ((target_path, artifact_path, custom), *also):
+            validate_target_path(path)
+            if path in signed:
+                raise RegistryError(f"TUF target {path!r} is given twice")
+            try:
+                signed[path] = TargetFile.from_file(path, str(artifact), [HASH_ALGORITHM])
+            except OSError as err:
+                raise ConfigError(f"cannot read artifact {artifact}: {err}") from err
+            signed[path].unrecognized_fields["custom"] = canonical_json_safe(extra)
         with self.locked():
             root, targets, snapshot, timestamp = self._current()
-            if target_path in targets.signed.targets:
-                raise RegistryError(
-                    f"TUF target {target_path!r} already exists; targets are immutable"
-                )
-            targets.signed.targets[target_path] = target
+            for path in signed:
+                if path in targets.signed.targets:
+                    raise RegistryError(
+                        f"TUF target {path!r} already exists; targets are immutable"
+                    )
+            targets.signed.targets.update(signed)
             self._commit(root, targets, snapshot, timestamp, now or _utcnow())
-            logger.info("signed target %s in targets v%d", target_path, targets.signed.version)
+            logger.info(
+                "signed target %s in targets v%d", ", ".join(signed), targets.signed.version
+            )
             return targets.signed.version
 
     def remove_target(self, target_path: str, now: datetime | None = None) -> int:

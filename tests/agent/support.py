@@ -156,8 +156,13 @@ class TufTestRepository:
     def add_release(self, release: ReleaseInfo, data: bytes) -> str:
         """Sign `data` as the release's target and publish. Returns the target path."""
         path = target_path(release.model, release.version, release.format)
+        return self.add_signed(path, data, release.to_custom())
+
+    def add_signed(self, path: str, data: bytes, custom: dict[str, Any]) -> str:
+        """Sign `data` as the target `path` with `custom` (a release, a delta, a compressed
+        copy) and publish. Returns the target path."""
         info = TargetFile.from_data(path, data, ["sha256"])
-        info.unrecognized_fields["custom"] = release.to_custom()
+        info.unrecognized_fields["custom"] = custom
         self.targets.signed.targets[path] = info
         artifact = self.artifact_path(info)
         artifact.parent.mkdir(parents=True, exist_ok=True)

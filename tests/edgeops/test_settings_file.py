@@ -24,6 +24,7 @@ class Demo:
     limit: int | None = None
     label: str | None = None
     data_dir: Path = Path("data")
+    tags: tuple[str, ...] = ()
 
 
 def load(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> Demo:
@@ -38,6 +39,16 @@ def test_file_values_are_converted_by_field_type(tmp_path: Path) -> None:
 
     assert loaded == Demo(tmp_path, "a", 7, 2.0, True, None, None, Path("x"))
     assert isinstance(loaded.ratio, float)
+
+
+def test_a_string_list_is_a_toml_array_or_a_separated_variable(tmp_path: Path) -> None:
+    from_file = load(tmp_path, 'name = "a"\ntags = ["x", "y"]\n')
+    from_env = load(tmp_path, 'name = "a"\ntags = ["x"]\n', {"EDGEOPS_DEMO_TAGS": "p, q r"})
+
+    assert from_file.tags == ("x", "y")
+    assert from_env.tags == ("p", "q", "r")
+    with pytest.raises(ConfigError, match="setting 'tags' must be an array of strings"):
+        load(tmp_path, 'name = "a"\ntags = "x"\n')
 
 
 def test_environment_overrides_the_file(tmp_path: Path) -> None:

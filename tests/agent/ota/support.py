@@ -307,6 +307,23 @@ class ControlledRepository(TufTestRepository):
 # Agent homes ----------------------------------------------------------------------------
 
 
+def ota_config(home: Path, server_url: str, **overrides: Any) -> AgentConfig:
+    """An agent's settings for OTA tests: no broker, short timeouts, a short health window."""
+    values: dict[str, Any] = dict(
+        home=home,
+        device_id="ota-dev",
+        server_url=server_url,
+        broker_port=9,  # nothing listens: these tests need no broker
+        request_timeout_s=5.0,
+        download_retries=2,
+        download_backoff_s=0.01,
+        health_window_s=0.2,
+        health_min_samples=0,
+    )
+    values.update(overrides)
+    return AgentConfig(**values)
+
+
 @dataclass
 class OtaSetup:
     repo: ControlledRepository
@@ -315,19 +332,7 @@ class OtaSetup:
     weights: dict[int, np.ndarray] = field(default_factory=dict)
 
     def config(self, **overrides: Any) -> AgentConfig:
-        values: dict[str, Any] = dict(
-            home=self.home,
-            device_id="ota-dev",
-            server_url=self.server.url,
-            broker_port=9,  # nothing listens: these tests need no broker
-            request_timeout_s=5.0,
-            download_retries=2,
-            download_backoff_s=0.01,
-            health_window_s=0.2,
-            health_min_samples=0,
-        )
-        values.update(overrides)
-        return AgentConfig(**values)
+        return ota_config(**{"home": self.home, "server_url": self.server.url, **overrides})
 
     def release(
         self, version: int, *, scale: float = 1.0, **info: Any

@@ -8,6 +8,7 @@ like `edgeops agent run`); `EDGEOPS_AGENT_FAULT_POINT` makes it SIGKILL itself a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -59,11 +60,16 @@ HAPPY = [
 ]
 REGRESSING = ["health_window:exit", "rolling_back:enter", "mid_rollback", "rolling_back:exit", "rolled_back:enter"]
 BROKEN = ["smoke_testing:enter", "update_failed:enter"]
+# agent.ota.delta: inside the apply of a delta, and of a compressed artifact
+DELTA = ["delta:downloaded", "delta:mid_apply", "delta:written", "downloading:exit"]
+COMPRESSED = ["compressed:downloaded", "compressed:written"]
 # (scenario, fault point) -> the state the update must end in after the restart
 CASES = (
     [("good", p, "committed") for p in HAPPY]
     + [("regressing", p, "rolled_back") for p in REGRESSING]
     + [("broken", p, "update_failed") for p in BROKEN]
+    + [("delta", p, "committed") for p in DELTA]
+    + [("compressed", p, "committed") for p in COMPRESSED]
 )
 
 
@@ -80,7 +86,43 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[OtaSetu
         broken, data = setup.release(4, health=LENIENT)
         wrong = setup.release(5)[0].golden  # golden vectors of another model
         targets["broken"] = repo.add_release(broken.model_copy(update={"golden": wrong}), data)
+        targets["delta"] = _with_delta(setup, 6)
+        targets["compressed"] = _with_compressed(setup, 7)
         yield setup, targets
+
+
+def _with_delta(setup: OtaSetup, version: int) -> str:
+    """Release `version`, v1's weights slightly moved, and the signed delta to it from v1."""
+    from edgeops import ota_delta
+    from edgeops.ota_delta import Region
+    from server.pipeline.deltas import initializers
+
+    old = setup.release(1)[1]
+    setup.weights[version] = setup.weights[1] + np.float32(1e-3)
+    release, new = setup.release(version, health=LENIENT)
+    target = setup.repo.add_release(release, new)
+    w_old, w_new = initializers(old)["W"], initializers(new)["W"]
+    delta = ota_delta.encode(old, new, [Region(w_old.offset, w_new.offset, w_new.length, 4)])
+    old_sha, new_sha = (hashlib.sha256(d).hexdigest() for d in (old, new))
+    setup.repo.add_signed(ota_delta.delta_target_path(target, old_sha), delta, {"delta": {
+        "from_sha256": old_sha, "to": target, "to_sha256": new_sha, "to_length": len(new),
+    }})  # fmt: skip
+    return target
+
+
+def _with_compressed(setup: OtaSetup, version: int) -> str:
+    """Release `version` and its signed zstd-compressed copy."""
+    import zstandard
+
+    from edgeops import ota_delta
+
+    release, data = setup.release(version, health=LENIENT)
+    target = setup.repo.add_release(release, data)
+    setup.repo.add_signed(
+        ota_delta.compressed_target_path(target), zstandard.ZstdCompressor(level=19).compress(data),
+        {"compressed": {"of": target, "sha256": hashlib.sha256(data).hexdigest(), "length": len(data)}},
+    )  # fmt: skip
+    return target
 
 
 def run_driver(home: Path, target: str, fault: str | None) -> subprocess.CompletedProcess[str]:
@@ -145,7 +187,7 @@ def kill_and_restart(
     return problems
 
 
-@pytest.mark.parametrize("scenario", ["good", "regressing", "broken"])
+@pytest.mark.parametrize("scenario", ["good", "regressing", "broken", "delta", "compressed"])
 def test_sigkill_at_every_point_of_an_update(
     template: tuple[OtaSetup, dict[str, str]], tmp_path: Path, scenario: str
 ) -> None:
