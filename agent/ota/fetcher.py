@@ -23,6 +23,13 @@ with the standard library's HTTP client, and overrides `download_file` for artif
   response was read to the end; one the server closed while idle is reopened at once (not
   counted as a retry). Redirects are followed, at most 5; `https_proxy`, `http_proxy`
   and `no_proxy` are honoured as urllib honours them.
+
+Why the standard library and not urllib3 (installed with tuf): a rebuild on urllib3's
+pools and proxies (issue 17) came to 528 lines against these 530 and cost 12-53 % more
+client CPU per download (50 MB `download_verified`: 103 vs 92 ms CPU). What stays
+hand-written either way is what urllib3 does not bound: it reads a redirect's body with no
+deadline (a trickling 302 stalls an update) and sends every hop through the first hop's
+proxy, and it drains error bodies without a time limit.
 """
 
 from __future__ import annotations

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import random
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -218,6 +220,55 @@ def test_redirects_are_followed_a_few_times(server: RepoServer, tmp_path: Path) 
     with pytest.raises(tuf_errors.DownloadError, match="more than 5 redirects"):
         fetch.download_bytes(server.url + "/loop", 1000)
     assert server.connections == 1
+
+
+def test_a_redirect_whose_body_trickles_does_not_stall_the_update(
+    server: RepoServer, tmp_path: Path
+) -> None:
+    def redirect_slowly(handler: RangeHandler, _data: bytes) -> None:
+        handler.send_response(302)
+        handler.send_header("Location", "/tuf/metadata/timestamp.json")
+        handler.send_header("Content-Length", "1000")
+        handler.end_headers()
+        handler.wfile.flush()
+        time.sleep(4)  # ... and send none of the body
+        handler.close_connection = True
+
+    server.behaviours[r"/moved/timestamp"] = redirect_slowly
+    fetch, sleeps = fetcher(tmp_path, timeout_s=30.0)
+    started = time.monotonic()
+    assert fetch.download_bytes(server.url + "/moved/timestamp.json", 1000) == b"x" * 1000
+    assert time.monotonic() - started < 1 + DRAIN_S  # not the 30 s read timeout
+    assert server.connections == 2 and sleeps == []
+
+
+def test_the_body_is_the_bytes_served_whatever_content_encoding_says(
+    server: RepoServer, tmp_path: Path
+) -> None:
+    def label_as_gzip(handler: RangeHandler, data: bytes) -> None:
+        body = gzip.compress(data)
+        handler.send_response(200)
+        handler.send_header("Content-Encoding", "gzip")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    server.behaviours[r"timestamp"] = label_as_gzip
+    fetch, _ = fetcher(tmp_path)
+    # Signed lengths and hashes are of the bytes on the wire: nothing may decode them.
+    served = fetch.download_bytes(server.url + "/tuf/metadata/timestamp.json", 1000)
+    assert served == gzip.compress(b"x" * 1000)
+
+
+def test_a_refused_connection_is_retried_and_is_not_a_slow_retrieval(tmp_path: Path) -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]  # nothing listens on it
+    fetch, sleeps = fetcher(tmp_path)
+    with pytest.raises(tuf_errors.DownloadError, match="after 4 attempts") as raised:
+        fetch.download_bytes(f"http://127.0.0.1:{port}/tuf/metadata/timestamp.json", 1000)
+    assert not isinstance(raised.value, tuf_errors.SlowRetrievalError)
+    assert len(sleeps) == 3
 
 
 def test_the_environment_s_http_proxy_is_used_unless_no_proxy_names_the_host(
