@@ -1,31 +1,32 @@
-"""OTA cost: fetch, verify and install a 1, 10 and 50 MB model through the real server (HTTP +
-TUF) and the real agent updater, as a ratio to a plain HTTP download of the same file to
-disk plus its SHA-256, in the same run; and the agent's peak RSS during the updates.
+"""OTA cost, through the real server (HTTP + TUF) and the real agent updater, measured
+against what the same bytes cost without an update, in the same run.
 
-    python benchmarks/bench_ota.py --quick     # a few seconds: best of 3 updates per size
-    python benchmarks/bench_ota.py             # best of 10 updates per size
-    python benchmarks/bench_ota.py --quick --rtt-ms 50   # both through a 50 ms link
+    python benchmarks/bench_ota.py --quick     # about a minute: best of 3 updates per size
+    python benchmarks/bench_ota.py             # best of 10, and a 10 MB size too
+    python benchmarks/bench_ota.py --quick --rtt-ms 50   # the older latency-only view
 
-The server (uvicorn, TUF repository, artifact store) runs in this process; the agent runs
-in a child process (this script with --agent) whose RSS is sampled every 5 ms with psutil.
-With --rtt-ms the baseline and the updates reach the server through `DelayLink`, a relay
-that adds latency (not a bandwidth limit): on loopback an update's fixed cost is CPU and
-fsync, on a real link it is round trips.
+The fixed cost of an update is the TUF refresh (four sequential metadata round trips by
+design, after the root N+1 probe) plus the durable journal, so a ratio to a bare download
+says little at 1 MB. The last line printed is one JSON object with:
 
-Each update starts with the agent's `update` command and is timed twice, from the state
-history the agent journals:
+- `overhead_ms_1mb`: on loopback, what the update adds to a plain HTTP download of the same
+  1 MB file to disk plus its SHA-256 (best of the baseline sampled 3 times per update);
+- `link_ratio_1mb`: through `DelayLink` at 50 ms RTT and 10 Mbit/s each way, the 1 MB
+  install time / (4 x RTT + the artifact's transfer time at link speed);
+- `bytes_on_wire_ratio`: bytes the agent received under /tuf/targets/ to update a digits
+  int8 release to its warm-started retrain / the retrain's full artifact (a delta);
+  `unrelated_bytes_ratio`: the same for an unrelated model (no delta: the compressed copy
+  or the artifact); `bytes_on_wire_ratio_with_metadata` adds the TUF metadata the update
+  fetched (per-update bytes under `wire`);
+- `ratio_50mb`: install time / plain download for 50 MB, and `rss_mb`, the agent's peak
+  RSS during the loopback updates.
 
-- install (`ratio_*`): TUF refresh (root, timestamp, snapshot, targets), download with the
-  length and hash check, and the durable move into the inactive A/B slot (state `staged`)
-  - the issue's "fetch, verify and install"; its model checks come after install;
-- serving (`serving_ratio_*`): on through the golden-vector smoke test (which loads the
-  model into onnxruntime) and the switch, until the new model answers predictions
-  (the health window is set to zero).
-
-The last line printed is one JSON object: ratio_1mb, ratio_10mb, ratio_50mb, rss_mb, and
-the serving_ratio_* and millisecond figures behind them; overhead_ms_* is what the update
-adds to the plain download: a fixed part (TUF refresh, journal saves) and the durable
-write of the model, which grows with its size.
+Install time runs from the agent's `update` command to the model durably in its inactive
+A/B slot (state `staged`, read from the journal): TUF refresh, download with the length and
+hash check, staging. The server (uvicorn, TUF repository, artifact store) runs in this
+process; the timed agent runs in a child process (this script with --agent) whose RSS is
+sampled every 5 ms with psutil. `loopback` keeps every per-size figure (serving_ratio_*
+goes on through the smoke test and the switch until the new model answers).
 """
 
 from __future__ import annotations
@@ -47,8 +48,10 @@ from typing import Any
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # the tests' models and helpers (tests.*)
 SIZES_MB = (1, 10, 50)
 PLAIN_SAMPLES = 3  # baseline downloads per timed update
+LINK_RTT_MS, LINK_MBIT_S = 50.0, 10.0  # the link of `link_ratio_1mb`
 
 
 def build_model(weights: np.ndarray, pad_bytes: int) -> bytes:
@@ -137,13 +140,15 @@ def agent_main(spec_path: Path) -> None:
 
 
 class DelayLink:
-    """A TCP relay in front of the server that delays every byte by half the round trip
-    each way, and a new connection by one round trip (the TCP handshake): a link with
-    latency and no bandwidth limit, shared by the baseline and the update."""
+    """A TCP relay in front of the server: every byte is delayed by half the round trip each
+    way and, with `mbit_s`, paced to that rate each way (a byte leaves only once the bytes
+    before it have gone); a new connection costs one round trip (the TCP handshake). The
+    baseline and the update share it."""
 
-    def __init__(self, upstream_port: int, rtt_s: float) -> None:
+    def __init__(self, upstream_port: int, rtt_s: float, mbit_s: float | None = None) -> None:
         self._upstream_port = upstream_port
         self._rtt_s = rtt_s
+        self._bytes_per_s = None if mbit_s is None else mbit_s * 1e6 / 8
         self._ready = threading.Event()
         self.port = 0
         threading.Thread(target=self._run, name="delay-link", daemon=True).start()
@@ -168,6 +173,7 @@ class DelayLink:
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        wire_free_at = 0.0  # when the bytes already queued have left (rate-limited links)
 
         async def send() -> None:
             while True:
@@ -182,11 +188,16 @@ class DelayLink:
 
         sender = asyncio.create_task(send())
         try:
-            while data := await reader.read(256 * 1024):
-                queue.put_nowait((loop.time() + self._rtt_s / 2, data))
+            # Small reads, so a paced link delivers in steps of ~13 ms at 10 Mbit/s.
+            while data := await reader.read(16 * 1024):
+                sent_at = loop.time()
+                if self._bytes_per_s is not None:
+                    wire_free_at = max(wire_free_at, sent_at) + len(data) / self._bytes_per_s
+                    sent_at = wire_free_at
+                queue.put_nowait((sent_at + self._rtt_s / 2, data))
         except OSError:
             pass
-        queue.put_nowait((loop.time() + self._rtt_s / 2, b""))
+        queue.put_nowait((max(loop.time(), wire_free_at) + self._rtt_s / 2, b""))
         try:
             await sender
         except OSError:
@@ -196,7 +207,8 @@ class DelayLink:
 # The server side and the measurement -------------------------------------------------------
 
 
-def run(quick: bool, rtt_ms: float = 0.0) -> dict[str, Any]:
+def run(quick: bool, rtt_ms: float = 0.0, mbit_s: float | None = None,
+        sizes_mb: tuple[int, ...] = SIZES_MB) -> dict[str, Any]:
     import psutil
     import uvicorn
 
@@ -236,9 +248,10 @@ def run(quick: bool, rtt_ms: float = 0.0) -> dict[str, Any]:
 
     base_target, base_path, _ = release(1, 0)
     sizes: dict[str, Any] = {}
-    for i, size_mb in enumerate(SIZES_MB):
-        target, _path, sha = release(10 + i, size_mb * 1024 * 1024)
-        sizes[f"{size_mb}mb"] = {"target": target, "sha": sha, "homes": []}
+    for i, size_mb in enumerate(sizes_mb):
+        target, path, sha = release(10 + i, size_mb * 1024 * 1024)
+        sizes[f"{size_mb}mb"] = {"target": target, "sha": sha, "homes": [],
+                                 "bytes": path.stat().st_size}
 
     app = build_app(settings, with_fleet=False)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
@@ -248,7 +261,7 @@ def run(quick: bool, rtt_ms: float = 0.0) -> dict[str, Any]:
         time.sleep(0.02)
     port = server.servers[0].sockets[0].getsockname()[1]
     if rtt_ms > 0:
-        port = DelayLink(port, rtt_ms / 1000).port
+        port = DelayLink(port, rtt_ms / 1000, mbit_s).port
     url = f"http://127.0.0.1:{port}"
     root = (settings.tuf_dir / "metadata" / "1.root.json").read_bytes()
     for key, item in sizes.items():
@@ -309,9 +322,95 @@ def run(quick: bool, rtt_ms: float = 0.0) -> dict[str, Any]:
         result[f"install_ms_{key}"] = round(install * 1e3, 2)
         result[f"overhead_ms_{key}"] = round((install - plain) * 1e3, 2)  # what OTA adds
         result[f"serving_ms_{key}"] = round(serving * 1e3, 2)
+        result[f"artifact_bytes_{key}"] = sizes[key]["bytes"]
     result["rss_mb"] = round(peak / 1e6, 1)
     result["rtt_ms"] = rtt_ms
     result["mode"] = "quick" if quick else "full"
+    return result
+
+
+class CountingApp:
+    """The server's ASGI app, counting the body bytes it sends under /tuf/."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.targets_bytes = 0
+        self.metadata_bytes = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+
+        async def counting(message: Any) -> None:
+            if message["type"] == "http.response.body":
+                size = len(message.get("body", b""))
+                if path.startswith("/tuf/targets/"):
+                    self.targets_bytes += size
+                elif path.startswith("/tuf/metadata/"):
+                    self.metadata_bytes += size
+            await send(message)
+
+        await self.app(scope, receive, counting)
+
+
+def wire_bytes() -> dict[str, Any]:
+    """Bytes the agent receives to update from a digits int8 release to (a) its warm-started
+    retrain, (b) an unrelated model, each as a ratio to the full artifact. The models are
+    trained, exported and quantized as `edgeops model package` does (tests/edgeops/
+    delta_models.py); the server publishes them with its deltas and compressed copies."""
+    import shutil
+    from datetime import UTC, datetime
+
+    from agent import Agent, AgentConfig, init_agent_home
+    from edgeops.messages import Command
+    from server.app.build import build_app
+    from server.app.home import init_home
+    from server.config.settings import ServerSettings
+    from server.db.engine import close_database, open_database
+    from server.db.tables import Device
+    from server.pipeline.publishing import publish_package
+    from server.registry.artifact_store import ArtifactStore
+    from tests.agent.support import install_model
+    from tests.edgeops.delta_models import build_delta_models, write_package
+    from tests.server.helpers import live_server
+
+    work = Path(tempfile.mkdtemp(prefix="bench-ota-wire-"))
+    models = build_delta_models(work / "models")
+    settings = ServerSettings(home=work / "server", http_port=0)
+    init_home(settings)
+    factory = open_database(settings.resolved_database_url)
+    try:
+        v1 = publish_package(settings, factory, write_package(work / "v1", models.base))
+        with factory.begin() as session:  # a device of the fleet runs v1: deltas from it
+            session.add(Device(device_id="fleet-1", online=True, model="digits", version=1,
+                               release=v1.target_path,
+                               first_seen_at=datetime.now(UTC).replace(tzinfo=None)))
+        v2 = publish_package(settings, factory, write_package(work / "v2", models.retrain))
+        v3 = publish_package(settings, factory, write_package(work / "v3", models.unrelated))
+    finally:
+        close_database(factory)
+    store = ArtifactStore(settings.artifacts_dir)
+    root = (settings.tuf_dir / "metadata" / "1.root.json").read_bytes()
+    app = CountingApp(build_app(settings, with_fleet=False))
+    result: dict[str, Any] = {}
+    with live_server(app) as url:
+        for name, release in (("retrain", v2), ("unrelated", v3)):
+            home = work / f"device-{name}"
+            config = AgentConfig(home=home, device_id=f"wire-{name}", server_url=url,
+                                 broker_port=9, health_window_s=0.0, health_min_samples=0)
+            init_agent_home(home, config, root)
+            install_model(home, v1.release_info, store.path_for(v1.artifact_sha256).read_bytes())
+            app.targets_bytes = app.metadata_bytes = 0
+            agent = Agent(config).start()
+            try:
+                status = agent.handle_command(Command(kind="update", target=release.target_path))
+                if status.state == "update_failed" or not agent.wait_for_state("committed", 20):
+                    raise SystemExit(f"{name} update failed: {agent.status().reason}")
+            finally:
+                agent.stop(timeout_s=2)
+            full = store.path_for(release.artifact_sha256).stat().st_size
+            result[name] = {"full_bytes": full, "received_bytes": app.targets_bytes,
+                            "metadata_bytes": app.metadata_bytes}
+    shutil.rmtree(work, ignore_errors=True)
     return result
 
 
@@ -332,7 +431,35 @@ def main() -> None:
         else:
             agent_main(args.agent)
         return
-    print(json.dumps(run(args.quick, args.rtt_ms)))
+    if args.rtt_ms > 0:  # the old latency-only view, kept for comparison
+        print(json.dumps(run(args.quick, args.rtt_ms)))
+        return
+    loopback = run(args.quick, sizes_mb=(1, 50) if args.quick else SIZES_MB)
+    link = run(args.quick, LINK_RTT_MS, LINK_MBIT_S, sizes_mb=(1,))
+    wire = wire_bytes()
+    transfer_s = link["artifact_bytes_1mb"] * 8 / (LINK_MBIT_S * 1e6)
+    floor_s = 4 * LINK_RTT_MS / 1000 + transfer_s
+    figures = {
+        "overhead_ms_1mb": loopback["overhead_ms_1mb"],
+        "link_ratio_1mb": round(link["install_ms_1mb"] / 1e3 / floor_s, 3),
+        "bytes_on_wire_ratio": round(wire["retrain"]["received_bytes"] / wire["retrain"]["full_bytes"], 3),
+        # The same with the TUF metadata the update fetched (its targets carry every
+        # release's custom: golden vectors, drift reference), which no delta shrinks.
+        "bytes_on_wire_ratio_with_metadata": round(
+            (wire["retrain"]["received_bytes"] + wire["retrain"]["metadata_bytes"])
+            / wire["retrain"]["full_bytes"], 3),
+        "unrelated_bytes_ratio": round(
+            wire["unrelated"]["received_bytes"] / wire["unrelated"]["full_bytes"], 3),
+        "ratio_50mb": loopback["ratio_50mb"],
+        "rss_mb": loopback["rss_mb"],
+        "link_install_ms_1mb": link["install_ms_1mb"],
+        "link_floor_ms_1mb": round(floor_s * 1e3, 1),
+        "link": {"rtt_ms": LINK_RTT_MS, "mbit_s": LINK_MBIT_S},
+        "wire": wire,
+        "loopback": loopback,
+        "mode": "quick" if args.quick else "full",
+    }
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":
