@@ -270,19 +270,25 @@ class ReleaseUpdater:
             _close(fetcher)  # a Lookup that is returned closes it after the download
             raise
 
-    def _active_release(self) -> ReleaseInfo | None:
-        """The release the active slot serves; None without a usable one (nothing to
-        protect, and refusing would keep a device with a broken slot from healing)."""
+    def _active_record(self, wanted_for: str) -> SlotRecord | None:
+        """The active slot's record (unverified: who uses its model hashes it); None
+        without a usable one, logged with what it was `wanted_for`."""
         try:
             pointer = self._store.active_pointer()
             if pointer is None:
                 return None
-            return self._store.read_slot(pointer.slot, verify=False).release
+            return self._store.read_slot(pointer.slot, verify=False)
         except UpdateError as err:
             logger.warning(
-                "device %s: no active release to compare with: %s", self._config.device_id, err
+                "device %s: no active slot %s: %s", self._config.device_id, wanted_for, err
             )
             return None
+
+    def _active_release(self) -> ReleaseInfo | None:
+        """The release the active slot serves; None without a usable one (nothing to
+        protect, and refusing would keep a device with a broken slot from healing)."""
+        record = self._active_record("to compare releases with")
+        return None if record is None else record.release
 
     def _lookup(self, target: str, fetcher: FetcherInterface) -> Lookup:
         sources = self._config.repository_sources
@@ -399,14 +405,10 @@ class ReleaseUpdater:
         ) or delta.fetch_compressed(found.updater, found.info, places, fetch, fault)
 
     def _active_model(self) -> Path | None:
-        """The active slot's model file, the base of a delta (None without one)."""
-        try:
-            pointer = self._store.active_pointer()
-            if pointer is None:
-                return None
-            return self._store.read_slot(pointer.slot, verify=False).model_path  # hashed there
-        except UpdateError:
-            return None
+        """The active slot's model file, the base of a delta (None without one; the delta
+        code hashes it)."""
+        record = self._active_record("to build a delta on")
+        return None if record is None else record.model_path
 
     def _fetch_target(self, found: Lookup, info: TargetFile, destination: Path) -> Path:
         """Download the signed target `info` from `found`'s source into `destination`.
