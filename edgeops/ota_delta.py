@@ -109,6 +109,15 @@ def is_auxiliary_target(custom: dict[str, Any]) -> bool:
     return "delta" in custom or "compressed" in custom
 
 
+def auxiliary_release(custom: dict[str, Any]) -> str | None:
+    """The release target a delta or compressed copy rebuilds, or None for a release."""
+    if isinstance(custom.get("delta"), dict):
+        return custom["delta"].get("to")
+    if isinstance(custom.get("compressed"), dict):
+        return custom["compressed"].get("of")
+    return None
+
+
 # Encoding -------------------------------------------------------------------------------
 
 

@@ -1,5 +1,7 @@
-"""Withdraw a release: mark it in the registry, then remove its target from the signed
-targets (new targets, snapshot and timestamp versions), with an audit entry.
+"""Withdraw a release: mark it in the registry, then remove its target, with the deltas and
+compressed copy that rebuild it, from the signed targets (new targets, snapshot and
+timestamp versions), with an audit entry. Deltas *from* it to later releases stay: a
+device that runs it may still take them, and they arrive at releases that are signed.
 
 The order matters for a crash in between: the registry is marked first, so a rerun finds the
 mark and finishes the removal; the other order would leave an unsigned, unmarked release,
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import sessionmaker
 
+from edgeops import ota_delta
 from server.config.settings import ServerSettings
 from server.governance import audit_chain
 from server.registry.artifact_store import ArtifactStore
@@ -61,12 +64,16 @@ def withdraw_release(
     with repository.locked():  # no publish drops the release while it is half withdrawn
         before = registry.find_release(target_path)
         release = registry.mark_withdrawn(target_path, reason, force=force)
-        signed = {target.path for target in repository.targets()}
-        if target_path in signed:
-            targets_version = repository.remove_target(target_path)
+        entries = repository.targets()
+        signed = [
+            e.path for e in entries
+            if target_path in (e.path, ota_delta.auxiliary_release(e.custom))
+        ]  # fmt: skip
+        if signed:  # a rerun after a crash, or a withdrawal from before deltas, finds fewer
+            targets_version = repository.remove_targets(signed)
         else:
             targets_version = repository.targets_version()
-    already = before.withdrawn_at is not None and target_path not in signed
+    already = before.withdrawn_at is not None and not signed
     if not already:
         with session_factory.begin() as session:
             audit_chain.append(

@@ -523,23 +523,30 @@ class TufRepository:
             )
             return targets.signed.version
 
-    def remove_target(self, target_path: str, now: datetime | None = None) -> int:
-        """Withdraw `target_path` from the signed targets (new targets, snapshot and
-        timestamp versions); return the new targets version.
+    def remove_targets(self, target_paths: Sequence[str], now: datetime | None = None) -> int:
+        """Withdraw `target_paths` (a release, its deltas and compressed copy) from the
+        signed targets in one new targets version (with new snapshot and timestamp
+        versions); return that version.
 
-        Clients that refresh no longer find it, so they cannot verify, hence install, it;
-        the artifact stays in the store for the record. NotFoundError if it is not signed.
+        Clients that refresh no longer find them, so they cannot verify, hence install,
+        them; the artifacts stay in the store for the record. NotFoundError, and nothing
+        removed, if one of them is not signed.
         """
         with self.locked():
             root, targets, snapshot, timestamp = self._current()
-            if target_path not in targets.signed.targets:
-                raise NotFoundError(
-                    f"TUF target {target_path!r} is not in the signed targets "
-                    f"(targets v{targets.signed.version})"
-                )
-            del targets.signed.targets[target_path]
+            for path in target_paths:
+                if path not in targets.signed.targets:
+                    raise NotFoundError(
+                        f"TUF target {path!r} is not in the signed targets "
+                        f"(targets v{targets.signed.version})"
+                    )
+            for path in target_paths:
+                del targets.signed.targets[path]
             self._commit(root, targets, snapshot, timestamp, now or _utcnow())
-            logger.warning("withdrew target %s in targets v%d", target_path, targets.signed.version)
+            logger.warning(
+                "withdrew target %s in targets v%d", ", ".join(target_paths),
+                targets.signed.version,
+            )
             return targets.signed.version
 
     def refresh_timestamp(self, now: datetime | None = None) -> int:

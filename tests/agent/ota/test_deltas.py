@@ -155,7 +155,7 @@ def _replace_blob(fleet: Fleet, path: str, data: bytes) -> None:
 def _resign(fleet: Fleet, path: str, data: bytes, custom: dict[str, Any]) -> None:
     """Sign other bytes or another custom at `path` (a compromised or buggy publisher)."""
     repository = TufRepository(fleet.settings.tuf_dir)
-    repository.remove_target(path)
+    repository.remove_targets([path])
     sha256, _ = fleet.store.put_bytes(data)
     repository.add_target(path, fleet.store.path_for(sha256), custom)
 

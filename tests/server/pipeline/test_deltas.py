@@ -154,3 +154,28 @@ def test_the_tuf_route_serves_a_signed_delta(
     assert served.status_code == 200 and len(served.content) == delta.length
     assert ranged.status_code == 206 and ranged.content == served.content[100:]
     assert wrong.status_code == 404
+
+
+def test_withdrawing_a_release_removes_its_deltas_and_compressed_copy_in_one_version(
+    server_settings: ServerSettings, session_factory: sessionmaker, publish_two: PublishTwo,
+    models: DeltaModels,
+) -> None:
+    from server.pipeline.withdrawal import withdraw_release
+
+    v1, v2 = publish_two(models.base, models.retrain)
+    delta = ota_delta.delta_target_path(v2.target_path, v1.artifact_sha256)
+    v1_copy, v2_copy = (ota_delta.compressed_target_path(r.target_path) for r in (v1, v2))
+    assert {delta, v1_copy, v2_copy} <= set(_signed(server_settings))
+    before = TufRepository(server_settings.tuf_dir).targets_version()
+
+    withdrawn = withdraw_release(
+        server_settings, session_factory, v2.target_path, reason="bad", actor="test"
+    )
+
+    assert set(_signed(server_settings)) == {v1.target_path, v1_copy}
+    assert withdrawn.targets_version == before + 1 and not withdrawn.already
+    TufRepository(server_settings.tuf_dir).verify()
+    again = withdraw_release(
+        server_settings, session_factory, v2.target_path, reason="bad", actor="test"
+    )
+    assert again.already and again.targets_version == before + 1
