@@ -42,7 +42,14 @@ from agent.telemetry.recent_predictions import RecentPredictions, sample_ids
 from agent.telemetry.window import TelemetryWindow, WindowRelease
 from edgeops import __version__
 from edgeops.errors import EdgeOpsError, PayloadError, UpdateError
-from edgeops.messages import AgentState, Command, DeviceStatus, TelemetryBatch, decode
+from edgeops.messages import (
+    AgentState,
+    Command,
+    DeviceStatus,
+    TelemetryBatch,
+    TransferInfo,
+    decode,
+)
 from edgeops.update_states import COMMITTED_STATES
 
 logger = logging.getLogger(__name__)
@@ -325,7 +332,16 @@ class Agent:
             progress=self._progress,
             agent_version=__version__,
             timestamp=self._clock(),
+            transfer=self._transfer_info(),
         )
+
+    def _transfer_info(self) -> TransferInfo | None:
+        """How the release named as `target` arrived, if this process downloaded it."""
+        transfer, release = self._updater.last_transfer, self._updater.last_release
+        if transfer is None or release is None or release[0] != self._target:
+            return None
+        return TransferInfo(how=transfer.kind, bytes_received=transfer.received_bytes,
+                            full_bytes=release[1])
 
     @property
     def state(self) -> AgentState:

@@ -47,6 +47,7 @@ __all__ = [
     "PrivacyInfo",
     "SwitchMode",
     "TelemetryBatch",
+    "TransferInfo",
     "WireMessage",
     "decode",
     "encode",
@@ -64,8 +65,31 @@ class WireMessage(BaseModel):
     schema_version: Literal[1] = Field(default=1, alias="schema")
 
 
+class TransferInfo(WireMessage):
+    """How the release a status names as `target` arrived: `how` (a delta from the active
+    model, its zstd-compressed copy, the full artifact, or already in the download cache),
+    `bytes_received` over the network, and `full_bytes`, the signed length of the artifact
+    (what a full download would have cost)."""
+
+    how: Literal["full", "delta", "compressed", "cached"]
+    bytes_received: int = Field(ge=0)
+    full_bytes: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _not_past_the_artifact(self) -> TransferInfo:
+        if self.bytes_received > self.full_bytes:
+            raise ValueError(
+                f"bytes_received {self.bytes_received} exceeds the artifact's "
+                f"full_bytes {self.full_bytes}"
+            )
+        return self
+
+
 class DeviceStatus(WireMessage):
-    """Retained on `devices/<id>/status`: what the device runs and what it is doing."""
+    """Retained on `devices/<id>/status`: what the device runs and what it is doing.
+
+    `transfer`: how `target` arrived, once it did (None before, and from agents that do
+    not report it)."""
 
     device_id: str = DEVICE_ID_FIELD
     online: bool
@@ -78,6 +102,7 @@ class DeviceStatus(WireMessage):
     progress: float | None = Field(default=None, ge=0, le=1)  # of the download in progress
     agent_version: str | None = None
     timestamp: float = Field(default_factory=time.time)
+    transfer: TransferInfo | None = None
 
 
 class LatencySummary(WireMessage):

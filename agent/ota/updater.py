@@ -185,6 +185,8 @@ class ReleaseUpdater:
         self._fetcher = fetcher
         self._fault = fault
         self.last_transfer: Transfer | None = None  # how the last download arrived
+        # The release target and its signed length that `last_transfer` brought.
+        self.last_release: tuple[str, int] | None = None
 
     def _make_fetcher(self, on_progress: ProgressCallback | None) -> FetcherInterface:
         if self._fetcher is not None:
@@ -373,14 +375,14 @@ class ReleaseUpdater:
         fetcher = found.fetcher
         try:
             if found.updater.find_cached_target(found.info, str(destination)) is not None:
-                self.last_transfer = Transfer("cached", found.info.path, 0)
+                self._arrived(found, Transfer("cached", found.info.path, 0))
                 return destination
             smaller = self._download_smaller(found, destination)
             if smaller is not None:
-                self.last_transfer = smaller
+                self._arrived(found, smaller)
                 return destination
             downloaded = self._fetch_target(found, found.info, destination)
-            self.last_transfer = Transfer("full", found.info.path, found.info.length)
+            self._arrived(found, Transfer("full", found.info.path, found.info.length))
             return downloaded
         except Exception as err:
             if (following := self._next_artifact_source(found, err)) is not None:
@@ -388,6 +390,10 @@ class ReleaseUpdater:
             raise self._artifact_error(found, err) from err
         finally:
             _close(fetcher)
+
+    def _arrived(self, found: Lookup, transfer: Transfer) -> None:
+        self.last_transfer = transfer
+        self.last_release = (found.info.path, found.info.length)
 
     def _download_smaller(self, found: Lookup, destination: Path) -> Transfer | None:
         """Rebuild the release into `destination` from the delta signed for the active

@@ -14,6 +14,7 @@ from edgeops.exit_codes import ExitCode
 from edgeops.switch_window import SwitchWindow
 from server.cli.api_client import HomeOption, JsonOption, ServerOption, TokenOption, connect
 from server.rollouts.controller import RolloutPolicy
+from server.rollouts.summary import bytes_text
 
 __all__ = ["app", "render_rollout"]
 
@@ -58,6 +59,10 @@ def render_rollout(r: dict[str, Any]) -> str:
     other = {k: v for k, v in r.get("phases", {}).items() if k not in ("succeeded", "queued")}
     if other:
         lines.append("  " + ", ".join(f"{k} {v}" for k, v in sorted(other.items())))
+    if "bytes_sent" in r:  # servers before issue 17 do not report it
+        how = ", ".join(f"{k} {v}" for k, v in sorted(r.get("transfers", {}).items()))
+        lines.append(f"  bytes sent {bytes_text(r['bytes_sent'], r['bytes_full'])}"
+                     + (f" ({how})" if how else ""))
     return "\n".join(lines)
 
 

@@ -14,6 +14,8 @@
     document.getElementById("rollout-progress").textContent =
       r.done + " / " + r.devices + " devices committed (" + r.progress_pct + "%), " +
       r.failed + " failed, wave " + r.current_wave + " of " + r.wave_count;
+    const sent = document.getElementById("rollout-bytes");
+    if (sent && r.bytes_text) { sent.textContent = "Bytes sent " + r.bytes_text; }
     const total = document.querySelector("#total-bar");
     if (total) {
       total.querySelector(".ok").style.width = pct(r.done, r.devices);

@@ -43,7 +43,8 @@ from server.db.tables import DeviceLabel, Release
 from server.pipeline import steps
 from server.rollouts import store
 from server.rollouts.runner import switch_now
-from server.rollouts.summary import summarize
+from server.rollouts.summary import bytes_text, summarize
+from server.rollouts.transfers import transfer_totals
 
 __all__ = ["router"]
 
@@ -99,7 +100,8 @@ def rollout_page(rollout_id: int, user: ConsoleUserDep,
         except EdgeOpsError as err:
             return html(page("Not found", f"<p>{e(err)}</p>", user), 404)
         rows = store.assignments(session, rollout_id)
-        summary = summarize(rollout, rows)
+        summary = summarize(rollout, rows,
+                            transfers=transfer_totals(session, [rollout_id])[rollout_id])
         actions = recent_actions(
             session, paths=(f"/api/rollouts/{rollout_id}", f"/console/rollouts/{rollout_id}"),
             target=f"rollout {rollout_id}")
@@ -141,6 +143,7 @@ def rollout_page(rollout_id: int, user: ConsoleUserDep,
 ({summary.progress_pct}%), {summary.failed} failed, wave {summary.current_wave} of
 {summary.wave_count}</p>
 {bar(summary.done, summary.failed, summary.devices, "total-bar")}
+<p id="rollout-bytes">Bytes sent {e(bytes_text(summary.bytes_sent, summary.bytes_full))}</p>
 <p>{buttons}</p>
 <h2>Waves</h2>{wave_table}
 <p class="policy">Policy: {e(policy)}</p>
@@ -159,7 +162,10 @@ def rollout_progress(rollout_id: int, _user: ConsoleJsonUserDep,
             rollout = store.get_rollout(session, rollout_id)
         except EdgeOpsError as err:
             return JSONResponse({"detail": str(err)}, status_code=404)
-        return JSONResponse(summarize(rollout, store.assignments(session, rollout_id)).to_json())
+        totals = transfer_totals(session, [rollout_id])[rollout_id]
+        summary = summarize(rollout, store.assignments(session, rollout_id), transfers=totals)
+        shown = bytes_text(summary.bytes_sent, summary.bytes_full)
+        return JSONResponse({**summary.to_json(), "bytes_text": shown})
 
 
 def _act(request: Request, rollout_id: int, what: store.Request, user: ConsoleUser,

@@ -136,6 +136,21 @@ class Device(Base):
     first_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class DeviceTransfer(Base):
+    """How a release last reached a device (migration 0009): the `transfer` of its status,
+    latest wins. Rollout summaries sum `bytes_received` and `full_bytes` over a rollout's
+    devices."""
+
+    __tablename__ = "device_transfers"
+
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    target: Mapped[str] = mapped_column(String(300), primary_key=True)
+    how: Mapped[str] = mapped_column(String(16))  # "full" | "delta" | "compressed" | "cached"
+    bytes_received: Mapped[int] = mapped_column(BigInteger)
+    full_bytes: Mapped[int] = mapped_column(BigInteger)
+    recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class IssuedCertificate(Base):
     """A device certificate the fleet CA signed (migration 0006): enrollment and renewal
     record each one; `edgeops fleet revoke` sets `revoked_at` and the CRL lists it.

@@ -26,8 +26,8 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
 from edgeops.errors import NotFoundError
-from edgeops.messages import DeviceStatus, TelemetryBatch
-from server.db.tables import Device, TelemetryRecord
+from edgeops.messages import DeviceStatus, TelemetryBatch, TransferInfo
+from server.db.tables import Device, DeviceTransfer, TelemetryRecord
 
 logger = logging.getLogger(__name__)
 
@@ -132,9 +132,27 @@ def apply_status(session: Session, status: DeviceStatus, now: datetime) -> Devic
         device.target = status.target
         device.reason = status.reason
         device.agent_version = status.agent_version
+        if status.transfer is not None and status.target is not None:
+            _record_transfer(session, status.device_id, status.target, status.transfer, now)
     device.last_status_at = now
     device.last_seen_at = now
     return device
+
+
+def _record_transfer(
+    session: Session, device_id: str, target: str, transfer: TransferInfo, now: datetime
+) -> None:
+    """Keep the latest `transfer` of `target` to the device, stamped `now`. The caller
+    holds the device row's lock (`load_devices`), so read-then-write is safe against
+    other workers."""
+    row = session.get(DeviceTransfer, (device_id, target))
+    if row is None:
+        row = DeviceTransfer(device_id=device_id, target=target)
+        session.add(row)
+    row.how = transfer.how
+    row.bytes_received = transfer.bytes_received
+    row.full_bytes = transfer.full_bytes
+    row.recorded_at = now
 
 
 def record_telemetry(session: Session, batches: Sequence[TelemetryBatch], now: datetime) -> int:

@@ -1,6 +1,10 @@
 """What an operator sees of a rollout: per-wave progress and totals (API, console, CLI).
 
-    summarize(rollout row, assignments) -> RolloutSummary
+    summarize(rollout row, assignments, transfers) -> RolloutSummary
+    bytes_text(bytes sent, bytes full) -> "1.2 MB of 5.8 MB full (21 %)"
+
+`transfers` (`server.rollouts.transfers`) are the bytes the rollout's devices received
+for its target, and what full downloads would have cost; summarize takes them as values.
 """
 
 from __future__ import annotations
@@ -11,7 +15,15 @@ from typing import Any
 
 from server.db.tables import Rollout, RolloutDevice
 
-__all__ = ["DONE_PHASES", "FAILED_PHASES", "RolloutSummary", "WaveSummary", "summarize"]
+__all__ = [
+    "DONE_PHASES",
+    "FAILED_PHASES",
+    "RolloutSummary",
+    "TransferTotals",
+    "WaveSummary",
+    "bytes_text",
+    "summarize",
+]
 
 DONE_PHASES = frozenset({"succeeded", "already"})
 FAILED_PHASES = frozenset({"failed", "timed_out", "rollback_failed"})
@@ -30,6 +42,17 @@ class WaveSummary:
     # "queued" | "in_progress" | "soaking" | "passed"; once the rollout stops, the wave it was
     # on reads "aborting" then "aborted", and the waves after it "skipped"
     status: str
+
+
+@dataclass(frozen=True)
+class TransferTotals:
+    """The bytes a rollout's devices received for its target (`bytes_sent`) and what full
+    downloads would have cost them (`bytes_full`); `transfers`: devices per how the release
+    arrived ("full", "delta", "compressed", "cached")."""
+
+    bytes_sent: int = 0
+    bytes_full: int = 0
+    transfers: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -54,6 +77,9 @@ class RolloutSummary:
     created_at: str = ""
     updated_at: str = ""
     finished_at: float | None = None
+    bytes_sent: int = 0  # received by the devices that reported how the target arrived
+    bytes_full: int = 0  # what full downloads to those devices would have cost
+    transfers: dict[str, int] = field(default_factory=dict)  # devices per how it arrived
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,8 +100,11 @@ def summarize(
     rollout: Rollout,
     assignments: Sequence[RolloutDevice] | None = None,
     phase_counts: Mapping[str, int] | None = None,
+    transfers: TransferTotals | None = None,
 ) -> RolloutSummary:
-    """Totals from `phase_counts` (cheap, for lists) or per wave from `assignments`."""
+    """Totals from `phase_counts` (cheap, for lists) or per wave from `assignments`, with
+    the bytes `transfers` sums (none: 0 sent of 0)."""
+    transfers = transfers or TransferTotals()
     waves: list[WaveSummary] = []
     phases: dict[str, int] = dict(phase_counts or {})
     if assignments is not None:
@@ -127,4 +156,22 @@ def summarize(
         created_at=rollout.created_at.isoformat() if rollout.created_at else "",
         updated_at=rollout.updated_at.isoformat() if rollout.updated_at else "",
         finished_at=rollout.finished_at,
+        bytes_sent=transfers.bytes_sent,
+        bytes_full=transfers.bytes_full,
+        transfers=dict(transfers.transfers),
     )
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def bytes_text(bytes_sent: int, bytes_full: int) -> str:
+    """`"1.2 MB of 5.8 MB full (21 %)"`; `"none reported yet"` before any transfer."""
+    if bytes_full <= 0:
+        return "none reported yet"
+    share = round(100 * bytes_sent / bytes_full)
+    return f"{_size(bytes_sent)} of {_size(bytes_full)} full ({share} %)"

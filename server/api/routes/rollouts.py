@@ -28,6 +28,7 @@ from server.rollouts import store
 from server.rollouts.controller import ANY_GROUP, RolloutPolicy
 from server.rollouts.runner import switch_now
 from server.rollouts.summary import summarize
+from server.rollouts.transfers import transfer_totals
 
 __all__ = ["RolloutCreate", "RolloutDevicePublic", "RolloutPublic", "RolloutSwitch", "router"]
 
@@ -154,6 +155,9 @@ class RolloutPublic(BaseModel):
     created_at: str
     updated_at: str
     finished_at: float | None
+    bytes_sent: int = Field(description="bytes the devices received for the target")
+    bytes_full: int = Field(description="what full downloads to those devices would cost")
+    transfers: dict[str, int] = Field(description="devices per how the target arrived")
 
 
 class RolloutDevicePublic(BaseModel):
@@ -169,7 +173,8 @@ class RolloutDevicePublic(BaseModel):
 
 def rollout_public(session: Any, rollout_id: int) -> RolloutPublic:
     rollout = store.get_rollout(session, rollout_id)
-    summary = summarize(rollout, store.assignments(session, rollout_id))
+    totals = transfer_totals(session, [rollout_id])[rollout_id]
+    summary = summarize(rollout, store.assignments(session, rollout_id), transfers=totals)
     return RolloutPublic.model_validate(summary.to_json())
 
 
@@ -184,8 +189,11 @@ def list_rollouts(
     with session_factory() as session:
         rollouts = store.list_rollouts(session, status, limit)
         counts = store.phase_counts(session, [r.id for r in rollouts])
+        totals = transfer_totals(session, [r.id for r in rollouts])
         return [
-            RolloutPublic.model_validate(summarize(r, phase_counts=counts[r.id]).to_json())
+            RolloutPublic.model_validate(
+                summarize(r, phase_counts=counts[r.id], transfers=totals[r.id]).to_json()
+            )
             for r in rollouts
         ]
 
