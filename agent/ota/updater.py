@@ -47,6 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from agent.ota.delta import Transfer
     from agent.ota.fetcher import ProgressCallback
+    from agent.ota.prefetch import TimestampPrefetch
 
 # tuf (with securesystemslib and urllib3) and our fetcher are imported where an update
 # starts, not at agent start: ~5 MB of RSS a device only pays for while it updates.
@@ -210,6 +211,24 @@ class ReleaseUpdater:
             fault=self._fault,
         )
 
+    @property
+    def _timestamp_max_length(self) -> int:
+        return min(self._config.max_metadata_bytes, 16_384)
+
+    def _prefetching(
+        self, fetcher: FetcherInterface, source: RepositorySource
+    ) -> TimestampPrefetch | None:
+        """`fetcher`, with `source`'s timestamp requested at once on a second connection;
+        None for an injected fetcher (one instance, which may not be shared by threads)."""
+        from agent.ota.prefetch import TimestampPrefetch
+
+        if self._fetcher is not None:
+            return None
+        return TimestampPrefetch(
+            fetcher, source.metadata_base_url, lambda: self._make_fetcher(None),
+            self._timestamp_max_length,
+        )
+
     def _new_tuf_updater(self, fetcher: FetcherInterface, source: RepositorySource) -> Updater:
         """A fresh ngclient Updater reading `source` (it refreshes metadata once per
         lifetime). Each starts from the metadata verified so far in `tuf_dir`, so what one
@@ -236,7 +255,7 @@ class ReleaseUpdater:
                 config=UpdaterConfig(
                     app_user_agent=f"edgeops-agent/{__version__}",
                     root_max_length=min(caps, 512_000),
-                    timestamp_max_length=min(caps, 16_384),
+                    timestamp_max_length=self._timestamp_max_length,
                     snapshot_max_length=caps,
                     targets_max_length=caps,
                 ),
@@ -329,9 +348,12 @@ class ReleaseUpdater:
         error names every one."""
         passed_over: list[str] = []
         for index, source in enumerate(sources):
-            updater = self._new_tuf_updater(fetcher, source)
+            prefetch = self._prefetching(fetcher, source)
+            updater = self._new_tuf_updater(prefetch or fetcher, source)
             error: EdgeOpsError
             try:
+                if prefetch is not None:
+                    prefetch.start()
                 updater.refresh()
                 info = updater.get_targetinfo(target)
             except Exception as err:
@@ -345,6 +367,9 @@ class ReleaseUpdater:
                 error = UpdateError(
                     f"unknown target {target!r}: not in the signed targets metadata"
                 )
+            finally:
+                if prefetch is not None:
+                    prefetch.close()
             if index + 1 == len(sources):
                 raise _every_source_failed(tuple(passed_over), source.label, error)
             passed_over.append(f"{source.label}: {error}")
