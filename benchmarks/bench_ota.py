@@ -1,8 +1,8 @@
 """OTA cost, through the real server (HTTP + TUF) and the real agent updater, measured
 against what the same bytes cost without an update, in the same run.
 
-    python benchmarks/bench_ota.py --quick     # about a minute: best of 3 updates per size
-    python benchmarks/bench_ota.py             # best of 10, and a 10 MB size too
+    python benchmarks/bench_ota.py --quick     # under a minute: best of 3, a fleet of 50
+    python benchmarks/bench_ota.py             # best of 10, a 10 MB size, a fleet of 200
     python benchmarks/bench_ota.py --quick --rtt-ms 50   # the older latency-only view
 
 The fixed cost of an update is the TUF refresh (four sequential metadata round trips by
@@ -19,7 +19,15 @@ says little at 1 MB. The last line printed is one JSON object with:
   or the artifact); `bytes_on_wire_ratio_with_metadata` adds the TUF metadata the update
   fetched (per-update bytes under `wire`);
 - `ratio_50mb`: install time / plain download for 50 MB, and `rss_mb`, the agent's peak
-  RSS during the loopback updates.
+  RSS during the loopback updates;
+- `fleet_update_s_server`, `fleet_update_s_mirror`: `fleet_agents` agents (200; 50 with
+  --quick) updating to the 1 MB release at once, from the server (uvicorn in its own
+  process) and from nginx serving `edgeops release mirror` output (null, with the reason
+  printed, without nginx: `make mirror-deps`), seconds to the last one committed;
+  `fleet_bare_s`, the same clients each downloading the artifact plainly from the server;
+  `server_cpu_s_per_gb`, the server process's CPU seconds during the server fleet / GB of
+  bodies it sent (`fleet` holds the plain downloads' figure and each phase's CPU: on a
+  small machine the clients' CPU bounds the fleet times). See ota_fleet.py.
 
 Install time runs from the agent's `update` command to the model durably in its inactive
 A/B slot (state `staged`, read from the journal): TUF refresh, download with the length and
@@ -33,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import os
 import subprocess
@@ -41,59 +48,21 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from ota_fleet import FLEET_AGENTS, fleet_figures
+from ota_parts import CountingApp, PaddedRelease, plain_download, publish_padded
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # the tests' models and helpers (tests.*)
 SIZES_MB = (1, 10, 50)
 PLAIN_SAMPLES = 3  # baseline downloads per timed update
 LINK_RTT_MS, LINK_MBIT_S = 50.0, 10.0  # the link of `link_ratio_1mb`
-
-
-def build_model(weights: np.ndarray, pad_bytes: int) -> bytes:
-    """The tests' tiny classifier plus an initializer of `pad_bytes` (what makes it big)."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    pad = np.random.default_rng(0).standard_normal(max(1, pad_bytes // 4)).astype(np.float32)
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["input", "W"], ["logits"]),
-            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
-            helper.make_node("ReduceSum", ["pad"], ["pad_sum"], keepdims=0),
-        ],
-        "padded",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 64])],
-        [
-            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 10]),
-            helper.make_tensor_value_info("pad_sum", TensorProto.FLOAT, []),
-        ],
-        initializer=[numpy_helper.from_array(weights, "W"), numpy_helper.from_array(pad, "pad")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model.SerializeToString()
+QUICK_FLEET_AGENTS = 50  # 200 take ~30 s more, past --quick's minute
 
 
 # The agent side (child process) -----------------------------------------------------------
-
-
-def plain_download(url: str, into: Path) -> float:
-    """The baseline: `curl -o` plus `sha256sum`, done in one pass over the stream, reading
-    what the socket has (as the agent's fetcher does) rather than waiting to fill 1 MB."""
-    started = time.perf_counter()
-    digest = hashlib.sha256()
-    with urllib.request.urlopen(url, timeout=60) as response, open(into, "wb") as out:  # noqa: S310
-        while chunk := response.read1(1024 * 1024):
-            out.write(chunk)
-            digest.update(chunk)
-    digest.hexdigest()
-    elapsed = time.perf_counter() - started
-    into.unlink()
-    return elapsed
 
 
 def agent_main(spec_path: Path) -> None:
@@ -113,7 +82,9 @@ def agent_main(spec_path: Path) -> None:
     plain_download(next(iter(spec["sizes"].values()))["url"], download_to)
     results: dict[str, Any] = {}
     for size, item in spec["sizes"].items():
-        plain, install, serving = [], [], []
+        plain: list[float] = []
+        install: list[float] = []
+        serving: list[float] = []
         for home in item["homes"]:
             # The baseline is cheap, so it is sampled 3 times per update: the first download
             # after an update (whose writeback and freed pages are still settling) can take
@@ -213,12 +184,12 @@ def run(quick: bool, rtt_ms: float = 0.0, mbit_s: float | None = None,
     import uvicorn
 
     from agent import AgentConfig, init_agent_home
-    from edgeops.schemas import GoldenVectors, InputSchema, ReleaseInfo, target_path
     from server.app.build import build_app
     from server.app.home import init_home
     from server.config.settings import ServerSettings
     from server.registry.artifact_store import ArtifactStore
     from server.trust.repository import TufRepository
+    from tests.agent.support import install_model
 
     repeats = 3 if quick else 10
     work = Path(tempfile.mkdtemp(prefix="bench-ota-"))
@@ -226,32 +197,13 @@ def run(quick: bool, rtt_ms: float = 0.0, mbit_s: float | None = None,
     init_home(settings)
     repository, store = TufRepository(settings.tuf_dir), ArtifactStore(settings.artifacts_dir)
 
-    def release(version: int, pad_bytes: int) -> tuple[str, Path, str]:
-        weights = np.random.default_rng(version).normal(0, 0.3, (64, 10)).astype(np.float32)
-        data = build_model(weights, pad_bytes)
-        inputs = np.random.default_rng(version).uniform(0, 16, (2, 64)).astype(np.float32)
-        logits = inputs.astype(np.float64) @ weights
-        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probs /= probs.sum(axis=1, keepdims=True)
-        info = ReleaseInfo(
-            model="bench", version=version, format="fp32",
-            input=InputSchema(shape=[None, 64], min_value=0, max_value=16, feature_bin_edges=[0.0, 8.0, 16.0]),
-            output_name="probabilities", num_classes=10,
-            golden=GoldenVectors(inputs=inputs.tolist(), outputs=probs.tolist(), atol=1e-4),
-        )
-        path = work / f"model-{version}.onnx"
-        path.write_bytes(data)
-        sha, _ = store.put_file(path)
-        target = target_path("bench", version, "fp32")
-        repository.add_target(target, path, info.to_custom())
-        return target, path, sha
-
-    base_target, base_path, _ = release(1, 0)
+    base = publish_padded(repository, store, work, 1, 0)
     sizes: dict[str, Any] = {}
+    releases: dict[str, PaddedRelease] = {}
     for i, size_mb in enumerate(sizes_mb):
-        target, path, sha = release(10 + i, size_mb * 1024 * 1024)
-        sizes[f"{size_mb}mb"] = {"target": target, "sha": sha, "homes": [],
-                                 "bytes": path.stat().st_size}
+        published = publish_padded(repository, store, work, 10 + i, size_mb * 1024 * 1024)
+        releases[f"{size_mb}mb"] = published
+        sizes[f"{size_mb}mb"] = {"target": published.target, "homes": [], "bytes": published.size}
 
     app = build_app(settings, with_fleet=False)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
@@ -265,8 +217,7 @@ def run(quick: bool, rtt_ms: float = 0.0, mbit_s: float | None = None,
     url = f"http://127.0.0.1:{port}"
     root = (settings.tuf_dir / "metadata" / "1.root.json").read_bytes()
     for key, item in sizes.items():
-        directory, _, name = item["target"].rpartition("/")
-        item["url"] = f"{url}/tuf/targets/{directory}/{item['sha']}.{name}"
+        item["url"] = releases[key].url(url)
         for r in range(repeats):
             home = work / f"agent-{key}-{r}"
             config = AgentConfig(
@@ -274,15 +225,7 @@ def run(quick: bool, rtt_ms: float = 0.0, mbit_s: float | None = None,
                 health_window_s=0.0, health_min_samples=0,
             )
             init_agent_home(home, config, root)
-            from agent.ota.model_store import ModelStore
-
-            store_ = ModelStore(home)
-            data = base_path.read_bytes()
-            from edgeops.schemas import ReleaseInfo as _RI
-
-            info = _RI.from_custom(next(t for t in repository.targets() if t.path == base_target).custom)
-            store_.stage("a", data, base_target, info, hashlib.sha256(data).hexdigest())
-            store_.activate("a")
+            install_model(home, base.info, base.path.read_bytes())
             item["homes"].append(str(home))
     warmup_home = work / "agent-warmup"
     init_agent_home(
@@ -327,29 +270,6 @@ def run(quick: bool, rtt_ms: float = 0.0, mbit_s: float | None = None,
     result["rtt_ms"] = rtt_ms
     result["mode"] = "quick" if quick else "full"
     return result
-
-
-class CountingApp:
-    """The server's ASGI app, counting the body bytes it sends under /tuf/."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.targets_bytes = 0
-        self.metadata_bytes = 0
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        path = scope.get("path", "")
-
-        async def counting(message: Any) -> None:
-            if message["type"] == "http.response.body":
-                size = len(message.get("body", b""))
-                if path.startswith("/tuf/targets/"):
-                    self.targets_bytes += size
-                elif path.startswith("/tuf/metadata/"):
-                    self.metadata_bytes += size
-            await send(message)
-
-        await self.app(scope, receive, counting)
 
 
 def wire_bytes() -> dict[str, Any]:
@@ -437,6 +357,7 @@ def main() -> None:
     loopback = run(args.quick, sizes_mb=(1, 50) if args.quick else SIZES_MB)
     link = run(args.quick, LINK_RTT_MS, LINK_MBIT_S, sizes_mb=(1,))
     wire = wire_bytes()
+    fleet = fleet_figures(QUICK_FLEET_AGENTS if args.quick else FLEET_AGENTS)
     transfer_s = link["artifact_bytes_1mb"] * 8 / (LINK_MBIT_S * 1e6)
     floor_s = 4 * LINK_RTT_MS / 1000 + transfer_s
     figures = {
@@ -452,6 +373,7 @@ def main() -> None:
             wire["unrelated"]["received_bytes"] / wire["unrelated"]["full_bytes"], 3),
         "ratio_50mb": loopback["ratio_50mb"],
         "rss_mb": loopback["rss_mb"],
+        **fleet,
         "link_install_ms_1mb": link["install_ms_1mb"],
         "link_floor_ms_1mb": round(floor_s * 1e3, 1),
         "link": {"rtt_ms": LINK_RTT_MS, "mbit_s": LINK_MBIT_S},

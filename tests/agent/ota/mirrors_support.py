@@ -35,7 +35,7 @@ master_process off;
 worker_processes 1;
 pid {run}/nginx.pid;
 error_log stderr warn;
-events {{ worker_connections 64; }}
+events {{ worker_connections {connections}; }}
 http {{
     access_log {run}/access.log;
     client_body_temp_path {run}/client_body;
@@ -91,13 +91,14 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout_s: float
     raise RuntimeError(f"nginx did not answer on port {port} within {timeout_s} s")
 
 
-def start_nginx(root: Path, run_dir: Path) -> Nginx:
-    """Start nginx serving `root` on a free port; the caller stops it with `stop_nginx`."""
+def start_nginx(root: Path, run_dir: Path, *, connections: int = 64) -> Nginx:
+    """Start nginx serving `root` on a free port, with up to `connections` open at once;
+    the caller stops it with `stop_nginx`."""
     root.mkdir(parents=True, exist_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     conf = run_dir / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(run=run_dir, port=port, root=root))
+    conf.write_text(NGINX_CONF.format(run=run_dir, port=port, root=root, connections=connections))
     process = subprocess.Popen(
         [NGINX, "-p", str(run_dir), "-e", "stderr", "-c", str(conf)],
         stdout=subprocess.DEVNULL,
