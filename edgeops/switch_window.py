@@ -1,7 +1,8 @@
 """A daily maintenance window in UTC ("02:00-04:00"), in which a staged update may switch.
 
 Pure: `SwitchWindow.parse(text)` validates the text form used everywhere (rollout policy,
-CLI, API, the `update` command, the agent's update record); `contains(now)` and
+CLI, API, the `update` command, the agent's update record); `group_windows` reads the
+"GROUP=HH:MM-HH:MM" items the CLI and the console take; `contains(now)` and
 `seconds_until_open(now)` take the epoch time and never read a clock. A window may cross
 midnight ("22:00-02:00"); the start is inside it, the end is not. A start equal to its end
 is refused: it could mean "never" or "all day", and neither needs a window.
@@ -10,11 +11,12 @@ is refused: it could mean "never" or "all day", and neither needs a window.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from edgeops.errors import ConfigError
 
-__all__ = ["DAY_S", "SwitchWindow", "SwitchWindowError"]
+__all__ = ["DAY_S", "SwitchWindow", "SwitchWindowError", "group_windows"]
 
 DAY_S = 24 * 3600
 _PATTERN = re.compile(r"^(\d{2}):(\d{2})-(\d{2}):(\d{2})$")
@@ -81,3 +83,18 @@ class SwitchWindow:
 
 def _hhmm(minutes: int) -> str:
     return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def group_windows(items: Iterable[str]) -> dict[str, str]:
+    """`["default=02:00-04:00", "*=01:00-03:00"]` -> {group: window}, as a rollout policy's
+    `switch_windows`; SwitchWindowError naming the item that is wrong."""
+    windows: dict[str, str] = {}
+    for item in items:
+        group, sep, window = item.partition("=")
+        if not sep or not group.strip():
+            raise SwitchWindowError(
+                f"a switch window is GROUP=HH:MM-HH:MM (UTC; GROUP * for every other group), "
+                f"got {item!r}"
+            )
+        windows[group.strip()] = str(SwitchWindow.parse(window))
+    return windows

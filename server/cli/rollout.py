@@ -11,7 +11,7 @@ import typer
 
 from edgeops.cli import emit
 from edgeops.exit_codes import ExitCode
-from edgeops.switch_window import SwitchWindow
+from edgeops.switch_window import SwitchWindowError, group_windows
 from server.cli.api_client import HomeOption, JsonOption, ServerOption, TokenOption, connect
 from server.rollouts.controller import RolloutPolicy
 from server.rollouts.summary import bytes_text
@@ -75,19 +75,10 @@ def _waves(text: str) -> list[float]:
 
 def _switch_windows(values: list[str] | None) -> dict[str, str]:
     """`GROUP=HH:MM-HH:MM` options as the policy's {group: window}; BadParameter if not."""
-    windows: dict[str, str] = {}
-    for value in values or []:
-        group, sep, window = value.partition("=")
-        if not sep or not group.strip():
-            raise typer.BadParameter(
-                f"--switch-window takes GROUP=HH:MM-HH:MM (UTC; GROUP * for every other "
-                f"group), got {value!r}"
-            )
-        try:
-            windows[group.strip()] = str(SwitchWindow.parse(window))
-        except ValueError as err:
-            raise typer.BadParameter(str(err), param_hint="--switch-window") from err
-    return windows
+    try:
+        return group_windows(values or [])
+    except SwitchWindowError as err:
+        raise typer.BadParameter(str(err), param_hint="--switch-window") from err
 
 
 def _watch(client: Any, rollout_id: int, interval_s: float, as_json: bool) -> dict[str, Any]:

@@ -152,6 +152,11 @@ def start_form(releases: list[str], groups: list[str], csrf: str) -> str:
 <label>Waves (cumulative %) <input name="waves" id="start-waves" value="{waves}"></label>
 <label>Soak (s) <input name="soak_s" id="start-soak" value="{soak}" size="6"></label>
 <label>Abort at failures (%) <input name="failure_threshold_pct" value="{failures}" size="4"></label>
+<label>Switch <select name="switch" id="start-switch"><option value="">now, or in the windows if given</option>
+<option value="now">now</option><option value="window">in the windows</option>
+<option value="command">on a switch command</option></select></label>
+<label>Switch windows (UTC) <input name="switch_windows" id="start-windows" size="28"
+ placeholder="default=02:00-04:00, *=01:00-03:00"></label>
 <button type="submit" id="start-submit">Start rollout</button></form>"""
 
 

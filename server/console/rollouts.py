@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
 from edgeops.errors import EdgeOpsError
+from edgeops.switch_window import group_windows
 from server.api.audit import note
 from server.api.deps import PublisherDep, SessionFactoryDep
 from server.api.errors import status_for
@@ -73,13 +74,15 @@ def start_rollout(request: Request, form: FormDep, user: ConsoleOperatorDep,
     soak_s = form.get("soak_s", str(DEFAULT_POLICY.soak_s))
     failure_threshold_pct = form.get("failure_threshold_pct",
                                      str(DEFAULT_POLICY.failure_threshold_pct))
+    windows = [item for item in form.get("switch_windows", "").split(",") if item.strip()]
     try:
-        body = RolloutCreate(
-            target=target, group=group or None,
-            waves_pct=[float(x) for x in waves.split(",") if x.strip()],
-            soak_s=float(soak_s), failure_threshold_pct=float(failure_threshold_pct),
-        )
-    except (ValueError, ValidationError) as err:
+        body = RolloutCreate.model_validate({
+            "target": target, "group": group or None,
+            "waves_pct": [float(x) for x in waves.split(",") if x.strip()],
+            "soak_s": float(soak_s), "failure_threshold_pct": float(failure_threshold_pct),
+            "switch": form.get("switch") or None, "switch_windows": group_windows(windows),
+        })
+    except (ValueError, ValidationError) as err:  # SwitchWindowError is a ValueError
         return html(page("Rollout refused", f'<p class="error">{e(err)}</p>', user), 422)
     spec = store.RolloutSpec(target=body.target, group=body.group, tags=(), policy=body.policy())
     try:

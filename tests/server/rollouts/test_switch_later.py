@@ -320,3 +320,32 @@ def test_the_cli_refuses_a_bad_switch_window_before_calling_the_server() -> None
         ], input="token\n")
         assert result.exit_code == 2, result.output
         assert says in result.output
+
+
+@pytest.mark.integration
+def test_the_console_starts_a_rollout_that_switches_in_its_windows(api_world: ApiWorld) -> None:
+    http, op = api_world.client, api_world.auth("operator")
+    assert http.put("/api/devices/dev-012/labels", json={"group": "windows"},
+                    headers=op).status_code == 200
+    console_login(http, api_world.tokens["operator"])
+    try:
+        assert 'id="start-windows"' in http.get("/console/rollouts").text
+        bad = console_post(http, "/console/rollouts", target=api_world.targets[1],
+                           group="windows", switch="window", switch_windows="windows=2am")
+        started = console_post(http, "/console/rollouts", target=api_world.targets[1],
+                               group="windows", switch="window",
+                               switch_windows="windows=02:00-04:00, *=22:00-01:00")
+    finally:
+        console_post(http, "/console/logout")
+        http.cookies.clear()
+        del http.headers["origin"]
+
+    assert bad.status_code == 422 and "HH:MM-HH:MM" in bad.text
+    assert started.status_code == 303, started.text
+    rid = int(started.headers["location"].rsplit("/", 1)[1])
+    try:
+        policy = http.get(f"/api/rollouts/{rid}", headers=op).json()["policy"]
+        assert policy["switch"] == "window"
+        assert policy["switch_windows"] == {"windows": "02:00-04:00", "*": "22:00-01:00"}
+    finally:
+        http.post(f"/api/rollouts/{rid}/abort", headers=op)
