@@ -24,15 +24,25 @@ stays in the outbox and is sent again a second later (a message not yet refused 
 sent at once). Stopping does not wait for messages nobody is subscribed to: they stay in
 the outbox for the next start. Statuses are not queued on disk: the
 latest status is restated on every connect, which is what the retained status topic needs.
+
+One file descriptor per link, its MQTT socket (a process of 10,000 links fits a 20,000
+descriptor limit next to nothing else). Nothing wakes the network thread's poll(): a
+thread that publishes writes the socket itself when the network thread is not using it
+(`_io_lock`, held around paho's loop calls and never during poll), and otherwise the
+network thread sees the packet queued (`want_write`) before it polls again. Closing the
+socket from any thread shuts it down first (`on_socket_close`), which ends the poll at
+once; `stop` writes the DISCONNECT itself, or shuts the socket down. The one delay left:
+a write the kernel took only in part (its send buffer full) waits for the next event on
+the socket (the broker's PUBACKs) or the poll's timeout.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-import os
 import random
 import select
+import socket
 import ssl
 import threading
 import time
@@ -58,8 +68,8 @@ StatusProvider = Callable[[], DeviceStatus]
 CommandHandler = Callable[[bytes], None]
 
 LOOP_TIMEOUT_S = 1.0  # the outbox thread's idle wait
-# The network thread sleeps in poll() until the socket or the wake fd has something, or
-# for a quarter of the keepalive (paho's loop_misc sends PINGREQ), at most this long:
+# The network thread sleeps in poll() until the socket has something, or for a quarter
+# of the keepalive (paho's loop_misc sends PINGREQ), at most this long:
 # thousands of idle links in one process each waking every second starved the GIL
 # (bench_telemetry --full stalled at ~5,700 links).
 MAX_IDLE_POLL_S = 10.0
@@ -133,7 +143,8 @@ class MqttLink:
         self._backoff = Backoff(config.mqtt_reconnect_min_s, config.mqtt_reconnect_max_s, rng)
         self._threads: list[threading.Thread] = []
         self._idle_poll_s = min(MAX_IDLE_POLL_S, max(0.05, config.mqtt_keepalive_s / 4))
-        self._wake_fd, self._wake_write_fd = _make_wake_fds()
+        # Held around every paho loop call (read, write, misc, reconnect), never in poll().
+        self._io_lock = threading.Lock()
         self._connects = 0
         self._connect_failures = 0
         self._published = 0
@@ -158,10 +169,10 @@ class MqttLink:
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message
         client.on_publish = self._handle_publish
-        # Packets queued by other threads (publish) are written by the network thread
-        # only (paho would otherwise write from the caller's thread, racing this one):
-        # paho calls this when it has something to write, and it wakes the poll.
-        client.on_socket_register_write = lambda _c, _u, _s: self._poke()
+        # paho calls this when it queues a packet: write it now unless the network thread
+        # is in a loop call (it then writes it before it polls again).
+        client.on_socket_register_write = lambda _c, _u, _s: self._write_now()
+        client.on_socket_close = lambda _c, _u, sock: _shut_down(sock)  # ends the poll
         properties = Properties(PacketTypes.CONNECT)
         properties.SessionExpiryInterval = config.mqtt_session_expiry_s
         client.connect_async(  # only records where to connect; the network thread connects
@@ -205,20 +216,31 @@ class MqttLink:
                 )
         self._stopping.set()
         self._wake.set()
-        self._poke()  # the network thread may be asleep in poll() for up to _idle_poll_s
         if self._connected.is_set():
             self._client.disconnect()
+        self._interrupt(max(0.1, deadline - time.monotonic()))
         for thread in self._threads:
             thread.join(max(0.5, deadline - time.monotonic()))
-        alive = any(thread.is_alive() for thread in self._threads)
         self._threads.clear()
         if self._outbox is not None:
             self._collect_acks()  # PUBACKs that arrived while stopping
         self._connected.clear()
-        if not alive and self._wake_fd >= 0:  # a stuck thread keeps its fd (leak, not crash)
-            for fd in {self._wake_fd, self._wake_write_fd}:
-                os.close(fd)
-            self._wake_fd = self._wake_write_fd = -1
+
+    def _interrupt(self, timeout_s: float) -> None:
+        """Wake the network thread, which may sleep in poll() for up to `_idle_poll_s`:
+        write what is queued (the DISCONNECT; paho then closes the socket, which shuts it
+        down), or else shut the socket down."""
+        if not self._io_lock.acquire(timeout=timeout_s):
+            return  # stuck in a connect: it sees `_stopping` when that returns
+        try:
+            client = self._client
+            if client.want_write():
+                client.loop_write()
+            sock = client.socket()
+            if sock is not None and not client.want_write():
+                _shut_down(sock)
+        finally:
+            self._io_lock.release()
 
     def drain(self, timeout_s: float) -> bool:
         """Wait until the outbox is empty (True), or `timeout_s` passed, or the link is down,
@@ -272,7 +294,8 @@ class MqttLink:
         client, device = self._client, self._config.device_id
         while not self._stopping.is_set():
             try:
-                client.reconnect()
+                with self._io_lock:
+                    client.reconnect()
             except (OSError, ValueError) as err:  # refused, unreachable, TLS (ssl.SSLError)
                 self._connect_failures += 1
                 delay = self._backoff.next_delay()
@@ -295,36 +318,30 @@ class MqttLink:
     def _loop_once(self, timeout_s: float) -> MQTTErrorCode:
         """One round of paho's loop, waiting with poll() instead of paho's select(), which
         fails past file descriptor 1024: thousands of links share one process in
-        simulations. Without paho's own thread, a publish from another thread writes the
-        socket itself, so nothing needs waking; what cannot be written at once is flushed
-        here (`want_write`)."""
+        simulations. `want_write` is read after the previous round let go of `_io_lock`,
+        so a packet another thread queued meanwhile is polled for (POLLOUT) and written."""
         client = self._client
         sock = client.socket()
         if sock is None:
             return MQTTErrorCode.MQTT_ERR_NO_CONN
         pending = sock.pending() if hasattr(sock, "pending") else 0  # TLS bytes already read
         poller = select.poll()
-        poller.register(sock, select.POLLIN | (select.POLLOUT if client.want_write() else 0))
-        poller.register(self._wake_fd, select.POLLIN)
         try:
+            poller.register(sock, select.POLLIN | (select.POLLOUT if client.want_write() else 0))
             events = poller.poll(0 if pending else int(timeout_s * 1000))
-        except (OSError, ValueError):
+        except (OSError, ValueError):  # closed by another thread (stop) meanwhile
             return MQTTErrorCode.MQTT_ERR_CONN_LOST
-        mask = 0
-        for fd, event in events:
-            if fd == self._wake_fd:
-                _drain_wake_fd(fd)
-            else:
-                mask = event
-        if pending or mask & (select.POLLIN | select.POLLERR | select.POLLHUP):
-            rc = client.loop_read()
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                return rc
-        if mask & select.POLLOUT or client.want_write():
-            rc = client.loop_write()
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                return rc
-        return client.loop_misc()
+        mask = events[0][1] if events else 0
+        with self._io_lock:
+            if pending or mask & (select.POLLIN | select.POLLERR | select.POLLHUP | select.POLLNVAL):
+                rc = client.loop_read()
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    return rc
+            if mask & select.POLLOUT or client.want_write():
+                rc = client.loop_write()
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    return rc
+            return client.loop_misc()
 
     # Publishing --------------------------------------------------------------------
 
@@ -423,13 +440,18 @@ class MqttLink:
                 return  # disconnected or paho's queue full: the next round retries
             self._inflight[info.mid] = (item.message_id, now)
 
-    # paho callbacks (network thread) ---------------------------------------------------
+    # paho callbacks (network thread; _write_now in any thread) -------------------------
 
-    def _poke(self) -> None:
+    def _write_now(self) -> None:
+        """Write queued packets from the calling thread, unless a loop call holds the
+        socket (the network thread's own, or this thread's: a callback): that one writes
+        them before its next poll. Never blocks, so no lock order with paho's."""
+        if not self._io_lock.acquire(blocking=False):
+            return
         try:
-            os.write(self._wake_write_fd, (1).to_bytes(8, "little"))
-        except (BlockingIOError, OSError):
-            pass  # already poked, or closed while stopping
+            self._client.loop_write()
+        finally:
+            self._io_lock.release()
 
     def _handle_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
@@ -482,23 +504,13 @@ class MqttLink:
             logger.exception("device %s: command handler failed", self._config.device_id)
 
 
-def _make_wake_fds() -> tuple[int, int]:
-    """(read, write) descriptors that wake the network thread's poll; one eventfd on Linux
-    (thousands of links share a process), a pipe elsewhere."""
-    if hasattr(os, "eventfd"):
-        fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        return fd, fd
-    read_fd, write_fd = os.pipe()  # pragma: no cover - not Linux
-    os.set_blocking(read_fd, False)
-    os.set_blocking(write_fd, False)
-    return read_fd, write_fd
-
-
-def _drain_wake_fd(fd: int) -> None:
+def _shut_down(sock: Any) -> None:
+    """Shut a socket down before it is closed: a poll() on it in another thread returns at
+    once (closing alone would not wake it). What was written still goes out first."""
     try:
-        os.read(fd, 8)
-    except (BlockingIOError, OSError):
-        pass
+        sock.shutdown(socket.SHUT_RDWR)
+    except (OSError, ValueError):
+        pass  # not connected, or already closed
 
 
 def _configure_tls(client: mqtt.Client, config: AgentConfig) -> None:
