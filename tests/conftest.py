@@ -1,4 +1,5 @@
-"""Shared fixtures: a real Mosquitto per test on a free port, and temporary homes.
+"""Shared fixtures: a real Mosquitto per test on a free port, a migrated database of each
+kind the server supports (`sql_database`: SQLite, then PostgreSQL), and temporary homes.
 
 Also one check on the markers: a test that opens an IP socket (connect or bind over
 AF_INET/AF_INET6) talks to a real part, so it must carry the `integration` marker.
@@ -12,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.orm import sessionmaker
 
 from simulations.mosquitto import MosquittoBroker
+from tests.integration.fleet_support import database
 
 _IP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 _WATCHED = ("connect", "connect_ex", "bind")
@@ -27,6 +30,14 @@ def mosquitto(tmp_path: Path) -> Iterator[MosquittoBroker]:
         yield broker
     finally:
         broker.kill()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sql_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker]:
+    """A migrated database for one test, once on SQLite and once on PostgreSQL (its own
+    schema, dropped afterwards; skipped if PostgreSQL is unreachable)."""
+    with database(request.param, tmp_path) as factory:
+        yield factory
 
 
 @pytest.fixture(autouse=True)

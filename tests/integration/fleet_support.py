@@ -3,9 +3,7 @@ clients speaking plain paho-mqtt, and polling."""
 
 from __future__ import annotations
 
-import os
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,14 +11,10 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from sqlalchemy import create_engine, text
 from sqlalchemy.orm import sessionmaker
 
 from server.db.engine import close_database, open_database
-
-POSTGRES_URL = os.environ.get(
-    "EDGEOPS_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
-)
+from tests.server.helpers import postgres_available, postgres_schema_url
 
 
 @contextmanager
@@ -35,22 +29,22 @@ def sqlite_database(tmp_path: Path) -> Iterator[sessionmaker]:
 @contextmanager
 def postgres_database() -> Iterator[sessionmaker]:
     """A migrated PostgreSQL schema of its own, dropped afterwards; skip if unreachable."""
-    admin = create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3})
-    schema = f"fleet_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.begin() as connection:
-            connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    except Exception as err:  # noqa: BLE001 - any failure to reach it means: skip
-        admin.dispose()
-        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL}: {type(err).__name__}: {err}")
-    factory = open_database(f"{POSTGRES_URL}?options=-csearch_path%3D{schema}")
-    try:
+    reason = postgres_available()
+    if reason:
+        pytest.skip(reason)
+    with postgres_schema_url() as url:
+        factory = open_database(url)
+        try:
+            yield factory
+        finally:
+            close_database(factory)
+
+
+@contextmanager
+def database(kind: str, tmp_path: Path) -> Iterator[sessionmaker]:
+    """A migrated database of `kind` ("sqlite" or "postgresql") for one test."""
+    with sqlite_database(tmp_path) if kind == "sqlite" else postgres_database() as factory:
         yield factory
-    finally:
-        close_database(factory)
-        with admin.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 def wait_until(condition: Callable[[], Any], timeout_s: float = 10.0, what: str = "") -> Any:

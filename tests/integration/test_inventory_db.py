@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -15,21 +13,15 @@ from edgeops.errors import NotFoundError
 from edgeops.messages import DeviceStatus, TelemetryBatch
 from server.db.tables import TelemetryRecord
 from server.fleet import inventory
-from tests.integration.fleet_support import postgres_database, sqlite_database
 
 pytestmark = [pytest.mark.telemetry, pytest.mark.integration]
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker]:
-    if request.param == "sqlite":
-        with sqlite_database(tmp_path) as factory:
-            yield factory
-    else:
-        with postgres_database() as factory:
-            yield factory
+@pytest.fixture
+def db(sql_database: sessionmaker) -> sessionmaker:
+    return sql_database
 
 
 def _batch(device_id: str, message_id: str | None = None) -> TelemetryBatch:

@@ -3,36 +3,21 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
-from server.db.engine import close_database, open_database
 from server.db.tables import MonitorEventRecord, MonitorWindowScore
-from tests.server.helpers import postgres_available, postgres_schema_url
 from tests.server.monitoring.synthetic import make_fleet
 from tests.server.monitoring.test_runner import T0, WINDOW_S, _batches, _runner, _setup
 
 pytestmark = [pytest.mark.monitor, pytest.mark.integration]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def session_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker]:
-    if request.param == "sqlite":
-        factory = open_database(f"sqlite:///{tmp_path / 'registry.db'}")
-        yield factory
-        close_database(factory)
-        return
-    reason = postgres_available()
-    if reason:
-        pytest.skip(reason)
-    with postgres_schema_url() as url:
-        factory = open_database(url)
-        yield factory
-        close_database(factory)
+@pytest.fixture
+def session_factory(sql_database: sessionmaker) -> sessionmaker:
+    return sql_database
 
 
 def test_two_replicas_ticking_at_once_score_each_window_once(session_factory: sessionmaker) -> None:

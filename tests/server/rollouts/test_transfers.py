@@ -3,9 +3,7 @@ rollout on every storage backend, and what the summary, CLI and console show of 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -17,7 +15,6 @@ from server.db.tables import DeviceTransfer, Rollout, RolloutDevice
 from server.fleet import inventory
 from server.rollouts.summary import TransferTotals, bytes_text, summarize
 from server.rollouts.transfers import transfer_totals
-from tests.integration.fleet_support import postgres_database, sqlite_database
 
 pytestmark = [pytest.mark.rollouts, pytest.mark.ota]
 
@@ -26,14 +23,9 @@ V2, V3 = "digits/v2/model.int8.onnx", "digits/v3/model.int8.onnx"
 FULL = 5_800
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker]:
-    if request.param == "sqlite":
-        with sqlite_database(tmp_path) as factory:
-            yield factory
-    else:
-        with postgres_database() as factory:
-            yield factory
+@pytest.fixture
+def db(sql_database: sessionmaker) -> sessionmaker:
+    return sql_database
 
 
 def _report(session: Session, device_id: str, target: str, transfer: TransferInfo | None,
