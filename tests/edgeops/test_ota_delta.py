@@ -80,17 +80,28 @@ def test_a_truncated_delta_is_refused(
         ota_delta.apply(base, delta[:keep], len(retrain))
 
 
-def test_no_flipped_byte_goes_unnoticed(
+def test_a_flipped_byte_is_refused_or_still_yields_the_signed_bytes(
     models: tuple[bytes, bytes, bytes], delta: bytes
 ) -> None:
+    # zstd's bit stream has slack (table descriptions of unused symbols, padding), so a few
+    # flips in 1,000 decode to the same ops: what apply promises is never other bytes than
+    # the header names. Every header byte is refused; the agent also checks the delta's own
+    # signed hash before it gets here.
     base, retrain, _ = models
+    header = 81 + 6  # ours, then the zstd frame's magic, descriptor and window
     positions = sorted({*range(0, 90), *np.linspace(90, len(delta) - 1, 60).astype(int)})
+    refused = []
 
     for position in positions:
         forged = bytearray(delta)
         forged[position] ^= 0x40
-        with pytest.raises(DeltaError):
-            ota_delta.apply(base, bytes(forged), len(retrain))
+        try:
+            assert ota_delta.apply(base, bytes(forged), len(retrain)) == retrain, position
+        except DeltaError:
+            refused.append(position)
+
+    assert set(range(header)) <= set(refused)
+    assert len(refused) >= 0.9 * len(positions)
 
 
 def test_data_after_the_end_is_refused(
