@@ -182,19 +182,29 @@ def fetch_delta(
     places: tuple[Path, Path],
     fetch: FetchTarget,
     fault: Fault = no_fault,
+    *,
+    recorded_sha256: str | None = None,
 ) -> Transfer | None:
     """Rebuild `release` into `places` (destination, work folder) from the delta signed
     for `active_model`; None (logged) if there is none or it is unusable, so the caller
-    fetches the artifact."""
+    fetches the artifact.
+
+    `recorded_sha256`, the hash the active slot's record gives its model, only names the
+    delta to look for: without one signed, the model is not read (50 MB of reading and
+    hashing saved); with one, the model is hashed here and must match its `from_sha256`."""
     if active_model is None:
         return None
     try:
-        old, old_sha = _file_sha256(active_model)
-        path = ota_delta.delta_target_path(release.path, old_sha)
+        hashed: tuple[bytes, str] | None = None
+        if recorded_sha256 is None:
+            hashed = _file_sha256(active_model)
+            recorded_sha256 = hashed[1]
+        path = ota_delta.delta_target_path(release.path, recorded_sha256)
         info = _signed(updater, path)
         if info is None:
-            logger.info("no delta to %s from %s", release.path, old_sha[:12])
+            logger.info("no delta to %s from %s", release.path, recorded_sha256[:12])
             return None
+        old, old_sha = hashed or _file_sha256(active_model)  # the base is the bytes, re-hashed
         _expect(info.custom, "delta", {
             "from_sha256": old_sha, "to": release.path,
             "to_sha256": release.hashes["sha256"], "to_length": release.length,

@@ -137,9 +137,11 @@ class ModelStore:
         """Mark the slot empty (drop its record first, so a crash never leaves a half slot)."""
         self._refuse_active(slot)
         directory = self.slot_dir(slot)
-        (directory / RECORD_FILE).unlink(missing_ok=True)
-        if directory.exists():
-            fsync_dir(directory)
+        try:
+            (directory / RECORD_FILE).unlink()
+        except FileNotFoundError:
+            return  # already empty: no removal to make durable
+        fsync_dir(directory)
 
     def stage(self, slot: SlotName, data: bytes, target: str, release: ReleaseInfo, sha256: str) -> SlotRecord:
         """Write `data` into the inactive `slot` after checking it against `sha256`."""

@@ -431,15 +431,11 @@ class ReleaseUpdater:
         def fetch(info: TargetFile, path: Path) -> Path:
             return self._fetch_target(found, info, path)
 
+        active = self._active_record("to build a delta on")  # the delta code hashes its model
         return delta.fetch_delta(
-            found.updater, found.info, self._active_model(), places, fetch, fault
+            found.updater, found.info, None if active is None else active.model_path, places,
+            fetch, fault, recorded_sha256=None if active is None else active.sha256,
         ) or delta.fetch_compressed(found.updater, found.info, places, fetch, fault)
-
-    def _active_model(self) -> Path | None:
-        """The active slot's model file, the base of a delta (None without one; the delta
-        code hashes it)."""
-        record = self._active_record("to build a delta on")
-        return None if record is None else record.model_path
 
     def _fetch_target(self, found: Lookup, info: TargetFile, destination: Path) -> Path:
         """Download the signed target `info` from `found`'s source into `destination`.
