@@ -1,19 +1,26 @@
 """How fast a staged rollout reaches every device, and what the server costs meanwhile.
 
     python benchmarks/bench_rollout.py --quick        # 1,000 simulated devices
+    python benchmarks/bench_rollout.py --full         # 10,000 (the issue's target case)
     python benchmarks/bench_rollout.py --devices 5000
 
 Real parts: Mosquitto, `edgeops server run` as a subprocess (HTTP, MQTT ingest, the rollout
 controller ticking every 0.5 s), one signed release. Simulated devices: plain MQTT 5 clients
 (one connection and persistent session each, spread over several processes) that publish a
-retained status, answer an `update` command with `downloading` then `committed` statuses
-for the target, and a `rollback` with `running` on the previous release. They run no
-onnxruntime and download nothing: this measures the controller, the broker and ingest, not
-OTA (benchmarks/bench_ota.py does that).
+retained status, answer an `update` command with `downloading`, `health_window` then
+`committed` statuses for the target (the health verdict the controller judges each wave
+by: a wave passes only once `success_pct` of its devices report the target committed),
+and a `rollback` with `running` on the previous release. They run no onnxruntime and
+download nothing: this measures the controller, the broker and ingest, not OTA
+(benchmarks/bench_ota.py does that).
 
 The rollout uses the default waves (1%, 10%, 50%, 100%) with no soak time, so the time
-measured is the machinery's own. Output: a table, then one JSON line with `devices`,
-`seconds_to_full`, `server_rss_mb`.
+measured is the machinery's own. In the same run, the controller's tick (read the
+inventory, load the rollout, `decide`, persist the decision) is timed in-process on
+synthetic fleets of 1,000, 5,000 and 10,000 devices in SQLite, driven through a whole
+rollout: its cost per 1,000 devices at each size shows whether it stays linear.
+Output: a table, then one JSON line with `devices`, `seconds_to_full`, `server_rss_mb`
+and `tick_ms_per_1000_devices` ({fleet size: ms per tick per 1,000 devices}).
 """
 
 from __future__ import annotations
@@ -24,25 +31,30 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-DEVICES_PER_PROCESS = 250  # paho waits on select(): keep each process's descriptors < 1024
+DEVICES_PER_PROCESS = 1000  # sockets in one selector (epoll) per process
 TARGET_S = 60.0
+FULL_DEVICES = 10_000
+TICK_SIZES = (1_000, 5_000, 10_000)
 
 
 def simulate(first: int, count: int, host: str, port: int, prefix: str, release: str) -> None:
-    """A process of simulated devices; prints "ready" once all are connected."""
+    """A process of simulated devices in one thread: every client's socket in one selector
+    (paho's own loop thread per client would mean 10,000 threads at `--full`); prints
+    "ready" once all are connected and runs until the parent closes our stdin."""
+    import selectors
+
     import paho.mqtt.client as mqtt
 
     from edgeops.messages import Command, DeviceStatus, decode, encode
 
-    clients = []
-    connected = threading.Semaphore(0)
+    clients: list[mqtt.Client] = []
+    connected = [0]
 
     def make(device_id: str) -> mqtt.Client:
         status_topic = f"{prefix}/devices/{device_id}/status"
@@ -56,13 +68,14 @@ def simulate(first: int, count: int, host: str, port: int, prefix: str, release:
         def on_connect(client: mqtt.Client, *_args: object) -> None:
             client.subscribe(f"{prefix}/devices/{device_id}/cmd", qos=1)
             publish(client, "running", current["release"], None)
-            connected.release()
+            connected[0] += 1
 
         def on_message(client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
             command = decode(Command, message.payload)
             if command.kind == "update" and command.target:
                 publish(client, "downloading", current["release"], command.target)
                 current["previous"], current["release"] = current["release"], command.target
+                publish(client, "health_window", command.target, command.target)
                 publish(client, "committed", command.target, command.target)
             elif command.kind == "rollback" and "previous" in current:
                 current["release"] = current.pop("previous")
@@ -75,18 +88,36 @@ def simulate(first: int, count: int, host: str, port: int, prefix: str, release:
         client.will_set(status_topic, encode(DeviceStatus(device_id=device_id, online=False,
                                                           state="offline")), qos=1, retain=True)
         client.connect(host, port, keepalive=60)
-        client.loop_start()
         return client
 
+    selector = selectors.DefaultSelector()
+    selector.register(sys.stdin, selectors.EVENT_READ, None)
     for i in range(first, first + count):
-        clients.append(make(f"sim-{i:05d}"))
-    for _ in clients:
-        connected.acquire(timeout=60)
-    print("ready", flush=True)
-    sys.stdin.read()  # until the parent closes our stdin
-    for client in clients:
-        client.disconnect()
-        client.loop_stop()
+        client = make(f"sim-{i:05d}")
+        clients.append(client)
+        selector.register(client.socket(), selectors.EVENT_READ, client)
+    ready = False
+    last_misc = time.monotonic()
+    while True:
+        for client in clients:
+            if client.want_write():
+                client.loop_write()
+        for key, _events in selector.select(0.2):
+            if key.data is None:
+                if not sys.stdin.buffer.read1(1024):  # the parent closed our stdin
+                    for client in clients:
+                        client.disconnect()
+                        client.loop_write()
+                    return
+                continue
+            key.data.loop_read(max_packets=10)
+        if time.monotonic() - last_misc > 1:
+            last_misc = time.monotonic()
+            for client in clients:
+                client.loop_misc()
+        if not ready and connected[0] >= count:
+            ready = True
+            print("ready", flush=True)
 
 
 def run(devices: int, workdir: Path) -> dict[str, object]:
@@ -158,9 +189,10 @@ def run(devices: int, workdir: Path) -> dict[str, object]:
                 break
             if time.monotonic() - started > 600:
                 raise RuntimeError(f"rollout did not finish: {r}")
-            time.sleep(0.1)
+            time.sleep(0.25)  # each poll reads every assignment: do not load the server
         seconds = time.monotonic() - started
         rss_mb = process.memory_info().rss / 1e6
+        load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
         return {
             "devices": devices,
             "status": r["status"],
@@ -169,6 +201,7 @@ def run(devices: int, workdir: Path) -> dict[str, object]:
             "connect_seconds": round(connect_s, 1),
             "server_rss_mb": round(rss_mb, 1),
             "server_peak_rss_mb": round(peak_rss / 1e6, 1),
+            "load_average": " ".join(load),
             "simulated_devices": "paho MQTT clients answering commands; no onnxruntime, no download",
         }
     finally:
@@ -189,6 +222,78 @@ def run(devices: int, workdir: Path) -> dict[str, object]:
         broker.kill()
 
 
+def measure_ticks(size: int, workdir: Path) -> dict[str, float]:
+    """The controller's tick on a synthetic fleet of `size` devices (SQLite in `workdir`),
+    ticked through a whole rollout as the runner does: read the inventory, load the
+    rollout, `decide`, save the decision, commit. Devices sent an update report it
+    committed before the next tick (outside the time measured). Returns ms per tick per
+    1,000 devices, for the whole tick and for `decide` alone."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import bindparam, update
+
+    from server.db.engine import close_database, open_database
+    from server.db.tables import Device, Rollout, RolloutDevice
+    from server.rollouts import store
+    from server.rollouts.controller import RolloutPolicy, assign_waves, decide
+
+    factory = open_database(f"sqlite:///{workdir / f'ticks-{size}.db'}")
+    try:
+        start = datetime.now(UTC)
+        ids = [f"sim-{i:05d}" for i in range(size)]
+        with factory.begin() as session:
+            session.execute(Device.__table__.insert(), [  # type: ignore[attr-defined]
+                {"device_id": d, "online": True, "state": "running", "release": "v1",
+                 "last_status_at": start, "first_seen_at": start} for d in ids
+            ])
+            rollout = Rollout(target="v2", tags=[], policy=RolloutPolicy(soak_s=0).to_json(),
+                              status="running", active_scope="*", created_by="bench")
+            session.add(rollout)
+            session.flush()
+            rollout_id = rollout.id
+            session.execute(RolloutDevice.__table__.insert(), [  # type: ignore[attr-defined]
+                {"rollout_id": rollout_id, "device_id": a.device_id, "position": position,
+                 "wave": a.wave, "phase": a.phase}
+                for position, a in enumerate(assign_waves(ids, RolloutPolicy().waves_pct))
+            ])
+        now = start.timestamp() + 1
+        tick_s = decide_s = 0.0
+        ticks = 0
+        status = "running"
+        while status == "running" and ticks < 50:
+            began = time.perf_counter()
+            with factory.begin() as session:
+                observations = store.observe_devices(session)
+                row = session.get(Rollout, rollout_id)
+                assert row is not None
+                state = store.load_state(session, row)
+                decided = time.perf_counter()
+                decision = decide(state, observations, now)
+                decide_s += time.perf_counter() - decided
+                store.save_decision(session, decision, row.revision, now)
+            tick_s += time.perf_counter() - began
+            ticks += 1
+            status = decision.rollout.status
+            sent = [a.device_id for a in decision.changed.values() if a.phase == "sent"]
+            if sent:
+                with factory.begin() as session:
+                    session.execute(
+                        update(Device.__table__)  # type: ignore[arg-type]
+                        .where(Device.__table__.c.device_id == bindparam("b_id"))  # type: ignore[attr-defined]
+                        .values(state="committed", release="v2", target="v2",
+                                last_status_at=datetime.fromtimestamp(now + 0.5, UTC)),
+                        [{"b_id": d} for d in sent],
+                    )
+            now += 1
+        if status != "completed":
+            raise RuntimeError(f"the synthetic rollout of {size} devices ended {status}")
+    finally:
+        close_database(factory)
+    per = 1000 / ticks / (size / 1000)
+    return {"tick": round(tick_s * per, 2), "decide": round(decide_s * per, 2),
+            "ticks": ticks}
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--simulate":
         first, count, host, port, prefix, release = sys.argv[2:8]
@@ -196,10 +301,13 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="1,000 devices (the target case)")
+    parser.add_argument("--full", action="store_true",
+                        help=f"{FULL_DEVICES:,} devices (the issue's 10k case)")
     parser.add_argument("--devices", type=int, default=1000)
     args = parser.parse_args()
-    devices = 1000 if args.quick else args.devices
+    devices = FULL_DEVICES if args.full else 1000 if args.quick else args.devices
     with tempfile.TemporaryDirectory(prefix="bench-rollout-") as tmp:
+        ticks = {size: measure_ticks(size, Path(tmp)) for size in TICK_SIZES}
         result = run(devices, Path(tmp))
     print(f"cores                {os.cpu_count()}")
     print(f"devices              {result['devices']} (simulated: {result['simulated_devices']})")
@@ -208,8 +316,16 @@ def main() -> None:
     print(f"waves passed at      {result['wave_seconds']} s")
     print(f"time to 100%         {result['seconds_to_full']} s (target <= {TARGET_S:.0f} s)")
     print(f"server RSS           {result['server_rss_mb']} MB (peak {result['server_peak_rss_mb']} MB)")
+    for size, tick in ticks.items():
+        print(f"tick, {size:>6} devices {tick['tick']} ms per 1,000 devices "
+              f"(decide {tick['decide']} ms; {tick['ticks']} ticks to complete)")
+    print(f"load average         {result['load_average']}")
     print(json.dumps({k: result[k] for k in ("devices", "seconds_to_full", "server_rss_mb")}
-                     | {"status": result["status"], "simulated": True}))
+                     | {"tick_ms_per_1000_devices": {str(s): t["tick"] for s, t in ticks.items()},
+                        "decide_ms_per_1000_devices": {str(s): t["decide"]
+                                                       for s, t in ticks.items()},
+                        "load_average": result["load_average"],
+                        "status": result["status"], "simulated": True}))
 
 
 if __name__ == "__main__":

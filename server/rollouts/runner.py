@@ -12,6 +12,12 @@ the same rollout's update twice: after a restart the assignment says it was sent
 
 A command the broker did not confirm is put back (update: the device waits for its next
 turn; rollback: it is re-sent next tick), with a new command id.
+
+The runner keeps the state it last decided or saved for each rollout, with the rollout's
+revision: every write to a rollout or its assignments bumps the revision, so while the row
+still carries that revision the kept state is the stored one, and a tick skips reading
+every assignment again (the bulk of a tick at 10,000 devices). The kept state is taken
+only once its transaction committed.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from server.rollouts.controller import (
     ACTIVE_STATUSES,
     CommandAction,
     DeviceObservation,
+    RolloutState,
     decide,
 )
 
@@ -80,6 +87,7 @@ class RolloutRunner:
         self._clock = clock
         self._lock = threading.Lock()
         self._seen: dict[str, _Snapshot] | None = None
+        self._states: dict[int, tuple[int, RolloutState]] = {}  # id -> (revision, state)
         self.stats = RunnerStats()
 
     def tick(self) -> int:
@@ -89,10 +97,16 @@ class RolloutRunner:
         with self._lock:
             started = time.perf_counter()
             now = self._clock()
-            with self._session_factory.begin() as session:
-                observations = store.observe_devices(session)
-                self._record_history(session, observations, now)
-                commands = self._decide_all(session, observations, now)
+            kept: dict[int, tuple[int, RolloutState]] = {}
+            try:
+                with self._session_factory.begin() as session:
+                    observations = store.observe_devices(session)
+                    self._record_history(session, observations, now)
+                    commands = self._decide_all(session, observations, now, kept)
+            except BaseException:
+                self._states.clear()
+                raise
+            self._states = kept  # committed: finished rollouts drop out
             sent = sum(self._publish(action, now) for action in commands)
             self.stats.ticks += 1
             self.stats.last_tick_s = time.perf_counter() - started
@@ -101,24 +115,32 @@ class RolloutRunner:
     # One transaction -------------------------------------------------------------------
 
     def _decide_all(
-        self, session: Session, observations: dict[str, DeviceObservation], now: float
+        self,
+        session: Session,
+        observations: dict[str, DeviceObservation],
+        now: float,
+        kept: dict[int, tuple[int, RolloutState]],
     ) -> list[tuple[int, CommandAction]]:
+        """Decide and save every active rollout; `kept` receives each one's state as saved
+        (or as read, when nothing changed) with its revision."""
         commands: list[tuple[int, CommandAction]] = []
         active = session.scalars(
             select(Rollout).where(Rollout.status.in_(sorted(ACTIVE_STATUSES))).order_by(Rollout.id)
         ).all()
         for rollout in active:
-            state = store.load_state(session, rollout)
+            state = self._state_of(session, rollout)
             decision = decide(state, observations, now)
             unchanged = not decision.changed and replace(
                 decision.rollout, devices=state.devices
             ) == state
             if unchanged:
+                kept[rollout.id] = (rollout.revision, state)
                 continue
             if not store.save_decision(session, decision, rollout.revision, now):
                 logger.info("rollout %d changed during the tick; deciding again next tick",
                             rollout.id)
                 continue
+            kept[rollout.id] = (rollout.revision + 1, decision.rollout)
             for event in decision.events:
                 logger.info("rollout %d (%s): %s", rollout.id, rollout.target, event,
                             extra={"rollout_id": rollout.id, "release": rollout.target})
@@ -129,6 +151,13 @@ class RolloutRunner:
                 self.stats.rollouts_finished[decision.rollout.status] += 1
             commands.extend((rollout.id, action) for action in decision.commands)
         return commands
+
+    def _state_of(self, session: Session, rollout: Rollout) -> RolloutState:
+        """The state kept from the last tick if the row still has its revision, else read."""
+        revision, state = self._states.get(rollout.id, (None, None))
+        if state is not None and revision == rollout.revision:
+            return state
+        return store.load_state(session, rollout)
 
     def _record_history(
         self, session: Session, observations: dict[str, DeviceObservation], now: float
@@ -188,6 +217,7 @@ class RolloutRunner:
                 if d in state.devices
             }
             store.write_assignments(session, rollout_id, changed)
+            store.bump_revision(session, rollout_id)
 
 
 def _command(action: CommandAction, now: float) -> Command:

@@ -38,6 +38,7 @@ from server.rollouts.errors import RolloutChangedError, RolloutConflictError
 __all__ = [
     "FLEET_SCOPE",
     "RolloutSpec",
+    "bump_revision",
     "create_rollout",
     "get_rollout",
     "list_rollouts",
@@ -68,11 +69,16 @@ class RolloutSpec:
     order: tuple[str, ...] | None = None
 
 
+_NAIVE_EPOCH = datetime(1970, 1, 1)  # stored times are naive UTC
+
+
 def _epoch(moment: datetime | None) -> float | None:
+    """Epoch seconds of a stored time (naive: UTC). Called for every device each tick:
+    the subtraction is ~10x cheaper than `replace(tzinfo=UTC).timestamp()`, same value."""
     if moment is None:
         return None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
+        return (moment - _NAIVE_EPOCH).total_seconds()
     return moment.timestamp()
 
 
@@ -230,21 +236,7 @@ def phase_counts(session: Session, rollout_ids: Iterable[int]) -> dict[int, dict
 
 
 def load_state(session: Session, rollout: Rollout, *, with_devices: bool = True) -> RolloutState:
-    rows = assignments(session, rollout.id) if with_devices else []
-    devices = {
-        row.device_id: DeviceAssignment(
-            device_id=row.device_id,
-            wave=row.wave,
-            phase=row.phase,  # type: ignore[arg-type]
-            command_id=row.command_id,
-            sent_at=row.sent_at,
-            resolved_at=row.resolved_at,
-            rollback_command_id=row.rollback_command_id,
-            rollback_sent_at=row.rollback_sent_at,
-            reason=row.reason,
-        )
-        for row in rows
-    }
+    devices = _load_assignments(session, rollout.id) if with_devices else {}
     return RolloutState(
         id=rollout.id,
         target=rollout.target,
@@ -258,6 +250,21 @@ def load_state(session: Session, rollout: Rollout, *, with_devices: bool = True)
         finished_at=rollout.finished_at,
         released_waves=rollout.released_waves,
     )
+
+
+def _load_assignments(session: Session, rollout_id: int) -> dict[str, DeviceAssignment]:
+    """A rollout's assignments in position order, read as plain rows: a tick reads every
+    one of them, and ORM objects cost several times the rows (10,000 devices: ~0.1 s).
+    The columns are selected in `DeviceAssignment`'s field order."""
+    rows = session.execute(
+        select(RolloutDevice.device_id, RolloutDevice.wave, RolloutDevice.phase,
+               RolloutDevice.command_id, RolloutDevice.sent_at, RolloutDevice.resolved_at,
+               RolloutDevice.rollback_command_id, RolloutDevice.rollback_sent_at,
+               RolloutDevice.reason)
+        .where(RolloutDevice.rollout_id == rollout_id)
+        .order_by(RolloutDevice.position)
+    )
+    return {row[0]: DeviceAssignment(*row) for row in rows}  # type: ignore[arg-type]
 
 
 def observe_devices(session: Session) -> dict[str, DeviceObservation]:
@@ -305,6 +312,18 @@ def save_decision(session: Session, decision: Decision, revision: int, now: floa
         return False
     write_assignments(session, decision.rollout.id, decision.changed)
     return True
+
+
+def bump_revision(session: Session, rollout_id: int) -> None:
+    """Mark a rollout changed (a write of its assignments outside `save_decision`): a tick
+    or request computed from the state before it is refused, and a runner's kept state
+    is read again."""
+    session.execute(
+        update(Rollout)
+        .where(Rollout.id == rollout_id)
+        .values(revision=Rollout.revision + 1)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def write_assignments(
@@ -398,6 +417,7 @@ def unswitch_devices(session: Session, rollout_id: int, device_ids: Sequence[str
         for d in device_ids
         if d in state.devices and state.devices[d].phase == "sent"
     })
+    bump_revision(session, rollout_id)
 
 
 def request(session: Session, rollout_id: int, what: Request, actor: str,
