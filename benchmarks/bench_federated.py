@@ -15,9 +15,21 @@ training is the task's own recipe (30 epochs, Adam) on the union of the devices'
 (the whole training split). Peak RSS sums the process tree (driver, Ray's
 raylet/GCS and worker actors), sampled every 0.25 s.
 
+Privacy arms (issue 19 item 6; on by default in full mode, `--privacy` in quick mode, where
+they push the bench past a minute): plain FedAvg with central DP (client-side fixed
+clipping at --clipping-norm, Gaussian noise) at each of --epsilons (default 1, 3, 8). Each
+arm's noise multiplier is the smallest that keeps epsilon within the target at --delta for
+the run's rounds and client sampling rate (--fraction-fit), by the dp-accounting RDP
+accountant (server.federated.privacy.noise_for_epsilon); the epsilon each run then
+recorded is reported too. They run after the two arms above (in the SecAgg+ engine with
+shared engines, in one engine of their own otherwise) and compare with the non-private
+plain run, `plain_federated_accuracy`.
+
 Human-readable lines go first; the LAST line is one JSON object:
     secagg_round_ratio, secagg_round_s, plain_round_s, federated_accuracy,
-    centralized_accuracy, peak_rss_mb  (+ details: stage profile, round-1 start-up, config)
+    centralized_accuracy, peak_rss_mb, dp_accuracy_eps1, dp_accuracy_eps3, dp_accuracy_eps8,
+    dp_delta (the dp keys null without privacy arms)
+    (+ details: stage profile, round-1 start-up, DP noise multipliers, config)
 """
 
 from __future__ import annotations
@@ -81,6 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-shares", type=float, default=5)
     parser.add_argument("--threshold", type=float, default=3)
     parser.add_argument("--client-cpus", type=float, default=1.0)
+    parser.add_argument("--fraction-fit", type=float, default=1.0)
+    parser.add_argument(
+        "--privacy",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the DP arms (default: on in full mode, off with --quick)",
+    )
+    parser.add_argument("--epsilons", default="1,3,8", help="DP arms' target epsilons")
+    parser.add_argument("--delta", type=float, default=1e-5)
+    parser.add_argument("--clipping-norm", type=float, default=2.0)
     parser.add_argument(
         "--engines",
         choices=("shared", "separate"),
@@ -98,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from edgeops.packaging.source import train_model
     from edgeops.tasks import TrainConfig, load_task
-    from server.federated.config import FederatedConfig, SecAggConfig
+    from server.federated.config import DPConfig, FederatedConfig, SecAggConfig
     from server.federated.driver import EngineResources, run_simulation_engine_series
+    from server.federated.privacy import noise_for_epsilon
 
     def as_number(value: float) -> int | float:
         return int(value) if value >= 1 else float(value)
@@ -112,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         learning_rate=args.lr,
         alpha=args.alpha,
+        fraction_fit=args.fraction_fit,
         secagg=None,
         drift_histogram=True,
     )
@@ -126,13 +150,27 @@ def main(argv: list[str] | None = None) -> int:
     say = lambda text: print(text, flush=True)  # noqa: E731
 
     arms = {"plain": base, "secagg": secure}
+    privacy = args.privacy if args.privacy is not None else not args.quick
+    epsilons = [float(e) for e in args.epsilons.split(",") if e.strip()] if privacy else []
+    sampling_rate = base.num_sampled_fit / base.num_clients
+    for target in epsilons:
+        noise = noise_for_epsilon(target, sampling_rate, base.num_rounds, args.delta)
+        dp = DPConfig(noise_multiplier=noise, clipping_norm=args.clipping_norm, delta=args.delta)
+        arms[f"dp_eps{target:g}"] = replace(base, dp=dp)
     engines = args.engines or ("shared" if args.quick else "separate")
-    groups = [list(arms)] if engines == "shared" else [[name] for name in arms]
+    private = [name for name in arms if name.startswith("dp_")]
+    if engines == "shared":
+        groups = [list(arms)]
+    else:
+        groups = [["plain"], ["secagg"], *([private] if private else [])]
 
     def report(name: str, r: Any) -> None:
         if r.round == 1:
             arm = arms[name]
-            say(f"{name}: {arm.num_clients} clients, {arm.num_rounds} rounds, alpha {arm.alpha}")
+            say(
+                f"{name}: {arm.num_clients} clients, {arm.num_rounds} rounds, alpha {arm.alpha}"
+                + (f", DP noise multiplier {arm.dp.noise_multiplier:.4f}" if arm.dp else "")
+            )
         say(
             f"  round {r.round:>2} {r.status} fit {r.fit_seconds:6.2f} s  "
             f"held-out {r.heldout_accuracy:.4f}"
@@ -180,6 +218,20 @@ def main(argv: list[str] | None = None) -> int:
         "centralized_accuracy": centralized_accuracy,
         "accuracy_gap_pp": round((centralized_accuracy - (secagg.final_metrics["heldout_accuracy"] or 0)) * 100, 2),
         "peak_rss_mb": round(rss.peak_bytes / 2**20, 1),
+        **{f"dp_accuracy_eps{e:g}": None for e in (1, 3, 8)},
+        **{
+            f"dp_accuracy_{name[3:]}": runs[name][0].final_metrics["heldout_accuracy"]
+            for name in private
+        },
+        "dp_delta": args.delta if private else None,
+        "dp_runs": {
+            name: {
+                key: runs[name][0].privacy[key]
+                for key in ("epsilon", "noise_multiplier", "sampling_rate", "rounds")
+            }
+            for name in private
+        },
+        "dp_clipping_norm": args.clipping_norm if private else None,
         "secagg_stage_median_s": profile,
         "secagg_resolved": secagg.secagg,
         "round1_fit_s": {"plain": plain.rounds[0].fit_seconds, "secagg": secagg.rounds[0].fit_seconds},
@@ -193,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": args.batch_size,
         "learning_rate": args.lr,
         "alpha": args.alpha,
+        "fraction_fit": args.fraction_fit,
         "cpus": os.cpu_count(),
+        "loadavg": os.getloadavg()[0],
     }
     say(
         f"per round (median of rounds 2..): SecAgg+ {summary['secagg_round_s']} s, plain "
@@ -201,6 +255,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{summary['federated_accuracy']:.4f} vs centralized {centralized_accuracy:.4f}; peak RSS "
         f"{summary['peak_rss_mb']} MB"
     )
+    for name in private:
+        say(
+            f"{name}: accuracy {runs[name][0].final_metrics['heldout_accuracy']:.4f} at recorded "
+            f"epsilon {runs[name][0].privacy['epsilon']} (delta {args.delta}) vs non-private "
+            f"{summary['plain_federated_accuracy']:.4f}"
+        )
     print(json.dumps(summary, sort_keys=True))
     return 0
 

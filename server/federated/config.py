@@ -114,14 +114,18 @@ class DPConfig:
     """Central DP with client-side fixed clipping (Flower's
     DifferentialPrivacyClientSideFixedClipping + fixedclipping_mod): each client clips its
     update to `clipping_norm`; the server adds Gaussian noise of standard deviation
-    noise_multiplier * clipping_norm / sampled clients to the aggregate."""
+    noise_multiplier * clipping_norm / sampled clients to the aggregate. `delta` is the
+    delta the run's epsilon is stated at (server.federated.privacy)."""
 
     noise_multiplier: float
     clipping_norm: float
+    delta: float = 1e-5
 
     def __post_init__(self) -> None:
         if self.noise_multiplier < 0 or self.clipping_norm <= 0:
             raise ConfigError("DP needs noise_multiplier >= 0 and clipping_norm > 0")
+        if not 0 < self.delta < 1:
+            raise ConfigError(f"DP delta must be in (0, 1), got {self.delta}")
 
 
 @dataclass(frozen=True)
@@ -205,7 +209,8 @@ class FederatedConfig:
     def from_run_config(cls, run_config: Mapping[str, Any]) -> FederatedConfig:
         """Rebuild from `[tool.flwr.app.config]` keys (`num-rounds`, `secagg.num-shares`,
         `strategy.name`, `dp.noise-multiplier`, ...); missing keys keep their defaults.
-        `secagg.enabled = false` turns SecAgg+ off; DP is on when both dp keys are given."""
+        `secagg.enabled = false` turns SecAgg+ off; DP is on when dp.noise-multiplier and
+        dp.clipping-norm are both given (dp.delta is optional)."""
         values = {str(k).replace("-", "_"): v for k, v in run_config.items()}
         try:
             strategy = StrategyConfig(**_section(values, "strategy", StrategyConfig))
@@ -213,7 +218,8 @@ class FederatedConfig:
             if not values.get("secagg.enabled", True):
                 secagg = None
             dp_values = _section(values, "dp", DPConfig)
-            dp = DPConfig(**dp_values) if len(dp_values) == 2 else None
+            required = {"noise_multiplier", "clipping_norm"}
+            dp = DPConfig(**dp_values) if required <= dp_values.keys() else None
             top = {k: v for k, v in values.items() if "." not in k and k in _names(cls)}
             if "drop_partitions" in top:
                 top["drop_partitions"] = tuple(

@@ -43,6 +43,7 @@ from server.federated.config import FederatedConfig, SecAggConfig
 from server.federated.fleet_eval import CANDIDATE, CHAMPION, run_fleet_evaluation
 from server.federated.ledger import RoundLedger, RoundOutcome
 from server.federated.polling_grid import PollingGrid
+from server.federated.privacy import spent
 from server.federated.result import FederatedResult, check_progress
 from server.federated.secagg_timing import StageTimedSecAggPlus
 from server.federated.strategies import build_strategy
@@ -142,19 +143,7 @@ def run_rounds(
         data_fingerprint=dataset.fingerprint(),
         code_version=code_version(),
         secagg=_secagg_json(secagg),
-        privacy=(
-            {
-                "mechanism": "central DP, client-side fixed clipping, Gaussian noise",
-                "noise_multiplier": config.dp.noise_multiplier,
-                "clipping_norm": config.dp.clipping_norm,
-                "num_sampled_clients": config.num_sampled_fit,
-                "noise_stddev": config.dp.noise_multiplier
-                * config.dp.clipping_norm
-                / config.num_sampled_fit,
-            }
-            if config.dp is not None
-            else None
-        ),
+        privacy=_privacy_json(config, rounds_run=len(ledger.outcomes)),
         fleet_evaluation=fleet_evaluation,
     )
 
@@ -175,6 +164,24 @@ def _evaluate_fleet(
         num_classes=task.num_classes,
     )
     return evaluation.to_json()
+
+
+def _privacy_json(config: FederatedConfig, rounds_run: int) -> dict[str, Any] | None:
+    """The DP mechanism and the (epsilon, delta) it spent over the rounds that ran."""
+    if config.dp is None:
+        return None
+    return {
+        "mechanism": "central DP, client-side fixed clipping, Gaussian noise",
+        "clipping_norm": config.dp.clipping_norm,
+        "num_sampled_clients": config.num_sampled_fit,
+        "noise_stddev": config.dp.noise_multiplier * config.dp.clipping_norm / config.num_sampled_fit,
+        **spent(
+            config.dp.noise_multiplier,
+            config.dp.delta,
+            sampling_rate=config.num_sampled_fit / config.num_clients,
+            rounds=max(1, rounds_run),
+        ),
+    }
 
 
 def _secagg_json(secagg: SecAggConfig | None) -> dict[str, object] | None:

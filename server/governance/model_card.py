@@ -313,6 +313,16 @@ def _training(training: TrainingRun | None, run: PipelineRun | None) -> dict[str
     }
 
 
+def _privacy_text(privacy: object) -> str:
+    """The DP line of the card: the (epsilon, delta) the run spent, when it was accounted."""
+    spent = privacy if isinstance(privacy, dict) else {}
+    if not _is_number(spent.get("epsilon")) or not _is_number(spent.get("delta")):
+        return "differential privacy (central Gaussian noise on clipped updates)"
+    return (f"differential privacy: (epsilon {spent['epsilon']:g}, delta {spent['delta']:g}) "
+            f"over {spent.get('rounds')} rounds, noise multiplier {spent.get('noise_multiplier')}, "
+            f"client sampling rate {spent.get('sampling_rate')} ({spent.get('accountant')})")
+
+
 def _fleet(training: TrainingRun | None) -> dict[str, Any] | None:
     """The federated evaluation of candidate and champion: per class and per cohort."""
     fleet = (training.metrics or {}).get("fleet_evaluation") if training is not None else None
@@ -450,7 +460,7 @@ def _considerations(source: CardSource, training: TrainingRun | None, run: Pipel
                        "mitigation_strategy": "SecAgg+: the server sees only the sum of updates"})
     if config.get("privacy") or config.get("dp"):
         ethics.append({"name": "The aggregate model could memorise individual examples.",
-                       "mitigation_strategy": "differential privacy (edgeops.training.dp)"})
+                       "mitigation_strategy": _privacy_text(config.get("privacy"))})
     if policy is not None:
         ethics.append({"name": "An automatic retraining is a change to a deployed model.",
                        "mitigation_strategy": "planned and bounded in advance by the release "
