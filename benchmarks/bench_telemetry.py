@@ -51,12 +51,40 @@ def _rss_mb(pid: int) -> float:
 # (a) ingest throughput -------------------------------------------------------------------
 
 
+def publish_batches(port: int, fleet: str, first: int, count: int, devices: int = 100) -> None:
+    """Publish `count` telemetry batches (QoS 1, windows `first`.. on, round-robin over
+    `devices` devices) to the broker on `port`, and wait until the broker has them all."""
+    import paho.mqtt.client as mqtt
+
+    from edgeops.messages import TelemetryBatch, encode
+    from edgeops.topics import Topics
+
+    topics = Topics.for_fleet(fleet)
+    publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-pub",
+                            protocol=mqtt.MQTTv5)
+    publisher.max_inflight_messages_set(1000)
+    publisher.connect("127.0.0.1", port)
+    publisher.loop_start()
+    last = None
+    for i in range(first, first + count):
+        device = f"dev-{i % devices}"
+        batch = TelemetryBatch(device_id=device, window_start=i, window_end=i + 1,
+                               count=READINGS_PER_BATCH, errors=0,
+                               predicted_classes=[READINGS_PER_BATCH] + [0] * 9)
+        last = publisher.publish(topics.telemetry(device), encode(batch), qos=1)
+        if i % 1000 == 999:
+            last.wait_for_publish(30)
+    assert last is not None
+    last.wait_for_publish(60)
+    publisher.disconnect()
+    publisher.loop_stop()
+
+
 def bench_ingest(workdir: Path, messages: int, trials: int = 3) -> dict[str, float]:
     import paho.mqtt.client as mqtt
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
-    from edgeops.messages import TelemetryBatch, encode
     from edgeops.topics import Topics
     from server.config.settings import ServerSettings
     from server.db.engine import close_database, open_database
@@ -98,25 +126,7 @@ def bench_ingest(workdir: Path, messages: int, trials: int = 3) -> dict[str, flo
         bare.loop_stop()
 
         def publish_while_away(trial: int) -> None:
-            publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-pub",
-                                    protocol=mqtt.MQTTv5)
-            publisher.max_inflight_messages_set(1000)
-            publisher.connect("127.0.0.1", broker.port)
-            publisher.loop_start()
-            devices = [f"dev-{i}" for i in range(100)]
-            last = None
-            for i in range(trial * messages, (trial + 1) * messages):  # new windows each trial
-                device = devices[i % len(devices)]
-                batch = TelemetryBatch(device_id=device, window_start=i, window_end=i + 1,
-                                       count=READINGS_PER_BATCH, errors=0,
-                                       predicted_classes=[READINGS_PER_BATCH] + [0] * 9)
-                last = publisher.publish(topics.telemetry(device), encode(batch), qos=1)
-                if i % 1000 == 999:
-                    last.wait_for_publish(30)
-            assert last is not None
-            last.wait_for_publish(60)
-            publisher.disconnect()
-            publisher.loop_stop()
+            publish_batches(broker.port, "bench", trial * messages, messages)  # new windows
 
         def drain_bare() -> float:
             received[0] = 0

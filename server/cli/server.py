@@ -206,4 +206,5 @@ def run(
 
 app.add_typer(__import__("server.cli.broker", fromlist=["app"]).app)  # broker-config, enroll-token
 app.add_typer(__import__("server.cli.prometheus", fromlist=["app"]).app)  # prometheus-config
+app.add_typer(__import__("server.cli.ingest", fromlist=["app"]).app)  # ingest --workers N
 app.add_typer(keys_app, name="keys")
