@@ -5,6 +5,7 @@
     estimate     label-free (CBPE-style), naive and realised accuracy
     detector     the pure core: score_windows (BH across features x cohorts), confirm (CUSUM)
     reference    a release's monitoring reference from its signed release info
+    merge        one window's telemetry rows summed into cohort windows
     store        window scores, events, cohort state and the single-monitor lease
     runner       the I/O shell: roll telemetry up into windows, score, persist, prune
     metrics      drift and accuracy gauges for /metrics

@@ -23,9 +23,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from server.config.settings import ServerSettings
@@ -35,11 +33,10 @@ from server.monitoring.detector import (
     CohortState,
     MonitorPolicy,
     Reference,
-    WindowInput,
     confirm,
     score_windows,
 )
-from server.monitoring.statistics import pad_v1
+from server.monitoring.merge import FLEET_GROUP, CohortWindow, cohort_name, merge_rows
 from server.monitoring.thresholds import DEFAULT_DRAWS, CalibrationCache
 
 __all__ = [
@@ -54,7 +51,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FLEET_GROUP = "fleet"
 ReferenceSource = Callable[[str], Reference | None]
 
 
@@ -86,63 +82,6 @@ class MonitorStats:
     events: dict[str, int] = field(default_factory=dict)
     telemetry_pruned: int = 0
     last_tick_s: float = 0.0
-
-
-def cohort_name(release: str, group: str) -> str:
-    """`<release>@<group>`; the group `fleet` is the release across every device."""
-    return f"{release}@{group}"
-
-
-@dataclass
-class _Merged:
-    release: str
-    group: str
-    count: int = 0
-    devices: set[str] = field(default_factory=set)
-    histograms: np.ndarray | None = None
-    classes: np.ndarray | None = None
-    class_confidence: np.ndarray | None = None
-    confusion: np.ndarray | None = None
-
-    def add(self, row: store.TelemetryRow, histograms: np.ndarray) -> None:
-        payload = row.payload
-        self.count += int(payload.get("count", 0))
-        self.devices.add(row.device_id)
-        self.histograms = histograms if self.histograms is None else self.histograms + histograms
-        for name, key in (
-            ("classes", "predicted_classes"),
-            ("class_confidence", "class_confidence"),
-            ("confusion", "confusion"),
-        ):
-            raw = payload.get(key)
-            if not raw:
-                continue
-            value = np.asarray(raw, dtype=np.int64)
-            current = getattr(self, name)
-            if current is None:
-                setattr(self, name, value)
-            elif current.shape == value.shape:
-                setattr(self, name, current + value)
-
-    def window(self) -> WindowInput:
-        assert self.histograms is not None
-        return WindowInput(
-            cohort=cohort_name(self.release, self.group),
-            count=self.count,
-            feature_histograms=self.histograms,
-            predicted_classes=self.classes,
-            class_confidence=self.class_confidence,
-            confusion=self.confusion,
-        )
-
-
-def _release_key(row: store.TelemetryRow) -> str | None:
-    if row.model is None or row.version is None:
-        return row.release
-    prefix = f"{row.model}/{row.version}/"
-    if row.release and row.release.startswith(prefix):
-        return row.release
-    return f"{row.model}/{row.version}"
 
 
 class MonitorRunner:
@@ -201,28 +140,16 @@ class MonitorRunner:
         return scored
 
     def _score_window(self, session: Session, start: float, end: float) -> None:
-        merged: dict[tuple[str, str], _Merged] = {}
-        # Looked up once per release and window: a lookup reads the signed targets.
-        references: dict[str, Reference | None] = {}
-        for row in store.telemetry_rows(session, start, end):
-            release = _release_key(row)
-            if release is not None and release not in references:
-                references[release] = self._references(release)
-            reference = references.get(release) if release else None
-            histograms = self._histograms(row, reference)
-            if release is None or reference is None or histograms is None:
-                self.stats.rows_skipped += 1
-                continue
-            for group in (row.group_name, FLEET_GROUP):
-                merged.setdefault((release, group), _Merged(release, group)).add(row, histograms)
+        # References are looked up once per release and window: a lookup reads the signed
+        # targets.
+        merged, skipped = merge_rows(store.telemetry_rows(session, start, end), self._references)
+        self.stats.rows_skipped += skipped
         if not merged:
             return
         items = []
         ordered = [cohort for _key, cohort in sorted(merged.items())]
         for cohort in ordered:
-            release = cohort.release
-            ref = references[release]
-            assert ref is not None
+            release, ref = cohort.release, cohort.reference
             window = cohort.window()
             null = None
             if window.count >= self.config.policy.min_count:
@@ -249,7 +176,7 @@ class MonitorRunner:
                 )
         store.save_states(session, states)
 
-    def _save(self, session: Session, score: CohortScore, cohort: _Merged, start: float, end: float) -> None:
+    def _save(self, session: Session, score: CohortScore, cohort: CohortWindow, start: float, end: float) -> None:
         store.save_score(
             session,
             score,
@@ -259,22 +186,6 @@ class MonitorRunner:
             window_end=end,
             devices=len(cohort.devices),
         )
-
-    def _histograms(self, row: store.TelemetryRow, ref: Reference | None) -> np.ndarray | None:
-        """The row's histograms in the v2 layout, or None (suppressed, missing, mismatched)."""
-        payload: dict[str, Any] = row.payload
-        raw = payload.get("feature_histograms")
-        if ref is None or not raw or (payload.get("privacy") or {}).get("suppressed"):
-            return None
-        try:
-            histograms = np.asarray(raw, dtype=np.int64)
-        except (TypeError, ValueError):
-            return None
-        if payload.get("schema", 1) == 1:
-            histograms = pad_v1(histograms)
-        if histograms.shape != ref.feature_histograms.shape:
-            return None
-        return histograms
 
 
 def config_from_settings(settings: ServerSettings) -> MonitorConfig:

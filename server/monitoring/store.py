@@ -6,12 +6,13 @@ Everything here runs inside the caller's session (one transaction per monitor ti
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, func, select, text, update
+from pydantic_core import from_json
+from sqlalchemy import Text, cast, delete, func, select, text, update
 from sqlalchemy.orm import Session
 
 from server.db.tables import (
@@ -24,6 +25,7 @@ from server.db.tables import (
     TelemetryRecord,
 )
 from server.monitoring.detector import CohortScore, CohortState, MonitorEvent
+from server.monitoring.merge import TelemetryRow
 
 __all__ = [
     "LEASE_NAME",
@@ -48,16 +50,7 @@ logger = logging.getLogger(__name__)
 
 LEASE_NAME = "monitor"
 _ADVISORY_KEY = 0x6D6F6E69  # "moni"
-
-
-@dataclass(frozen=True)
-class TelemetryRow:
-    device_id: str
-    model: str | None
-    version: int | None
-    release: str | None  # the device's active target path, from the inventory
-    group_name: str
-    payload: dict[str, Any]
+TELEMETRY_CHUNK_ROWS = 1000
 
 
 def acquire_lease(
@@ -107,8 +100,16 @@ def earliest_telemetry_end(session: Session) -> float | None:
     return session.execute(select(func.min(TelemetryRecord.window_end))).scalar()
 
 
-def telemetry_rows(session: Session, start: float, end: float) -> list[TelemetryRow]:
-    """Telemetry batches whose window ended in [start, end), with group and release."""
+def telemetry_rows(
+    session: Session, start: float, end: float, *, chunk_rows: int = TELEMETRY_CHUNK_ROWS
+) -> Iterator[TelemetryRow]:
+    """Telemetry batches whose window ended in [start, end), with group and release.
+
+    Streamed `chunk_rows` at a time (a server-side cursor on PostgreSQL), so a window of a
+    large fleet is never held in memory at once. The payload is read as JSON text and parsed
+    here (pydantic-core's parser: a third of the time of the json module's); a payload that
+    is not a JSON object reads as {}.
+    """
     query = (
         select(
             TelemetryRecord.device_id,
@@ -116,16 +117,25 @@ def telemetry_rows(session: Session, start: float, end: float) -> list[Telemetry
             TelemetryRecord.version,
             Device.release,
             DeviceLabel.group_name,
-            TelemetryRecord.payload,
+            cast(TelemetryRecord.payload, Text),
         )
         .outerjoin(Device, Device.device_id == TelemetryRecord.device_id)
         .outerjoin(DeviceLabel, DeviceLabel.device_id == TelemetryRecord.device_id)
         .where(TelemetryRecord.window_end >= start, TelemetryRecord.window_end < end)
+        .execution_options(yield_per=chunk_rows)
     )
-    return [
-        TelemetryRow(d, m, v, r, g or "default", p if isinstance(p, dict) else {})
-        for d, m, v, r, g, p in session.execute(query)
-    ]
+    for d, m, v, r, g, raw in session.connection().execute(query):
+        yield TelemetryRow(d, m, v, r, g or "default", _payload(raw))
+
+
+def _payload(raw: str | None) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    try:
+        payload = from_json(raw, cache_strings="keys")
+    except ValueError:
+        return {}
+    return payload if isinstance(payload, dict) else {}
 
 
 def _jsonable(value: Any) -> Any:
