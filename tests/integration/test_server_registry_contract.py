@@ -66,13 +66,13 @@ def test_migrations_create_exactly_the_orm_schema(
 
 
 def test_models_are_created_listed_and_unique(registry: Registry) -> None:
-    created = registry.create_model("digits", "edgeops.tasks.digits:task")
+    created = registry.create_model("digits", "edgeops.tasks.digits:digits")
 
     assert registry.get_model("digits") == created
     assert [m.name for m in registry.list_models()] == ["digits"]
     with pytest.raises(RegistryError, match="already exists"):
         registry.create_model("digits", "other")
-    assert registry.ensure_model("digits", "edgeops.tasks.digits:task") == created
+    assert registry.ensure_model("digits", "edgeops.tasks.digits:digits") == created
     with pytest.raises(RegistryError, match="belongs to task"):
         registry.ensure_model("digits", "other")
     with pytest.raises(NotFoundError):

@@ -86,7 +86,7 @@ def make_package(
             for fmt in ("fp32", "int8")
         },
         "model": model,
-        "task": "edgeops.tasks.digits:task",
+        "task": "edgeops.tasks.digits:digits",
         "release_info": release_info,
         "metrics": {"fp32": {"accuracy": 0.97}, "int8": {"accuracy": 0.96}},
         "lineage": {"data_fingerprint": "a" * 64, "code_version": "test-1"},

@@ -125,7 +125,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     v2 = publish_package(settings, factory, make_package(tmp / "p2", seed=2), "int8")
     with factory.begin() as session:
         training = TrainingRun(
-            task="edgeops.tasks.digits:task", kind="federated", status="succeeded",
+            task="edgeops.tasks.digits:digits", kind="federated", status="succeeded",
             config={"secagg_resolved": True, "privacy": {"dp": False}},
             metrics={"rounds": [{"round": i} for i in range(1, 4)]},
             data_fingerprint="f" * 64, code_version="abc1234", started_at=at(6),

@@ -27,7 +27,7 @@ def add_model(session: Session, name: str, versions: dict[int, str]) -> None:
     """A model with one row per {version: format}, all on one shared artifact."""
     if session.get(Artifact, SHA) is None:
         session.add(Artifact(sha256=SHA, size_bytes=1))
-    model = Model(name=name, task="edgeops.tasks.digits:task")
+    model = Model(name=name, task="edgeops.tasks.digits:digits")
     session.add(model)
     session.flush()
     for version, fmt in versions.items():

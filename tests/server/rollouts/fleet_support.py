@@ -103,7 +103,7 @@ def make_gated_package(directory: Path, seed: int, k: float = 0.0, model: str = 
             for fmt in ("fp32", "int8")
         },
         "model": model,
-        "task": "edgeops.tasks.digits:task",
+        "task": "edgeops.tasks.digits:digits",
         "release_info": release_info,
         "metrics": {"fp32": {"accuracy": 0.97}, "int8": {"accuracy": 0.96}},
         "lineage": {"data_fingerprint": "b" * 64, "code_version": f"rollout-test-{seed}-{k}"},

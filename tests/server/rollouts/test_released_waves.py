@@ -157,7 +157,7 @@ def test_a_held_rollout_still_catches_up_devices_of_its_released_wave() -> None:
 
 def add_release_and_devices(session: Session, ids: tuple[str, ...]) -> None:
     session.add(Artifact(sha256="a" * 64, size_bytes=1))
-    model = Model(name="digits", task="edgeops.tasks.digits:task")
+    model = Model(name="digits", task="edgeops.tasks.digits:digits")
     session.add(model)
     session.flush()
     version = ModelVersion(model_id=model.id, version=2, format="int8",
