@@ -28,7 +28,6 @@ import os
 import signal
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -37,61 +36,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench_telemetry import READINGS_PER_BATCH, publish_batches  # noqa: E402 - after the path fix
+from bench_telemetry import (  # noqa: E402 - after the path fix
+    READINGS_PER_BATCH,
+    BareSubscriber,
+    publish_batches,
+)
 
 DEVICES = 100
 POSTGRES_WORKERS = (1, 2, 4)
-
-
-class BareSubscriber:
-    """A paho client that only counts telemetry, with a persistent session."""
-
-    def __init__(self, port: int, fleet: str) -> None:
-        from edgeops.topics import Topics
-
-        self._port = port
-        self._topic = Topics.for_fleet(fleet).all_devices("telemetry")
-        self._received = 0
-        self._wanted = 0
-        self._done = threading.Event()
-
-    def _client(self):  # noqa: ANN202 - paho's Client, imported lazily
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.packettypes import PacketTypes
-        from paho.mqtt.properties import Properties
-
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-bare",
-                             protocol=mqtt.MQTTv5)
-        client.on_message = self._on_message
-        properties = Properties(PacketTypes.CONNECT)
-        properties.SessionExpiryInterval = 3600
-        client.connect("127.0.0.1", self._port, clean_start=False, properties=properties)
-        client.loop_start()
-        return client
-
-    def _on_message(self, _c: object, _u: object, _m: object) -> None:
-        self._received += 1
-        if self._received >= self._wanted:
-            self._done.set()
-
-    def subscribe_then_leave(self) -> None:
-        client = self._client()
-        client.subscribe(self._topic, qos=1)
-        time.sleep(0.3)
-        client.disconnect()
-        client.loop_stop()
-
-    def drain_s(self, messages: int) -> float:
-        """Connect, receive what was queued (`messages`), leave; seconds from connect."""
-        self._received, self._wanted = 0, messages
-        self._done.clear()
-        started = time.perf_counter()
-        client = self._client()
-        assert self._done.wait(300), f"bare subscriber got {self._received} of {messages}"
-        elapsed = time.perf_counter() - started
-        client.disconnect()
-        client.loop_stop()
-        return elapsed
 
 
 def _rows(factory) -> int:  # noqa: ANN001 - a sessionmaker

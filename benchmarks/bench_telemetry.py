@@ -80,12 +80,58 @@ def publish_batches(port: int, fleet: str, first: int, count: int, devices: int 
     publisher.loop_stop()
 
 
-def bench_ingest(workdir: Path, messages: int, trials: int = 3) -> dict[str, float]:
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
+class BareSubscriber:
+    """A paho client that only counts telemetry, with a persistent session."""
 
-    from edgeops.topics import Topics
+    def __init__(self, port: int, fleet: str) -> None:
+        from edgeops.topics import Topics
+
+        self._port = port
+        self._topic = Topics.for_fleet(fleet).all_devices("telemetry")
+        self._received = 0
+        self._wanted = 0
+        self._done = threading.Event()
+
+    def _client(self):  # noqa: ANN202 - paho's Client, imported lazily
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-bare",
+                             protocol=mqtt.MQTTv5)
+        client.on_message = self._on_message
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = 3600
+        client.connect("127.0.0.1", self._port, clean_start=False, properties=properties)
+        client.loop_start()
+        return client
+
+    def _on_message(self, _c: object, _u: object, _m: object) -> None:
+        self._received += 1
+        if self._received >= self._wanted:
+            self._done.set()
+
+    def subscribe_then_leave(self) -> None:
+        client = self._client()
+        client.subscribe(self._topic, qos=1)
+        time.sleep(0.3)
+        client.disconnect()
+        client.loop_stop()
+
+    def drain_s(self, messages: int, timeout_s: float = 300.0) -> float:
+        """Connect, receive what was queued (`messages`), leave; seconds from connect."""
+        self._received, self._wanted = 0, messages
+        self._done.clear()
+        started = time.perf_counter()
+        client = self._client()
+        assert self._done.wait(timeout_s), f"bare subscriber got {self._received} of {messages}"
+        elapsed = time.perf_counter() - started
+        client.disconnect()
+        client.loop_stop()
+        return elapsed
+
+
+def bench_ingest(workdir: Path, messages: int, trials: int = 3) -> dict[str, float]:
     from server.config.settings import ServerSettings
     from server.db.engine import close_database, open_database
     from server.fleet.ingest.worker import Ingest, IngestTuning
@@ -93,52 +139,15 @@ def bench_ingest(workdir: Path, messages: int, trials: int = 3) -> dict[str, flo
 
     broker = MosquittoBroker(workdir=workdir / "broker-a").start()
     settings = ServerSettings(home=workdir, broker_port=broker.port, fleet="bench")
-    topics = Topics.for_fleet("bench")
     db = open_database(f"sqlite:///{workdir / 'ingest.db'}")
     try:
-        counted = threading.Event()
-        received = [0]
-
-        def on_message(_c: object, _u: object, _m: object) -> None:
-            received[0] += 1
-            if received[0] >= messages:
-                counted.set()
-
-        def bare_client() -> mqtt.Client:
-            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bare-counter",
-                                 protocol=mqtt.MQTTv5)
-            client.on_message = on_message
-            properties = Properties(PacketTypes.CONNECT)
-            properties.SessionExpiryInterval = 3600
-            client.connect("127.0.0.1", broker.port, clean_start=False, properties=properties)
-            return client
-
         # Sessions first (so the broker queues for both), then away.
-        bare = bare_client()
-        bare.loop_start()
-        bare.subscribe(topics.all_devices("telemetry"), qos=1)
+        bare = BareSubscriber(broker.port, "bench")
+        bare.subscribe_then_leave()
         ingest = Ingest(settings, db, client_id="bench-ingest", tuning=IngestTuning())
         ingest.start()
         assert ingest.wait_ready(10), "ingest did not subscribe"
         ingest.stop()
-        time.sleep(0.3)
-        bare.disconnect()
-        bare.loop_stop()
-
-        def publish_while_away(trial: int) -> None:
-            publish_batches(broker.port, "bench", trial * messages, messages)  # new windows
-
-        def drain_bare() -> float:
-            received[0] = 0
-            counted.clear()
-            started = time.perf_counter()
-            bare = bare_client()
-            bare.loop_start()
-            assert counted.wait(120), f"bare subscriber got {received[0]} of {messages}"
-            elapsed = time.perf_counter() - started
-            bare.disconnect()
-            bare.loop_stop()
-            return elapsed
 
         def drain_ingest() -> float:
             started = time.perf_counter()
@@ -157,8 +166,8 @@ def bench_ingest(workdir: Path, messages: int, trials: int = 3) -> dict[str, flo
         # where a stray scheduling hiccup on a 2-core machine would move the ratio by 0.1.
         bare_times, ingest_times = [], []
         for trial in range(trials):
-            publish_while_away(trial)
-            bare_times.append(drain_bare())
+            publish_batches(broker.port, "bench", trial * messages, messages)  # new windows
+            bare_times.append(bare.drain_s(messages, timeout_s=120))
             ingest_times.append(drain_ingest())
         bare_s, ingest_s = min(bare_times), min(ingest_times)
     finally:
