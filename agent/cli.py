@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,6 +20,7 @@ from agent.logging_setup import LOG_FORMATS
 from edgeops.cli import JsonOption, emit, home_option
 from edgeops.cli_secrets import read_secret
 from edgeops.errors import ConfigError, UpdateError
+from edgeops.signals import stop_on_signals
 
 logger = logging.getLogger(__name__)
 
@@ -164,38 +163,31 @@ def run(home: HomeOption, log_format: LogFormatOption = "auto") -> None:
 
     config = load_config(home)
     chosen = resolve_log_format(log_format, os.environ, sys.stderr)
-    stop = threading.Event()
-
-    def request_stop(signum: int, frame: Any) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    agent = Agent(config)
-    configure_logging(
-        chosen,
-        lambda: {
-            "device_id": config.device_id,
-            "release": agent.status().release,
-            "rollout_id": rollout_id_of(agent.last_command_id),
-        },
-    )
-    notifier = Notifier.from_environment(os.environ)
-    agent.start()
-    summary = f"agent {config.device_id} running (state {agent.state}" + (
-        f", API {agent.http_url}" if agent.http_url else ""
-    ) + ")"
-    _announce(chosen, f"{summary}; Ctrl-C stops it")
-    notifier.ready(summary)
-    try:
-        while not stop.wait(notifier.tick_s):
-            if agent.alive:
-                notifier.feed_watchdog()
-            # else: a thread died; no more WATCHDOG=1, so systemd restarts the agent
-    finally:
-        notifier.stopping()
-        agent.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    with stop_on_signals() as stop:
+        agent = Agent(config)
+        configure_logging(
+            chosen,
+            lambda: {
+                "device_id": config.device_id,
+                "release": agent.status().release,
+                "rollout_id": rollout_id_of(agent.last_command_id),
+            },
+        )
+        notifier = Notifier.from_environment(os.environ)
+        agent.start()
+        summary = f"agent {config.device_id} running (state {agent.state}" + (
+            f", API {agent.http_url}" if agent.http_url else ""
+        ) + ")"
+        _announce(chosen, f"{summary}; Ctrl-C stops it")
+        notifier.ready(summary)
+        try:
+            while not stop.wait(notifier.tick_s):
+                if agent.alive:
+                    notifier.feed_watchdog()
+                # else: a thread died; no more WATCHDOG=1, so systemd restarts the agent
+        finally:
+            notifier.stopping()
+            agent.stop()
     _announce(chosen, f"agent {config.device_id} stopped")
 
 

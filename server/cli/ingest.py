@@ -4,16 +4,14 @@
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 from pathlib import Path
-from types import FrameType
 from typing import Annotated
 
 import typer
 
 from edgeops.cli import home_option
 from edgeops.errors import ConfigError
+from edgeops.signals import stop_on_signals
 
 __all__ = ["app"]
 
@@ -67,21 +65,14 @@ def ingest(
     for warning in check_transport(settings):
         typer.echo(f"warning: {warning}", err=True)
     pool = IngestPool(settings, workers=workers, first_index=first_worker)
-    stop = threading.Event()
-
-    def on_signal(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        pool.start()
-        typer.echo(f"ingest: {workers} worker(s) as {', '.join(pool.client_ids)}; "
-                   "stop with Ctrl-C or SIGTERM", err=True)
-        while not stop.wait(0.5):
-            pass
-        typer.echo("ingest: stopping (writing and acknowledging what the workers hold)",
-                   err=True)
-    finally:
-        pool.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    with stop_on_signals() as stop:
+        try:
+            pool.start()
+            typer.echo(f"ingest: {workers} worker(s) as {', '.join(pool.client_ids)}; "
+                       "stop with Ctrl-C or SIGTERM", err=True)
+            while not stop.wait(0.5):
+                pass
+            typer.echo("ingest: stopping (writing and acknowledging what the workers hold)",
+                       err=True)
+        finally:
+            pool.stop()

@@ -31,15 +31,14 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import signal
 import threading
 import time
 from dataclasses import dataclass
 from multiprocessing.context import SpawnProcess
 from multiprocessing.sharedctypes import Synchronized
-from types import FrameType
 
 from edgeops.errors import ConfigError, EdgeOpsError
+from edgeops.signals import stop_on_signals
 from server.config.settings import ServerSettings
 from server.fleet.ingest.worker import Ingest, IngestTuning, default_client_id
 
@@ -79,32 +78,27 @@ def _run_worker(spec: _WorkerSpec, ready: Synchronized, started_at: Synchronized
 
     logging.basicConfig(level=spec.log_level,
                         format=f"%(asctime)s {spec.client_id} %(levelname)s %(name)s: %(message)s")
-    stop = threading.Event()
-
-    def on_signal(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        factory = open_database(spec.database_url)
-        ingest = Ingest(spec.settings, factory, client_id=spec.client_id, tuning=spec.tuning)
-    except EdgeOpsError as err:
-        logger.error("ingest worker %s cannot start: %s", spec.client_id, err)
-        raise SystemExit(_EXIT_CONFIG) from None
-    started_at.value = time.monotonic()
-    ingest.start()
-    try:
-        while not stop.wait(0.1):
-            ready.value = int(ingest.wait_ready(0))
-            if os.getppid() != spec.supervisor_pid:  # the supervisor died (SIGKILL): stop too
-                logger.warning("ingest worker %s lost its supervisor; stopping", spec.client_id)
-                break
-    finally:
-        ready.value = 0
-        ingest.stop()
-        close_database(factory)
-
+    with stop_on_signals() as stop:
+        try:
+            factory = open_database(spec.database_url)
+            ingest = Ingest(spec.settings, factory, client_id=spec.client_id, tuning=spec.tuning)
+        except EdgeOpsError as err:
+            logger.error("ingest worker %s cannot start: %s", spec.client_id, err)
+            raise SystemExit(_EXIT_CONFIG) from None
+        started_at.value = time.monotonic()
+        ingest.start()
+        try:
+            while not stop.wait(0.1):
+                ready.value = int(ingest.wait_ready(0))
+                # The supervisor died (SIGKILL): stop too.
+                if os.getppid() != spec.supervisor_pid:
+                    logger.warning("ingest worker %s lost its supervisor; stopping",
+                                   spec.client_id)
+                    break
+        finally:
+            ready.value = 0
+            ingest.stop()
+            close_database(factory)
 
 class _Slot:
     """One worker position: its process now and its restart history."""
