@@ -29,6 +29,9 @@ from tests.agent.support import TufTestRepository
 from tests.cli_support import run_edgeops
 
 COMMAND = (sys.executable, "-m", "edgeops.cli")
+# An interpreter where an install puts it: where the checkout running the tests lies (under
+# /tmp or /home) changes PrivateTmp and ProtectHome, which the unit then relaxes for it.
+INSTALLED = ("/opt/edgeops/venv/bin/python", "-m", "edgeops.cli")
 
 
 @pytest.fixture
@@ -53,7 +56,7 @@ def unit_service_section(text: str) -> configparser.SectionProxy:
 
 
 def test_the_unit_confines_the_agent_to_its_home(tmp_path: Path) -> None:
-    spec = ServiceSpec(home=Path("/var/lib/edgeops-agent"), command=COMMAND, memory_max="256M")
+    spec = ServiceSpec(home=Path("/var/lib/edgeops-agent"), command=INSTALLED, memory_max="256M")
 
     service = unit_service_section(render_unit(spec))
 
